@@ -1,0 +1,301 @@
+"""The asyncio client: ``tidemq.AsyncClient(url)``. Use it from one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from types import TracebackType
+from typing import Any
+
+from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicInfo
+from ..errors import Closed, InvalidArgument, TideMQError, UnknownGroup, UnknownTopic
+from . import _common
+from ._client import _ids
+from ._transport import AsyncTransport
+
+__all__ = ["AsyncClient", "AsyncSubscription", "AsyncMessage"]
+
+log = logging.getLogger("tidemq.client")
+
+
+class AsyncMessage:
+    """A delivered message; ``await msg.ack()`` and friends act through its subscription."""
+
+    __slots__ = ("_d", "_sub")
+
+    def __init__(self, delivery: Delivery, sub: AsyncSubscription) -> None:
+        self._d = delivery
+        self._sub = sub
+
+    id = property(lambda self: self._d.id)
+    topic = property(lambda self: self._d.topic)
+    partition = property(lambda self: self._d.partition)
+    offset = property(lambda self: self._d.offset)
+    body = property(lambda self: self._d.body)
+    key = property(lambda self: self._d.key)
+    routing_key = property(lambda self: self._d.routing_key)
+    headers = property(lambda self: self._d.headers)
+    priority = property(lambda self: self._d.priority)
+    delivery_count = property(lambda self: self._d.delivery_count)
+    timestamp = property(lambda self: self._d.timestamp_us / 1e6)
+
+    async def ack(self) -> None:
+        await self._sub.ack(self._d.id)
+
+    async def nack(self, delay: float | None = None) -> None:
+        await self._sub.nack(self._d.id, delay=delay)
+
+    async def reject(self, reason: str = "rejected") -> None:
+        await self._sub.reject(self._d.id, reason)
+
+    async def extend(self, seconds: float) -> None:
+        await self._sub.extend(self._d.id, seconds)
+
+    def __repr__(self) -> str:
+        return f"AsyncMessage(id={self.id!r}, delivery_count={self.delivery_count})"
+
+
+class AsyncSubscription:
+    """A group member. ``async for msg in sub``, ``await sub.receive()``; joins the group on
+    first use (or ``await mq.subscribe(...)`` to join at once)."""
+
+    def __init__(self, client: AsyncClient, topic: str, group: str,
+                 explicit: dict[str, Any], prefetch: int) -> None:
+        self._client = client
+        self.topic = topic
+        self.group = group
+        self._explicit = explicit
+        self._prefetch = prefetch
+        self._member: str | None = None
+        self._closed = False
+
+    async def _join(self) -> str:
+        if self._closed:
+            raise Closed("this subscription is closed")
+        if self._member is None:
+            settings = await self._client._settings_for(self.topic, self.group, self._explicit)
+            self._member = await self._client._t.subscribe(self.topic, self.group, settings,
+                                                           self._prefetch)
+        return self._member
+
+    def __await__(self) -> Generator[Any, None, AsyncSubscription]:
+        async def join() -> AsyncSubscription:
+            await self._join()
+            return self
+
+        return join().__await__()
+
+    async def receive(self, max_messages: int = 100, timeout: float = 1.0) -> list[AsyncMessage]:
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+            raise InvalidArgument("max_messages must be an int >= 1")
+        member = await self._join()
+        got = await self._client._t.receive(member, max_messages, float(timeout))
+        return [AsyncMessage(d, self) for d in got]
+
+    async def __aiter__(self) -> AsyncIterator[AsyncMessage]:
+        while not self._closed:
+            try:
+                batch = await self.receive(100, 1.0)
+            except Closed:
+                return
+            for m in batch:
+                yield m
+
+    async def ack(self, ids: Any) -> None:
+        await self._client._t.ack(await self._join(), _ids(ids))
+
+    async def nack(self, ids: Any, delay: float | None = None) -> None:
+        if delay is not None:
+            delay = _common._seconds("delay", delay)
+        await self._client._t.nack(await self._join(), _ids(ids), delay)
+
+    async def extend(self, ids: Any, seconds: float) -> None:
+        await self._client._t.extend(await self._join(), _ids(ids),
+                                     _common._seconds("seconds", seconds, positive=True))
+
+    async def reject(self, ids: Any, reason: str = "rejected") -> None:
+        await self._client._t.reject(await self._join(), _ids(ids), reason)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._member is not None:
+                await self._client._t.unsubscribe(self._member)
+
+    async def __aenter__(self) -> AsyncSubscription:
+        await self._join()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`tidemq.Client`: same URLs, same methods, awaited.
+
+    ``async with AsyncClient(url) as mq`` connects; or ``await mq.connect()``.
+    """
+
+    def __init__(self, url: str = "memory://", *, auto_create_topics: bool = True,
+                 **options: Any) -> None:
+        self.url = url
+        self._ep = _common.parse_url(url)
+        self._options = options
+        self._auto = auto_create_topics
+        self._transport: AsyncTransport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def _t(self) -> AsyncTransport:
+        if self._transport is None:
+            raise Closed("the client is not connected: use 'async with AsyncClient(...)' "
+                         "or 'await client.connect()'")
+        return self._transport
+
+    async def connect(self) -> AsyncClient:
+        if self._transport is None:
+            if self._ep.kind == "tidemq":
+                from ._tcp import TcpTransport
+                self._transport = await TcpTransport.connect(self._ep.host, self._ep.port,
+                                                             **self._options)
+            else:
+                from ._adapters import AsyncOverEmbedded
+                from ._embedded import EmbeddedTransport
+                inner = await asyncio.to_thread(EmbeddedTransport, self._ep.path,
+                                                auto_create_topics=self._auto, **self._options)
+                self._transport = AsyncOverEmbedded(inner)
+        return self
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, TideMQError):
+                pass
+        if self._transport is not None:
+            t, self._transport = self._transport, None
+            await t.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- topics -----------------------------------------------------------------------------
+
+    async def create_topic(self, name: str, partitions: int = 1, *, exist_ok: bool = False,
+                           **config: Any) -> TopicInfo:
+        return await self._t.create_topic(name, _common.topic_config(partitions, config), exist_ok)
+
+    async def delete_topic(self, name: str) -> None:
+        await self._t.delete_topic(name)
+
+    async def list_topics(self) -> list[TopicInfo]:
+        return await self._t.list_topics()
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        return await self._t.describe_topic(name)
+
+    async def set_partitions(self, name: str, partitions: int) -> TopicInfo:
+        return await self._t.set_partitions(name, partitions)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, topic: str, body: bytes | str, *, key: str | bytes | None = None,
+                      routing_key: str | None = None, headers: dict[str, str] | None = None,
+                      priority: int = 0, delay: float | None = None, deliver_at: Any = None,
+                      ttl: float | None = None, dedup_id: str | None = None) -> str:
+        rec = _common.make_record(body, key=key, routing_key=routing_key, headers=headers,
+                                  priority=priority, delay=delay, deliver_at=deliver_at, ttl=ttl,
+                                  dedup_id=dedup_id)
+        return (await self._t.publish(topic, [rec]))[0]
+
+    async def publish_batch(self, topic: str, items: Iterable[Any], *,
+                            key: str | bytes | None = None, routing_key: str | None = None,
+                            headers: dict[str, str] | None = None, priority: int = 0,
+                            delay: float | None = None, deliver_at: Any = None,
+                            ttl: float | None = None) -> list[str]:
+        defaults = {"key": key, "routing_key": routing_key, "headers": headers,
+                    "priority": priority, "delay": delay, "deliver_at": deliver_at, "ttl": ttl}
+        return await self._t.publish(topic, _common.make_records(items, defaults))
+
+    # -- groups -----------------------------------------------------------------------------
+
+    async def _settings_for(self, topic: str, group: str,
+                            explicit: dict[str, Any]) -> GroupSettings | None:
+        if not explicit:
+            return None
+        try:
+            base: GroupSettings | None = (await self._t.describe_group(topic, group)).settings
+        except (UnknownGroup, UnknownTopic):
+            base = None
+        return _common.merge_settings(base, explicit)
+
+    def subscribe(self, topic: str, group: str, *, mode: str | None = None,
+                  filter: dict[str, Any] | None = None, start: StartPosition | None = None,
+                  prefetch: int = 100, ack_timeout: float | None = None,
+                  max_deliveries: int | None = None, backoff: Any = None,
+                  dead_letter_topic: str | None = None) -> AsyncSubscription:
+        """A subscription; ``async for`` it directly, or ``await`` it to join now."""
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise InvalidArgument("prefetch must be an int >= 1")
+        explicit = _common.group_settings(dict(
+            mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
+            max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic))
+        return AsyncSubscription(self, topic, group, explicit, prefetch)
+
+    async def consume(self, topic: str, group: str,
+                      callback: Callable[[AsyncMessage], Awaitable[Any]], *, workers: int = 1,
+                      **subscribe_options: Any) -> list[asyncio.Task[None]]:
+        """Run ``await callback(msg)`` for each message in ``workers`` tasks: ack on return,
+        nack on exception. The tasks end when the client closes (or are cancelled)."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InvalidArgument("workers must be an int >= 1")
+        subs = [await self.subscribe(topic, group, **subscribe_options) for _ in range(workers)]
+
+        async def work(sub: AsyncSubscription) -> None:
+            try:
+                async for msg in sub:
+                    try:
+                        await callback(msg)
+                    except Exception:
+                        log.exception("callback failed for %s; nacked", msg.id)
+                        await msg.nack()
+                    else:
+                        await msg.ack()
+            finally:
+                if self._transport is not None:
+                    await sub.close()
+
+        tasks = [asyncio.create_task(work(s)) for s in subs]
+        self._tasks.extend(tasks)
+        return tasks
+
+    async def create_group(self, topic: str, group: str, **settings: Any) -> GroupInfo:
+        return await self._t.create_group(
+            topic, group, _common.merge_settings(None, _common.group_settings(settings)))
+
+    async def update_group(self, topic: str, group: str, **settings: Any) -> GroupInfo:
+        base = (await self._t.describe_group(topic, group)).settings
+        return await self._t.update_group(
+            topic, group, _common.merge_settings(base, _common.group_settings(settings)))
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        await self._t.delete_group(topic, group)
+
+    async def list_groups(self, topic: str) -> list[GroupInfo]:
+        return await self._t.list_groups(topic)
+
+    async def describe_group(self, topic: str, group: str) -> GroupInfo:
+        return await self._t.describe_group(topic, group)
+
+    async def reset_group(self, topic: str, group: str, start: StartPosition) -> None:
+        await self._t.reset_group(topic, group, start)
+
+    async def redrive(self, topic: str, group: str, *, limit: int | None = None) -> int:
+        return await self._t.redrive(topic, group, limit)

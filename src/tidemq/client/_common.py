@@ -1,0 +1,245 @@
+"""Argument handling shared by `Client` and `AsyncClient`: one place that turns what a user
+passes into the broker's value types, and rejects bad input with a typed error before anything
+is sent or stored."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from ..broker._types import Backoff, GroupSettings, TopicConfig
+from ..errors import InvalidArgument, Unsupported
+from ..storage import Record
+
+__all__ = [
+    "Endpoint",
+    "parse_url",
+    "make_record",
+    "make_records",
+    "topic_config",
+    "group_settings",
+    "merge_settings",
+]
+
+_US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a URL points: ``kind`` is ``memory``, ``file`` or ``tidemq``."""
+
+    kind: str
+    path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7600
+    tls: bool = False
+
+
+def parse_url(url: str) -> Endpoint:
+    """``memory://``, ``file://PATH``, a plain path, or ``tidemq://host:port``."""
+    if not isinstance(url, str) or not url:
+        raise InvalidArgument("url must be a non-empty string such as 'memory://' or './data'")
+    if url == "memory://" or url == "memory:":
+        return Endpoint("memory")
+    if "://" not in url:
+        return Endpoint("file", path=url)
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        path = (parts.netloc + parts.path) or "."
+        return Endpoint("file", path=path)
+    if scheme in ("tidemq", "tidemqs"):
+        try:
+            port = parts.port or 7600
+        except ValueError:
+            raise InvalidArgument(f"bad port in {url!r}") from None
+        return Endpoint("tidemq", host=parts.hostname or "127.0.0.1", port=port,
+                        tls=scheme == "tidemqs")
+    if scheme in ("amqp", "amqps", "nats"):
+        raise Unsupported(f"the {scheme}:// backend is not available in this version of TideMQ")
+    raise InvalidArgument(f"unknown URL scheme {scheme!r}: use memory://, a path, "
+                          "file://PATH or tidemq://host:port")
+
+
+def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{name} must be a number of seconds, not {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or math.isinf(v) or v < 0 or (positive and v == 0):
+        raise InvalidArgument(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
+    return v
+
+
+def _deliver_at_us(delay: Any, deliver_at: Any, now: float) -> int:
+    if delay is not None and deliver_at is not None:
+        raise InvalidArgument("give either delay or deliver_at, not both")
+    if delay is not None:
+        d = _seconds("delay", delay)
+        return int((now + d) * _US) if d > 0 else 0
+    if deliver_at is None:
+        return 0
+    if isinstance(deliver_at, datetime):
+        if deliver_at.tzinfo is None:
+            raise InvalidArgument("deliver_at must be an aware datetime (with tzinfo) or epoch seconds")
+        ts = deliver_at.timestamp()
+    else:
+        ts = _seconds("deliver_at", deliver_at)
+    return int(ts * _US) if ts > now else 0
+
+
+def _body(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    raise InvalidArgument(f"body must be bytes (or str), not {type(body).__name__}")
+
+
+def _key(key: Any) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
+    raise InvalidArgument(f"key must be str or bytes, not {type(key).__name__}")
+
+
+def _headers(headers: Any) -> dict[str, str] | None:
+    if headers is None:
+        return None
+    if not isinstance(headers, Mapping):
+        raise InvalidArgument("headers must be a mapping of str to str")
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgument(f"header {k!r}: names and values must be str")
+        if k.startswith("x-tidemq-"):
+            raise InvalidArgument(f"header {k!r}: the x-tidemq- prefix is reserved for the broker")
+    return dict(headers) if headers else None
+
+
+def make_record(
+    body: Any,
+    *,
+    key: Any = None,
+    routing_key: str | None = None,
+    headers: Any = None,
+    priority: int = 0,
+    delay: Any = None,
+    deliver_at: Any = None,
+    ttl: Any = None,
+    dedup_id: str | None = None,
+    now: float | None = None,
+) -> Record:
+    """Validate one message's fields and build its storage record."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise InvalidArgument(f"priority must be an int from 0 to 9, got {priority!r}")
+    if routing_key is not None and not isinstance(routing_key, str):
+        raise InvalidArgument("routing_key must be a str of dot-separated words")
+    if dedup_id is not None and (not isinstance(dedup_id, str) or not dedup_id):
+        raise InvalidArgument("dedup_id must be a non-empty str")
+    at = 0
+    if delay is not None or deliver_at is not None:
+        at = _deliver_at_us(delay, deliver_at, time.time() if now is None else now)
+    ttl_us = int(_seconds("ttl", ttl, positive=True) * _US) if ttl is not None else 0
+    return Record(_body(body), _key(key), routing_key, _headers(headers), priority, at, ttl_us,
+                  dedup_id)
+
+
+_FIELDS = ("key", "routing_key", "headers", "priority", "delay", "deliver_at", "ttl", "dedup_id")
+
+
+def make_records(items: Iterable[Any], defaults: dict[str, Any]) -> list[Record]:
+    """Records for ``publish_batch``: each item is a body, a dict, or an object with the
+    message attributes; fields it leaves out come from ``defaults``."""
+    now = time.time()
+    plain = all(v is None or (k == "priority" and v == 0) for k, v in defaults.items())
+    out: list[Record] = []
+    append = out.append
+    for item in items:
+        if isinstance(item, bytes) and plain:
+            append(Record(item))  # the fast path: a plain body
+            continue
+        if isinstance(item, bytes | bytearray | memoryview | str):
+            fields = dict(defaults)
+            body = item
+        elif isinstance(item, Mapping):
+            unknown = set(item) - set(_FIELDS) - {"body"}
+            if unknown:
+                raise InvalidArgument(f"unknown message fields {sorted(unknown)}")
+            if "body" not in item:
+                raise InvalidArgument("a message dict needs a 'body'")
+            fields = {**defaults, **{k: v for k, v in item.items() if k != "body"}}
+            body = item["body"]
+        elif hasattr(item, "body"):
+            fields = {**defaults, **{k: getattr(item, k) for k in _FIELDS if hasattr(item, k)}}
+            body = item.body
+        else:
+            raise InvalidArgument(f"batch items must be bytes, str, dicts or message objects, "
+                                  f"not {type(item).__name__}")
+        if fields.get("priority") is None:
+            fields["priority"] = 0
+        append(make_record(body, now=now, **fields))
+    if not out:
+        raise InvalidArgument("publish_batch needs at least one message")
+    return out
+
+
+def topic_config(partitions: int, options: dict[str, Any]) -> TopicConfig:
+    """A validated TopicConfig from keyword options (unknown names are an error)."""
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise InvalidArgument("partitions must be an int >= 1")
+    fields = {k: v for k, v in options.items() if v is not None}
+    try:
+        cfg = msgspec.convert({"partitions": partitions, **fields}, TopicConfig)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"bad topic option: {e}") from None
+    cfg.validate()
+    return cfg
+
+
+def _backoff(value: Any) -> Backoff:
+    if isinstance(value, Backoff):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return msgspec.convert(dict(value), Backoff)
+        except msgspec.ValidationError as e:
+            raise InvalidArgument(f"bad backoff: {e}") from None
+    if isinstance(value, tuple | list) and len(value) == 3:
+        return Backoff(float(value[0]), float(value[1]), float(value[2]))
+    raise InvalidArgument("backoff must be a Backoff, a dict(initial, multiplier, max) or a 3-tuple")
+
+
+def group_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings a call gave explicitly (``None`` means 'left out')."""
+    out = {k: v for k, v in options.items() if v is not None}
+    if "backoff" in out:
+        out["backoff"] = _backoff(out["backoff"])
+    return out
+
+
+def merge_settings(base: GroupSettings | None, explicit: dict[str, Any]) -> GroupSettings:
+    """``base`` with the explicitly given settings applied, validated."""
+    try:
+        if base is None:
+            s = GroupSettings(**explicit)
+        else:
+            s = msgspec.structs.replace(base, **explicit)
+    except TypeError as e:
+        raise InvalidArgument(f"bad group setting: {e}") from None
+    try:
+        s = msgspec.convert(msgspec.to_builtins(s), GroupSettings)
+    except msgspec.ValidationError as e:
+        raise InvalidArgument(f"bad group setting: {e}") from None
+    s.validate()
+    return s

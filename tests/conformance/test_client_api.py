@@ -1,0 +1,342 @@
+"""Semantics every transport must honour (SPEC §1-§6, §8), through the public client API."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import pytest
+
+import tidemq
+from tidemq import errors
+
+from .conftest import needs, unique
+
+
+def drain(sub: tidemq.Subscription, want: int, *, timeout: float = 5.0,
+          ack: bool = True) -> list[tidemq.Message]:
+    """Receive until ``want`` messages arrived (or the time is up), acking each batch."""
+    got: list[tidemq.Message] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        batch = sub.receive(max_messages=min(100, want - len(got)), timeout=0.2)
+        if ack and batch:
+            sub.ack(batch)
+        got.extend(batch)
+    return got
+
+
+def test_publish_receive_ack_round_trip(mq: tidemq.Client) -> None:
+    t = unique("orders")
+    mq.create_topic(t, partitions=3)
+    mid = mq.publish(t, b'{"order_id": 1}', key="user-1", routing_key="order.created",
+                     headers={"region": "eu"}, priority=5)
+    assert isinstance(mid, str)
+    sub = mq.subscribe(t, "billing")
+    [msg] = drain(sub, 1)
+    assert msg.id == mid
+    assert msg.body == b'{"order_id": 1}'
+    assert msg.key == b"user-1"
+    assert msg.routing_key == "order.created"
+    assert msg.headers == {"region": "eu"}
+    assert msg.priority == 5
+    assert msg.delivery_count == 1
+    assert msg.topic == t
+    assert abs(msg.timestamp - time.time()) < 60
+    assert sub.receive(timeout=0.2) == []  # acked: not delivered again
+
+
+def test_publish_batch_keeps_order_per_key(mq: tidemq.Client) -> None:
+    t = unique("events")
+    mq.create_topic(t, partitions=4)
+    items = [{"body": f"{k}-{i}".encode(), "key": f"k{k}"} for i in range(50) for k in range(5)]
+    ids = mq.publish_batch(t, items)
+    assert len(ids) == len(items) == len(set(ids))
+    sub = mq.subscribe(t, "g", mode="ordered")
+    got = drain(sub, len(items))
+    assert len(got) == len(items)
+    per_key: dict[bytes, list[int]] = defaultdict(list)
+    for m in got:
+        per_key[m.key].append(int(m.body.split(b"-")[1]))
+    for seq in per_key.values():
+        assert seq == list(range(50))
+    # the same key always lands on the same partition
+    parts: dict[bytes, set[int]] = defaultdict(set)
+    for m in got:
+        parts[m.key].add(m.partition)
+    assert all(len(p) == 1 for p in parts.values())
+
+
+def test_fan_out_across_groups_and_load_balance_within(mq: tidemq.Client) -> None:
+    t = unique("fanout")
+    mq.create_topic(t, partitions=2)
+    a1, a2 = mq.subscribe(t, "a"), mq.subscribe(t, "a")
+    b = mq.subscribe(t, "b")
+    mq.publish_batch(t, [str(i).encode() for i in range(40)])
+    got_a = drain(a1, 20, timeout=2) + drain(a2, 40, timeout=2)
+    got_b = drain(b, 40)
+    assert sorted(int(m.body) for m in got_a) == list(range(40))
+    assert sorted(int(m.body) for m in got_b) == list(range(40))
+
+
+def test_nack_redelivers_with_count_and_max_deliveries_dead_letters(mq: tidemq.Client) -> None:
+    t = unique("retry")
+    mq.create_topic(t)
+    sub = mq.subscribe(t, "w", max_deliveries=2, backoff={"initial": 0.0, "multiplier": 1.0,
+                                                           "max": 0.0})
+    mq.publish(t, b"poison")
+    [m1] = drain(sub, 1, ack=False)
+    assert m1.delivery_count == 1
+    m1.nack(delay=0)
+    [m2] = drain(sub, 1, ack=False)
+    assert m2.delivery_count == 2 and m2.id == m1.id
+    m2.nack(delay=0)
+    assert sub.receive(timeout=0.3) == []
+    dlq = mq.subscribe(f"{t}.dlq", "inspect")
+    [dead] = drain(dlq, 1)
+    assert dead.body == b"poison"
+    h = dead.headers
+    assert h["x-tidemq-origin-topic"] == t
+    assert h["x-tidemq-group"] == "w" or h.get("x-tidemq-origin-group") == "w"
+    assert "max" in h["x-tidemq-reason"]
+
+
+def test_reject_dead_letters_and_redrive_returns_to_that_group_only(mq: tidemq.Client) -> None:
+    t = unique("redrive")
+    mq.create_topic(t)
+    bad = mq.subscribe(t, "bad")
+    other = mq.subscribe(t, "other")
+    mq.publish(t, b"x")
+    assert [m.body for m in drain(other, 1)] == [b"x"]
+    [m] = drain(bad, 1, ack=False)
+    m.reject("cannot parse")
+    assert bad.receive(timeout=0.2) == []
+    assert mq.redrive(t, "bad") == 1
+    [again] = drain(bad, 1)
+    assert again.body == b"x"
+    assert other.receive(timeout=0.3) == []  # other groups do not see it again
+    assert mq.redrive(t, "bad") == 0  # nothing left to redrive
+
+
+def test_lease_expiry_redelivers(mq: tidemq.Client) -> None:
+    t = unique("lease")
+    mq.create_topic(t)
+    s1 = mq.subscribe(t, "g", ack_timeout=0.3)
+    s2 = mq.subscribe(t, "g")
+    mq.publish(t, b"m")
+    [m] = drain(s1, 1, ack=False)
+    got = drain(s2, 1, timeout=3)
+    assert [x.body for x in got] == [b"m"]
+    assert got[0].delivery_count == 2
+    with pytest.raises(errors.StaleLease):
+        s1.ack(m.id)
+
+
+def test_extend_keeps_the_lease(mq: tidemq.Client) -> None:
+    t = unique("extend")
+    mq.create_topic(t)
+    s1 = mq.subscribe(t, "g", ack_timeout=0.4)
+    s2 = mq.subscribe(t, "g")
+    mq.publish(t, b"m")
+    [m] = drain(s1, 1, ack=False)
+    for _ in range(3):
+        time.sleep(0.2)
+        m.extend(0.4)
+    assert s2.receive(timeout=0.1) == []
+    m.ack()
+
+
+def test_priorities_in_shared_mode(mq: tidemq.Client) -> None:
+    t = unique("prio")
+    mq.create_topic(t, partitions=2)
+    mq.publish_batch(t, [{"body": f"{p}-{i}".encode(), "priority": p}
+                         for i in range(5) for p in (0, 3, 9)])
+    sub = mq.subscribe(t, "g", prefetch=100)
+    got = drain(sub, 15)
+    prios = [m.priority for m in got]
+    assert prios == sorted(prios, reverse=True)
+
+
+def test_delay_is_held_until_due(mq: tidemq.Client) -> None:
+    t = unique("delay")
+    mq.create_topic(t)
+    sub = mq.subscribe(t, "g")
+    t0 = time.time()
+    mid = mq.publish(t, b"later", delay=0.5)
+    mq.publish(t, b"now")
+    first = drain(sub, 1, timeout=0.3)
+    assert [m.body for m in first] == [b"now"]
+    [later] = drain(sub, 1, timeout=3)
+    assert later.body == b"later" and later.id == mid
+    assert time.time() - t0 >= 0.5
+
+
+def test_ttl_expired_is_dead_lettered_not_delivered(mq: tidemq.Client) -> None:
+    t = unique("ttl")
+    mq.create_topic(t)
+    sub = mq.subscribe(t, "g")
+    mq.publish(t, b"stale", ttl=0.2)
+    time.sleep(0.5)
+    assert sub.receive(timeout=0.5) == []
+    dl = drain(mq.subscribe(f"{t}.dlq", "x"), 1, timeout=3)
+    assert [m.headers["x-tidemq-reason"] for m in dl] == ["expired"]
+
+
+def test_routing_key_and_header_filters(mq: tidemq.Client) -> None:
+    t = unique("orders")
+    mq.create_topic(t)
+    sub = mq.subscribe(t, "order_processing",
+                       filter={"routing_key": ["order.*"], "headers": {"region": {"any_of": ["eu", "us"]}}})
+    mq.publish(t, b"1", routing_key="order.created", headers={"region": "eu"})
+    mq.publish(t, b"2", routing_key="order.created.late", headers={"region": "eu"})
+    mq.publish(t, b"3", routing_key="invoice.created", headers={"region": "eu"})
+    mq.publish(t, b"4", routing_key="order.paid", headers={"region": "apac"})
+    mq.publish(t, b"5", routing_key="order.paid", headers={"region": "us"})
+    assert sorted(m.body for m in drain(sub, 5, timeout=1)) == [b"1", b"5"]
+
+
+def test_dedup_id_returns_first_id_and_stores_once(mq: tidemq.Client) -> None:
+    t = unique("dedup")
+    mq.create_topic(t)
+    a = mq.publish(t, b"pay", dedup_id="invoice-7")
+    b = mq.publish(t, b"pay again", dedup_id="invoice-7")
+    assert a == b
+    got = drain(mq.subscribe(t, "g"), 2, timeout=0.6)
+    assert [m.body for m in got] == [b"pay"]
+
+
+def test_group_settings_are_fixed_by_first_subscribe(mq: tidemq.Client) -> None:
+    t = unique("settings")
+    mq.create_topic(t)
+    mq.subscribe(t, "g", mode="ordered")
+    mq.subscribe(t, "g")  # leaving settings out takes the group's
+    mq.subscribe(t, "g", mode="ordered")
+    with pytest.raises(errors.GroupSettingsMismatch):
+        mq.subscribe(t, "g", mode="shared")
+    assert mq.describe_group(t, "g").settings.mode == "ordered"
+
+
+def test_reset_group_replays(mq: tidemq.Client) -> None:
+    t = unique("replay")
+    mq.create_topic(t)
+    mq.publish_batch(t, [b"a", b"b", b"c"])
+    sub = mq.subscribe(t, "g")
+    assert [m.body for m in drain(sub, 3)] == [b"a", b"b", b"c"]
+    mq.reset_group(t, "g", "earliest")
+    assert [m.body for m in drain(sub, 3)] == [b"a", b"b", b"c"]
+    mq.reset_group(t, "g", {0: 2})
+    assert [m.body for m in drain(sub, 1)] == [b"c"]
+
+
+def test_start_latest_sees_only_new_messages(mq: tidemq.Client) -> None:
+    t = unique("latest")
+    mq.create_topic(t)
+    mq.publish(t, b"old")
+    sub = mq.subscribe(t, "g", start="latest")
+    mq.publish(t, b"new")
+    assert [m.body for m in drain(sub, 2, timeout=0.6)] == [b"new"]
+
+
+def test_prefetch_bounds_unacked(mq: tidemq.Client) -> None:
+    t = unique("prefetch")
+    mq.create_topic(t)
+    mq.publish_batch(t, [b"x"] * 20)
+    sub = mq.subscribe(t, "g", prefetch=5)
+    first = sub.receive(max_messages=100, timeout=0.5)
+    assert len(first) == 5
+    assert sub.receive(max_messages=100, timeout=0.2) == []
+    sub.ack(first[:2])
+    assert len(sub.receive(max_messages=100, timeout=0.5)) == 2
+
+
+def test_callback_consume_acks_on_return_and_nacks_on_error(mq: tidemq.Client) -> None:
+    t = unique("callback")
+    mq.create_topic(t)
+    seen: list[bytes] = []
+    failures: dict[bytes, int] = defaultdict(int)
+
+    def handle(msg: tidemq.Message) -> None:
+        if msg.body == b"flaky" and failures[msg.body] < 1:
+            failures[msg.body] += 1
+            raise RuntimeError("transient")
+        seen.append(msg.body)
+
+    mq.publish_batch(t, [b"ok1", b"flaky", b"ok2"])
+    consumer = mq.consume(t, "workers", callback=handle, workers=2,
+                          backoff={"initial": 0.05, "multiplier": 1.0, "max": 0.05})
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    consumer.stop()
+    assert sorted(seen) == [b"flaky", b"ok1", b"ok2"]
+    assert consumer.failed == 1
+
+
+def test_topics_create_list_describe_grow_delete(mq: tidemq.Client) -> None:
+    t = unique("admin")
+    info = mq.create_topic(t, partitions=2, durability="always")
+    assert info.config.durability == "always" and len(info.partitions) == 2
+    with pytest.raises(errors.TopicExists):
+        mq.create_topic(t)
+    assert t in [x.name for x in mq.list_topics()]
+    assert len(mq.set_partitions(t, 3).partitions) == 3
+    with pytest.raises(errors.InvalidPartitionCount):
+        mq.set_partitions(t, 1)
+    mid_before = mq.publish(t, b"x")
+    mq.delete_topic(t)
+    with pytest.raises(errors.UnknownTopic):
+        mq.describe_topic(t)
+    mq.create_topic(t)
+    assert mq.publish(t, b"y") != mid_before  # a new incarnation never reuses an id
+
+
+@pytest.mark.parametrize("bad", ["", ".", "a..b", ".a", "a.", "a b", "x" * 201, "a/b"])
+def test_bad_topic_names_are_typed_errors(mq: tidemq.Client, bad: str) -> None:
+    with pytest.raises(errors.InvalidTopicName):
+        mq.create_topic(bad)
+
+
+def test_bad_input_is_a_typed_error_and_stores_nothing(mq: tidemq.Client) -> None:
+    t = unique("limits")
+    mq.create_topic(t, max_message_bytes=1000)
+    with pytest.raises(errors.MessageTooLarge):
+        mq.publish_batch(t, [b"ok", b"x" * 2000])
+    with pytest.raises(errors.InvalidArgument):
+        mq.publish(t, b"x", priority=10)
+    with pytest.raises(errors.InvalidArgument):
+        mq.publish(t, b"x", headers={"a": 1})  # type: ignore[dict-item]
+    with pytest.raises(errors.InvalidArgument):
+        mq.publish(t, b"x", delay=-1)
+    assert sum(p.end_offset for p in mq.describe_topic(t).partitions) == 0
+
+
+def test_unknown_ids_are_typed(mq: tidemq.Client) -> None:
+    t = unique("ids")
+    mq.create_topic(t)
+    sub = mq.subscribe(t, "g")
+    with pytest.raises(errors.UnknownMessage):
+        sub.ack("not-an-id")
+
+
+def test_closed_client_raises_closed(url: str) -> None:
+    c = tidemq.Client(url)
+    c.close()
+    with pytest.raises(errors.Closed):
+        c.publish("t", b"x")
+
+
+def test_durable_reopen_redelivers_unacked_only(url: str, transport: str) -> None:
+    needs(transport, "durable")
+    if transport != "file":
+        pytest.skip("reopen is specific to a data folder")
+    t = unique("durable")
+    with tidemq.Client(url) as mq:
+        mq.create_topic(t, durability="always")
+        mq.publish_batch(t, [b"a", b"b", b"c"])
+        sub = mq.subscribe(t, "g")
+        got = drain(sub, 3, ack=False)
+        sub.ack(got[0])
+    with tidemq.Client(url) as mq:
+        sub = mq.subscribe(t, "g")
+        again = drain(sub, 3, timeout=1)
+        assert sorted(m.body for m in again) == [b"b", b"c"]
