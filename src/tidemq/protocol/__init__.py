@@ -1,0 +1,74 @@
+"""``tidemq.protocol``: the sans-IO codec of the TideMQ wire protocol (``docs/protocol.md``).
+
+Bytes in, frames out (:class:`Decoder`); frames in, bytes out (:func:`encode`,
+:func:`encode_buffers`). No sockets, threads, clocks or asyncio: the server and the network
+client drive it. Frames are frozen ``msgspec.Struct`` values; errors are the
+:mod:`tidemq.errors` types ``ProtocolError``, ``FrameTooLarge``, ``UnsupportedVersion`` and
+``InvalidArgument`` (an unencodable frame).
+"""
+
+from ._codec import NEED_DATA, Decoder, NeedData, encode, encode_buffers
+from ._frames import (
+    ALL_FRAME_TYPES,
+    Ack,
+    AckOk,
+    Call,
+    CloseSubscription,
+    CreateTopic,
+    Credit,
+    DeleteTopic,
+    Deliver,
+    Delivery,
+    DescribeTopic,
+    DlqList,
+    DlqRedrive,
+    Error,
+    Extend,
+    Frame,
+    FrameBase,
+    GoAway,
+    GroupDescribe,
+    GroupList,
+    GroupReset,
+    Hello,
+    HelloOk,
+    ListTopics,
+    Nack,
+    Ping,
+    Pong,
+    Publish,
+    PublishOk,
+    Reject,
+    Result,
+    SetPartitions,
+    Subscribe,
+    SubscribeOk,
+    SubscriptionEnded,
+)
+from ._handshake import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    accept_hello,
+    negotiate_heartbeat,
+    negotiate_version,
+)
+from ._header import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZE,
+    MIN_MAX_FRAME_SIZE,
+    FrameType,
+)
+
+__all__ = [
+    "NEED_DATA", "NeedData", "Decoder", "encode", "encode_buffers",
+    "Frame", "FrameBase", "FrameType", "ALL_FRAME_TYPES",
+    "Hello", "HelloOk", "Ping", "Pong", "Error", "GoAway", "Result",
+    "CreateTopic", "DeleteTopic", "ListTopics", "DescribeTopic", "SetPartitions",
+    "GroupList", "GroupDescribe", "GroupReset", "DlqList", "DlqRedrive", "Call",
+    "Publish", "PublishOk",
+    "Subscribe", "SubscribeOk", "Credit", "Deliver", "Delivery", "Ack", "AckOk",
+    "Nack", "Extend", "Reject", "CloseSubscription", "SubscriptionEnded",
+    "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "accept_hello", "negotiate_version",
+    "negotiate_heartbeat",
+    "DEFAULT_MAX_FRAME_SIZE", "MIN_MAX_FRAME_SIZE", "HEADER_SIZE",
+]
