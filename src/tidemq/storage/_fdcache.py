@@ -1,0 +1,129 @@
+"""A bounded, thread-safe LRU of open segment file descriptors, shared by all logs of a store.
+
+However many segments and partitions exist, at most ``max_open`` descriptors stay open while
+idle; a descriptor in use (pinned by ``acquire`` until ``release``) is never closed under its
+user, so the cache may exceed the bound briefly while many are pinned at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from tidemq.storage._fileops import DEFAULT_OPS, FileOps
+
+__all__ = ["FdCache"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    fd: int
+    pins: int = 0
+    doomed: bool = False  # forgotten while pinned: close on the last release
+
+
+class FdCache:
+    """``acquire(path) -> fd`` opens lazily and pins; ``release(path)`` unpins.
+
+    All methods are thread-safe. ``OSError`` from opening propagates to the caller.
+    """
+
+    def __init__(self, max_open: int = 256, ops: FileOps = DEFAULT_OPS) -> None:
+        if max_open < 1:
+            raise ValueError("max_open must be >= 1")
+        self.max_open = max_open
+        self.ops = ops
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, _Entry] = OrderedDict()
+        self._pinned_doomed: dict[int, _Entry] = {}
+        self.opens = 0
+
+    def acquire(self, path: str) -> int:
+        with self._lock:
+            entry = self._open.get(path)
+            if entry is not None:
+                self._open.move_to_end(path)
+                entry.pins += 1
+                return entry.fd
+        fd = self.ops.open(path)
+        with self._lock:
+            raced = self._open.get(path)
+            if raced is not None:  # another thread opened it meanwhile: keep theirs
+                self.ops.close(fd)
+                raced.pins += 1
+                self._open.move_to_end(path)
+                return raced.fd
+            self.opens += 1
+            self._open[path] = _Entry(fd, pins=1)
+            self._evict()
+            return fd
+
+    def release(self, path: str, fd: int) -> None:
+        with self._lock:
+            entry = self._open.get(path)
+            if entry is not None and entry.fd == fd:
+                entry.pins -= 1
+                self._evict()
+                return
+            doomed = self._pinned_doomed.get(fd)
+            if doomed is not None:
+                doomed.pins -= 1
+                if doomed.pins == 0:
+                    del self._pinned_doomed[fd]
+                    self._close_quietly(fd)
+
+    def forget(self, path: str) -> None:
+        """Close ``path``'s descriptor (now, or at its last release if pinned)."""
+        with self._lock:
+            entry = self._open.pop(path, None)
+            if entry is None:
+                return
+            if entry.pins:
+                entry.doomed = True
+                self._pinned_doomed[entry.fd] = entry
+            else:
+                self._close_quietly(entry.fd)
+
+    def forget_under(self, prefix: str) -> None:
+        """Forget every path starting with ``prefix`` (a closed or deleted log)."""
+        with self._lock:
+            paths = [p for p in self._open if p.startswith(prefix)]
+        for p in paths:
+            self.forget(p)
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._open) + len(self._pinned_doomed)
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries = list(self._open.values())
+            self._open.clear()
+        for e in entries:
+            if e.pins:
+                e.doomed = True
+                with self._lock:
+                    self._pinned_doomed[e.fd] = e
+            else:
+                self._close_quietly(e.fd)
+
+    def _evict(self) -> None:
+        # Called with the lock held: close idle descriptors, least recently used first.
+        if len(self._open) <= self.max_open:
+            return
+        for path in list(self._open):
+            if len(self._open) <= self.max_open:
+                break
+            entry = self._open[path]
+            if entry.pins == 0:
+                del self._open[path]
+                self._close_quietly(entry.fd)
+
+    def _close_quietly(self, fd: int) -> None:
+        # Closing a descriptor only drops our handle: data already written stays in the page
+        # cache and a later fsync on a fresh descriptor flushes it (D6).
+        try:
+            self.ops.close(fd)
+        except OSError:
+            pass

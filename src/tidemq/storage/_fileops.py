@@ -1,0 +1,73 @@
+"""The operating-system calls the file log makes, behind one object so tests can inject faults.
+
+``FileLog`` and ``FdCache`` never call ``os.write``/``os.fsync`` directly; they call a
+``FileOps``. A test passes a subclass whose ``pwritev`` raises ``ENOSPC`` or whose ``fsync``
+raises ``EIO`` (NATS's ``mockWriteErr``) and checks the log's typed errors and failed state.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+
+__all__ = ["FileOps", "DEFAULT_OPS", "is_disk_full", "write_all"]
+
+_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+
+
+class FileOps:
+    """Thin wrappers of ``os`` calls; every method may raise ``OSError``."""
+
+    def open(self, path: str, *, create: bool = False) -> int:
+        flags = _OPEN_FLAGS | (os.O_CREAT | os.O_EXCL if create else 0)
+        return os.open(path, flags, 0o644)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | bytearray | memoryview], pos: int) -> int:
+        return os.pwritev(fd, buffers, pos)
+
+    def pread(self, fd: int, size: int, pos: int) -> bytes:
+        return os.pread(fd, size, pos)
+
+    def fsync(self, fd: int) -> None:
+        # fdatasync also flushes the file size, which is all the metadata a log append changes.
+        os.fdatasync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+DEFAULT_OPS = FileOps()
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True for the errors that mean 'no space now, maybe later' (ENOSPC, EDQUOT)."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_all(
+    ops: FileOps, fd: int, buffers: Sequence[bytes | bytearray | memoryview], pos: int
+) -> int:
+    """Write every byte of ``buffers`` at ``pos`` (looping over short writes); returns the total."""
+    total = sum(len(b) for b in buffers)
+    done = ops.pwritev(fd, buffers, pos)
+    if done == total:
+        return total
+    # A short write (rare: signals, nearly full disks): finish from one joined buffer.
+    rest = memoryview(b"".join(buffers))
+    while done < total:
+        n = ops.pwritev(fd, [rest[done:]], pos + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        done += n
+    return total
