@@ -1,0 +1,270 @@
+"""GroupState: start positions, reset (replay), journal + snapshot restore, clamping (SPEC §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+import pytest
+
+from tidemq.broker._group import GroupState, resolve_start
+from tidemq.broker._types import GroupSettings
+from tidemq.errors import InvalidArgument
+from tidemq.storage import MemoryLog, Record, encode_batch, encode_bodies
+
+T0 = 1_700_000_000_000_000
+S = 1_000_000
+
+
+def logs_with(*batches_per_part: list[list[bytes]]) -> list[MemoryLog]:
+    logs = []
+    for batches in batches_per_part:
+        log = MemoryLog()
+        for k, batch in enumerate(batches):
+            log.append(encode_bodies(batch), T0 + k * S)
+        logs.append(log)
+    return logs
+
+
+def new_group(logs: list[MemoryLog], **settings: object) -> GroupState:
+    return GroupState("t", 1, "g", GroupSettings(**settings), logs, now_us=T0)  # type: ignore[arg-type]
+
+
+def roundtrip(obj: object) -> object:
+    # What the broker's journal does to events and snapshots.
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(obj))
+
+
+def restored(snapshot: object, events: Sequence[object], logs: list[MemoryLog], **settings: object) -> GroupState:
+    return GroupState.restore(
+        roundtrip(snapshot),  # type: ignore[arg-type]
+        roundtrip(events),  # type: ignore[arg-type]
+        "t",
+        1,
+        "g",
+        GroupSettings(**settings),  # type: ignore[arg-type]
+        logs,  # type: ignore[arg-type]
+        now_us=T0,
+    )
+
+
+def fetch_all(g: GroupState, member: str = "m") -> list[tuple[bytes, int]]:
+    if member not in g.info().members:
+        g.add_member(member, 1000, mono_us=0)
+    return [(d.body, d.delivery_count) for d in g.fetch(member, 1000, now_us=T0, mono_us=0)]
+
+
+# --- start positions and reset ----------------------------------------------------------
+
+
+def test_start_positions() -> None:
+    logs = logs_with([[b"a", b"b"], [b"c"]], [[b"x"]])
+    assert resolve_start("earliest", logs) == [0, 0]
+    assert resolve_start("latest", logs) == [3, 1]
+    assert resolve_start(2, logs) == [2, 1]  # clamped to each log's end
+    assert resolve_start({1: 1}, logs) == [0, 1]
+    assert resolve_start({"0": 1}, logs) == [1, 0]
+    assert resolve_start({"timestamp": (T0 + S) / S}, logs) == [2, 1]
+    assert resolve_start({"timestamp": 0}, logs) == [0, 0]
+    for bad in ["soon", 1.5, True, {"timestamp": "x"}, {"p": "q"}]:
+        with pytest.raises(InvalidArgument):
+            resolve_start(bad, logs)  # type: ignore[arg-type]
+
+
+def test_group_created_at_latest_sees_only_new_messages() -> None:
+    logs = logs_with([[b"old"]])
+    g = new_group(logs, start="latest")
+    logs[0].append(encode_bodies([b"new"]), T0)
+    assert fetch_all(g) == [(b"new", 1)]
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        ("earliest", [b"a", b"b", b"c"]),
+        ("latest", []),
+        (1, [b"b", b"c"]),
+        ({0: 2}, [b"c"]),
+        ({"timestamp": (T0 + S) / S}, [b"c"]),
+    ],
+)
+def test_reset_replays_from_a_new_position(start: object, expected: list[bytes]) -> None:
+    logs = logs_with([[b"a", b"b"], [b"c"]])
+    g = new_group(logs)
+    g.add_member("m", 1000, mono_us=0)
+    got = g.fetch("m", 1, now_us=T0, mono_us=0)
+    g.ack("m", [got[0].id])
+    g.fetch("m", 10, now_us=T0, mono_us=0)  # b, c in flight
+    g.reset(start, now_us=T0)  # type: ignore[arg-type]
+    assert g.info().in_flight == 0 and g.members_with_credit() == ["m"]
+    replayed = fetch_all(g)
+    assert [b for b, _ in replayed] == expected
+    assert all(c == 1 for _, c in replayed)  # replay starts the counts afresh
+
+
+def test_reset_is_journaled() -> None:
+    logs = logs_with([[b"a", b"b"]])
+    g = new_group(logs)
+    fetch_all(g)
+    g.drain_journal()
+    g.reset("latest", now_us=T0)
+    assert g.drain_journal() == [("reset", [2])]
+    r = restored(g.snapshot(), [], logs)
+    assert fetch_all(r) == []
+
+
+# --- journal and snapshot ---------------------------------------------------------------
+
+
+def test_restore_from_journal_only() -> None:
+    logs = logs_with([[b"a", b"b", b"c", b"d"]])
+    g = new_group(logs)
+    g.add_member("m", 10, mono_us=0)
+    a, b, c, _d = g.fetch("m", 10, now_us=T0, mono_us=0)
+    g.ack("m", [a.id, c.id])
+    g.nack("m", [b.id], 0, mono_us=0)
+    events = g.drain_journal()
+    r = restored(None, events, logs)
+    # b was delivered once before (count 2 now), d was in flight (count 2), a and c done
+    assert fetch_all(r) == [(b"b", 2), (b"d", 2)]
+    assert r.info().partitions[0].committed == 1
+
+
+def test_restore_from_snapshot_plus_events() -> None:
+    logs = logs_with([[b"a", b"b", b"c"]], [[b"x", b"y"]])
+    g = new_group(logs)
+    g.add_member("m", 10, mono_us=0)
+    first = g.fetch("m", 10, now_us=T0, mono_us=0)
+    by_body = {d.body: d for d in first}
+    g.ack("m", [by_body[b"a"].id, by_body[b"x"].id])
+    snap = g.snapshot()
+    g.drain_journal()
+    g.ack("m", [by_body[b"c"].id])
+    events = g.drain_journal()
+    r = restored(snap, events, logs)
+    assert sorted(fetch_all(r)) == [(b"b", 2), (b"y", 2)]
+    info = r.info()
+    assert [p.committed for p in info.partitions] == [1, 1] and info.lag == 2
+
+
+def test_snapshot_round_trip_keeps_counts_and_ranges() -> None:
+    logs = logs_with([[bytes([i]) for i in range(10)]])
+    g = new_group(logs, ack_timeout=1.0)
+    g.add_member("m", 100, mono_us=0)
+    ds = g.fetch("m", 100, now_us=T0, mono_us=0)
+    g.ack("m", [ds[i].id for i in (0, 1, 4, 5, 8)])
+    g.tick(now_us=T0, mono_us=2 * S)  # the rest expire: count 1 each, ready again
+    again = g.fetch("m", 1, now_us=T0, mono_us=2 * S)
+    assert again[0].delivery_count == 2
+    r = restored(g.snapshot(), [], logs)
+    got = fetch_all(r)
+    assert got == [(bytes([2]), 3), (bytes([3]), 2), (bytes([6]), 2), (bytes([7]), 2), (bytes([9]), 2)]
+
+
+def test_restore_clamps_to_the_log_end() -> None:
+    logs = logs_with([[b"a", b"b", b"c", b"d"]])
+    g = new_group(logs)
+    g.add_member("m", 10, mono_us=0)
+    ds = g.fetch("m", 10, now_us=T0, mono_us=0)
+    g.ack("m", [ds[0].id, ds[1].id, ds[3].id])
+    snap, events = g.snapshot(), g.drain_journal()
+    # After a crash the log kept only two records; a new message takes offset 2.
+    short = logs_with([[b"a", b"b"]])
+    r = restored(snap, events, short)
+    assert r.info().partitions[0].committed == 2
+    short[0].append(encode_bodies([b"new2", b"new3"]), T0)
+    assert fetch_all(r) == [(b"new2", 1), (b"new3", 1)]  # not skipped as "done", counts fresh
+    # events alone: clamped the same way
+    r2 = restored(None, events, logs_with([[b"a"]]))
+    assert r2.info().partitions[0].committed == 1
+
+
+def test_restore_without_state_starts_at_settings_start() -> None:
+    logs = logs_with([[b"a"]])
+    r = restored(None, [], logs, start="latest")
+    assert r.drain_journal() == [("reset", [1])]
+    assert fetch_all(r) == []
+
+
+def test_restore_with_more_partitions_than_snapshot() -> None:
+    logs = logs_with([[b"a"]])
+    g = new_group(logs)
+    g.add_member("m", 10, mono_us=0)
+    g.ack("m", [d.id for d in g.fetch("m", 10, now_us=T0, mono_us=0)])
+    grown = [logs[0], *logs_with([[b"n"]])]
+    r = restored(g.snapshot(), g.drain_journal(), grown)
+    assert fetch_all(r) == [(b"n", 1)]
+
+
+def test_filtered_offsets_stay_done_after_filter_change() -> None:
+    log = MemoryLog()
+    log.append(encode_batch([Record(b"skip", routing_key="x"), Record(b"keep", routing_key="y")]), T0)
+    g = new_group([log], filter={"routing_key": "y"})
+    assert fetch_all(g) == [(b"keep", 1)]
+    events = g.drain_journal()
+    r = restored(None, events, [log], filter={"routing_key": "#"})
+    assert fetch_all(r) == [(b"keep", 2)]  # "skip" was filtered out for good (SPEC §5)
+
+
+def test_low_water_follows_the_floor() -> None:
+    logs = logs_with([[b"a", b"b", b"c"]])
+    g = new_group(logs)
+    g.add_member("m", 10, mono_us=0)
+    ds = g.fetch("m", 10, now_us=T0, mono_us=0)
+    assert g.low_water(0) == 0
+    g.ack("m", [ds[1].id])
+    assert g.low_water(0) == 0
+    g.ack("m", [ds[0].id])
+    assert g.low_water(0) == 2
+
+
+def test_deliveries_lost_to_restarts_count_toward_max_deliveries() -> None:
+    logs = logs_with([[b"a"]])
+    g = new_group(logs, max_deliveries=2)
+    assert fetch_all(g) == [(b"a", 1)]
+    g = restored(None, g.drain_journal(), logs, max_deliveries=2)
+    events = [("reset", [0]), ("d", 0, [0, 1])]
+    assert fetch_all(g) == [(b"a", 2)]
+    events += g.drain_journal()
+    g = restored(None, events, logs, max_deliveries=2)
+    assert fetch_all(g) == []
+    (dl,) = g.drain_dead_letters()
+    assert (dl.reason, dl.delivery_count) == ("max_deliveries", 2)
+
+
+def test_in_order_acks_coalesce_in_the_journal() -> None:
+    logs = logs_with([[bytes([i]) for i in range(50)]])
+    g = new_group(logs)
+    g.add_member("m", 100, mono_us=0)
+    g.drain_journal()
+    for _ in range(5):
+        for d in g.fetch("m", 10, now_us=T0, mono_us=0):
+            g.ack("m", [d.id])
+    events = g.drain_journal()
+    assert events == [("d", 0, [0, 50]), ("a", 0, [0, 50])]
+    r = restored(g.snapshot(), [], logs)
+    assert r.info().partitions[0].committed == 50
+
+
+def test_clamped_state_survives_a_second_restart() -> None:
+    logs = logs_with([[b"a", b"b", b"c", b"d"]])
+    g = new_group(logs)
+    g.add_member("m", 10, mono_us=0)
+    ds = g.fetch("m", 10, now_us=T0, mono_us=0)
+    g.ack("m", [ds[0].id, ds[3].id])
+    g.nack("m", [ds[1].id], 0, mono_us=0)
+    events = list(g.drain_journal())
+    short = logs_with([[b"a", b"b"]])  # the tail was torn off
+    r = restored(None, events, short)
+    events += r.drain_journal()  # the restatement: the broker persists it like any event
+    short[0].append(encode_bodies([b"new2", b"new3"]), T0)
+    r2 = restored(None, events, short)
+    assert fetch_all(r2) == [(b"b", 2), (b"new2", 1), (b"new3", 1)]
+
+
+def test_no_restatement_when_nothing_was_ahead() -> None:
+    logs = logs_with([[b"a", b"b"]])
+    g = new_group(logs)
+    fetch_all(g)
+    r = restored(g.snapshot(), g.drain_journal(), logs)
+    assert r.drain_journal() == []
