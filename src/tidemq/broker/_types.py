@@ -30,7 +30,7 @@ StartPosition = str | int | dict[Any, Any]
 MiB = 1024 * 1024
 
 
-class Backoff(msgspec.Struct, frozen=True):
+class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Exponential, capped backoff applied to ``nack(delay=None)``: seconds before redelivery."""
 
     initial: float = 1.0
@@ -47,7 +47,7 @@ class Backoff(msgspec.Struct, frozen=True):
             raise InvalidArgument("backoff needs initial >= 0, max >= 0 and multiplier >= 1")
 
 
-class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
+class TopicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Per-topic settings. Durations are seconds."""
 
     partitions: int = 1
@@ -75,7 +75,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidArgument("segment_bytes must be >= 4096")
 
 
-class GroupSettings(msgspec.Struct, frozen=True, kw_only=True):
+class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A consumer group's settings, fixed by its first subscribe (SPEC §3)."""
 
     mode: Mode = "shared"

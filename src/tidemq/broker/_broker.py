@@ -1,0 +1,532 @@
+"""The broker core: topics, publishing, groups and members, durable state (SPEC §1-§6).
+
+Deterministic: every call takes the time (``now_us`` wall µs, ``mono_us`` monotonic µs); there are
+no threads, sockets or clocks here. The drivers call it from one thread at a time, except
+:meth:`Broker.sync` and :meth:`Broker.sync_all`, which they may run on another thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..errors import (
+    Closed,
+    GroupSettingsMismatch,
+    InvalidArgument,
+    InvalidPartitionCount,
+    TopicExists,
+    UnknownMessage,
+    UnknownTopic,
+)
+from ..storage import LogStore, PartitionLog, Record
+from ._deadletters import dead_letter_records, origin_of, redriven_record
+from ._group import DeadLetter, GroupState
+from ._ids import make_id
+from ._journal import decode, encode, open_meta
+from ._limits import ID_HEADER
+from ._names import dead_letter_name, topic_key, validate_topic_name
+from ._sync import SyncToken, TokenBuilder
+from ._topic import SNAPSHOT_EVERY_EVENTS, Topic, log_config, partition_log_name, settings_out
+from ._types import (
+    Delivery,
+    GroupInfo,
+    GroupSettings,
+    PartitionInfo,
+    TopicConfig,
+    TopicInfo,
+)
+
+__all__ = ["Broker", "PublishResult"]
+
+CATALOGUE = "topics"
+MAINTENANCE_EVERY_US = 1_000_000  # dedup/producer expiry, retention, snapshots
+SNAPSHOT_EVERY_US = 60_000_000
+PRODUCER_IDLE_US = 7 * 24 * 3600 * 1_000_000
+
+
+class PublishResult(msgspec.Struct, frozen=True):
+    """Ids in input order, and the token to sync before confirming (under ``always``)."""
+
+    ids: list[str]
+    token: SyncToken
+
+
+class Broker:
+    """See ``docs/architecture.md`` ("broker") for the contract of each method."""
+
+    def __init__(self, store: LogStore, *, now_us: int, mono_us: int, auto_create_topics: bool,
+                 default_topic_config: TopicConfig, producer_idle: float) -> None:
+        self._store = store
+        self._meta = open_meta(store)
+        self._auto_create = auto_create_topics
+        self._default = default_topic_config
+        self._producer_idle_us = int(producer_idle * 1e6)
+        self._topics: dict[str, Topic] = {}
+        self._next_incarnation = 1
+        self._members: dict[str, tuple[Topic, GroupState]] = {}
+        self._member_seq = itertools.count(1)
+        # Member ids of this broker run never repeat an earlier run's (ids are not durable).
+        self._run = f"{now_us:x}"
+        self._wake: set[str] = set()
+        self._positions: dict[int, tuple[PartitionLog, int]] = {}
+        self._prefetch: dict[str, int] = {}
+        self._by_name: dict[str, Topic] = {}
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, store: LogStore, *, now_us: int, mono_us: int, auto_create_topics: bool = True,
+             default_topic_config: TopicConfig | None = None,
+             producer_idle: float = 7 * 24 * 3600.0) -> Broker:
+        """Open the broker over ``store`` and recover its durable state (J2: clamped to the logs)."""
+        cfg = default_topic_config or TopicConfig()
+        cfg.validate()
+        b = cls(store, now_us=now_us, mono_us=mono_us, auto_create_topics=auto_create_topics,
+                default_topic_config=cfg, producer_idle=producer_idle)
+        raw = b._meta.get(CATALOGUE)
+        if raw:
+            cat = decode(raw)
+            b._next_incarnation = int(cat["next_incarnation"])
+            for key, t in cat["topics"].items():
+                config = msgspec.convert(t["config"], TopicConfig, strict=False)
+                topic = Topic(store, b._meta, t["name"], key, int(t["incarnation"]), config, now_us=now_us)
+                topic.recover(now_us)
+                b._topics[key] = topic
+        return b
+
+    def close(self) -> None:
+        """Snapshot every topic and close the logs; later calls raise :class:`Closed`."""
+        if self._closed:
+            return
+        for t in self._topics.values():
+            t.snapshot(t.last_maintenance_us)
+            t.close()
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("the broker is closed; open a new one")
+
+    # --- sync ------------------------------------------------------------------------------
+
+    def sync(self, token: SyncToken) -> None:
+        """fsync what ``token`` names, data before journal. Safe from another thread."""
+        for log, pos in token.entries:
+            log.sync(pos)
+
+    def needs_sync(self, token: SyncToken) -> bool:
+        """True when the token's topic is ``always``: sync before confirming."""
+        return token.always and bool(token.entries)
+
+    def sync_all(self) -> None:
+        """fsync every log written so far (the ``interval`` driver). Safe from another thread."""
+        # dict.copy() is one C call under the GIL: consistent even while the loop writes.
+        for log, pos in list(self._positions.copy().values()):
+            try:
+                log.sync(pos)
+            except Closed:
+                pass
+
+    def _token(self, tb: TokenBuilder) -> SyncToken:
+        token = tb.build()
+        for log, pos in token.entries:
+            self._positions[id(log)] = (log, pos)
+        return token
+
+    # --- catalogue -------------------------------------------------------------------------
+
+    def _save_catalogue(self) -> None:
+        cat = {
+            "next_incarnation": self._next_incarnation,
+            "topics": {
+                k: {"name": t.name, "incarnation": t.incarnation, "config": msgspec.to_builtins(t.config)}
+                for k, t in self._topics.items()
+            },
+        }
+        self._meta.put(CATALOGUE, encode(cat))
+
+    def _topic(self, name: str) -> Topic:
+        self._check_open()
+        t = self._topics.get(topic_key(validate_topic_name(name, derived=True)))
+        if t is None:
+            raise UnknownTopic(f"topic {name!r} does not exist; create it first")
+        return t
+
+    def _topic_for_publish(self, name: str, now_us: int) -> Topic:
+        # Hot path: a name seen before skips validation (cleared when topics come and go).
+        t = self._by_name.get(name)
+        if t is not None and not self._closed:
+            return t
+        self._check_open()
+        t = self._topics.get(topic_key(validate_topic_name(name, derived=True)))
+        if t is not None:
+            self._by_name[name] = t
+        if t is None:
+            if not self._auto_create:
+                raise UnknownTopic(f"topic {name!r} does not exist and auto-creation is off; create it")
+            validate_topic_name(name)
+            t = self._create(name, self._default, now_us)
+            self._by_name[name] = t
+        return t
+
+    def _create(self, name: str, config: TopicConfig, now_us: int) -> Topic:
+        inc = self._next_incarnation
+        self._next_incarnation += 1
+        t = Topic(self._store, self._meta, name, topic_key(name), inc, config, now_us=now_us)
+        self._topics[t.key] = t
+        self._save_catalogue()
+        return t
+
+    def create_topic(self, name: str, config: TopicConfig | None = None, *, now_us: int,
+                     exist_ok: bool = False) -> TopicInfo:
+        self._check_open()
+        validate_topic_name(name)
+        cfg = config or self._default
+        cfg.validate()
+        existing = self._topics.get(topic_key(name))
+        if existing is not None:
+            if exist_ok:
+                return self._info(existing)
+            raise TopicExists(f"topic {existing.name!r} already exists")
+        return self._info(self._create(name, cfg, now_us))
+
+    def delete_topic(self, name: str, *, now_us: int) -> None:
+        t = self._topic(name)
+        for mid in [m for m, (tt, _) in self._members.items() if tt is t]:
+            del self._members[mid]
+        del self._topics[t.key]
+        self._by_name.clear()
+        for log in (*t.logs, t.delays.log, t.journal.log):
+            self._positions.pop(id(log), None)
+        t.close()
+        self._meta.delete(t.snapshot_name)
+        self._save_catalogue()
+        prefix = partition_log_name(t.key, t.incarnation, "")
+        for name in self._store.list_logs():
+            if name.startswith(prefix):
+                self._store.delete_log(name)
+
+    def list_topics(self) -> list[TopicInfo]:
+        self._check_open()
+        return [self._info(t) for t in sorted(self._topics.values(), key=lambda t: t.key)]
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        return self._info(self._topic(name))
+
+    def _info(self, t: Topic) -> TopicInfo:
+        return TopicInfo(
+            name=t.name, incarnation=t.incarnation, config=t.config,
+            partitions=[PartitionInfo(p, log.start_offset, log.end_offset) for p, log in enumerate(t.logs)],
+            groups=sorted(t.groups), delayed=len(t.delays),
+        )
+
+    def set_partitions(self, name: str, n: int, *, now_us: int) -> TopicInfo:
+        t = self._topic(name)
+        have = len(t.logs)
+        if not isinstance(n, int) or n < have:
+            raise InvalidPartitionCount(
+                f"topic {t.name!r} has {have} partitions; the count may only grow (asked {n})")
+        if n == have:
+            return self._info(t)
+        cfg = log_config(t.config)
+        for p in range(have, n):
+            log = self._store.open_log(partition_log_name(t.key, t.incarnation, p), cfg)
+            t.logs.append(log)
+            for g in t.groups.values():
+                g.add_partition(log)
+        t.config = msgspec.structs.replace(t.config, partitions=n)
+        self._save_catalogue()
+        return self._info(t)
+
+    # --- publishing ------------------------------------------------------------------------
+
+    def publish(self, topic: str, records: Sequence[Record], *, now_us: int) -> PublishResult:
+        """Store ``records`` (partitioned by key; each partition's share one atomic batch).
+
+        Raises MessageTooLarge / InvalidArgument (nothing stored), BacklogFull (policy reject,
+        and policy block too: the driver waits and retries), UnknownTopic.
+        """
+        t = self._topic_for_publish(topic, now_us)
+        tb = TokenBuilder()
+        ids = t.publish(records, now_us, tb)
+        t.commit(now_us, tb)
+        self._after_publish(t)
+        return PublishResult(ids, self._token(tb))
+
+    def publish_encoded(self, topic: str, partition: int, batch: bytes, *, now_us: int) -> PublishResult:
+        """Append a producer's pre-encoded batch to ``partition`` (idempotent per producer seq)."""
+        t = self._topic_for_publish(topic, now_us)
+        tb = TokenBuilder()
+        ids = t.publish_encoded(partition, batch, now_us, tb)
+        t.commit(now_us, tb)
+        self._after_publish(t)
+        return PublishResult(ids, self._token(tb))
+
+    def _after_publish(self, t: Topic) -> None:
+        for g in t.groups.values():
+            self._wake.update(g.members_with_credit())
+
+    # --- groups ----------------------------------------------------------------------------
+
+    def create_group(self, topic: str, group: str, settings: GroupSettings | None = None, *,
+                     now_us: int) -> GroupInfo:
+        t = self._topic(topic)
+        if not isinstance(group, str) or not group or len(group) > 200:
+            raise InvalidArgument("a group name must be a non-empty str of at most 200 characters")
+        s = settings or GroupSettings()
+        s.validate()
+        if group in t.groups:
+            g = t.groups[group]
+            if settings is not None and g.settings != s:
+                raise GroupSettingsMismatch(
+                    f"group {group!r} of {t.name!r} exists with other settings; use update_group")
+            return g.info()
+        g = GroupState(t.name, t.incarnation, group, s, t.logs, now_us=now_us)
+        t.groups[group] = g
+        g.drain_journal()  # the creation snapshot below covers it
+        t.record_event(["gc", group, settings_out(s), g.snapshot()])
+        tb = TokenBuilder()
+        t.commit(now_us, tb)
+        self._token(tb)
+        return g.info()
+
+    def update_group(self, topic: str, group: str, settings: GroupSettings, *, now_us: int,
+                     mono_us: int = 0) -> GroupInfo:
+        t = self._topic(topic)
+        old = t.group(group)
+        settings.validate()
+        t.drain_group(old)
+        snap = old.snapshot()
+        g = GroupState.restore(snap, [], t.name, t.incarnation, group, settings, t.logs, now_us=now_us)
+        t.groups[group] = g
+        for mid, (tt, gg) in list(self._members.items()):
+            if gg is old:
+                self._members[mid] = (tt, g)
+        t.record_event(["gu", group, settings_out(settings), g.snapshot()])
+        for mid, (_, gg) in self._members.items():
+            if gg is g:  # members keep their ids; the restore released their leases
+                g.add_member(mid, self._prefetch.get(mid, 100), mono_us=mono_us)
+        tb = TokenBuilder()
+        t.commit(now_us, tb)
+        self._token(tb)
+        return g.info()
+
+    def delete_group(self, topic: str, group: str) -> None:
+        t = self._topic(topic)
+        g = t.group(group)
+        for mid in [m for m, (_, gg) in self._members.items() if gg is g]:
+            del self._members[mid]
+        del t.groups[group]
+        t.record_event(["gd", group])
+        tb = TokenBuilder()
+        t.commit(0, tb)
+        self._token(tb)
+
+    def list_groups(self, topic: str) -> list[GroupInfo]:
+        t = self._topic(topic)
+        return [g.info() for _, g in sorted(t.groups.items())]
+
+    def describe_group(self, topic: str, group: str) -> GroupInfo:
+        return self._topic(topic).group(group).info()
+
+    def subscribe(self, topic: str, group: str, settings: GroupSettings | None = None, *,
+                  prefetch: int = 100, now_us: int, mono_us: int) -> str:
+        """Join ``group`` (created with ``settings`` if new); returns a fresh member id."""
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise InvalidArgument("prefetch must be an integer >= 1")
+        t = self._topic_for_publish(topic, now_us)
+        self.create_group(t.name, group, settings, now_us=now_us)
+        g = t.groups[group]
+        mid = f"{group}#{self._run}.{next(self._member_seq)}"
+        g.add_member(mid, prefetch, mono_us=mono_us)
+        self._members[mid] = (t, g)
+        self._prefetch[mid] = prefetch
+        self._finish(t, g, now_us)
+        return mid
+
+    def unsubscribe(self, member_id: str, *, now_us: int, mono_us: int) -> SyncToken:
+        t, g = self._member(member_id)
+        g.remove_member(member_id, mono_us=mono_us)
+        del self._members[member_id]
+        self._prefetch.pop(member_id, None)
+        return self._finish(t, g, now_us)
+
+    def _member(self, member_id: str) -> tuple[Topic, GroupState]:
+        self._check_open()
+        hit = self._members.get(member_id)
+        if hit is None:
+            raise UnknownMessage(f"member {member_id!r} is not subscribed (closed or broker restarted)")
+        return hit
+
+    def _finish(self, t: Topic, g: GroupState, now_us: int) -> SyncToken:
+        """After a group operation: dead letters out, journal after them, wake members."""
+        tb = TokenBuilder()
+        self._dead_letters(t, g, now_us, tb)
+        t.drain_group(g)
+        t.commit(now_us, tb)
+        if g.has_ready():
+            self._wake.update(g.members_with_credit())
+        return self._token(tb)
+
+    def fetch(self, member_id: str, max_messages: int, *, now_us: int, mono_us: int) -> list[Delivery]:
+        t, g = self._member(member_id)
+        out = g.fetch(member_id, max_messages, now_us=now_us, mono_us=mono_us)
+        self._finish(t, g, now_us)
+        return out
+
+    def ack(self, member_id: str, ids: Sequence[str], *, now_us: int, mono_us: int) -> SyncToken:
+        t, g = self._member(member_id)
+        g.ack(member_id, list(ids))
+        return self._finish(t, g, now_us)
+
+    def nack(self, member_id: str, ids: Sequence[str], delay: float | None, *, now_us: int,
+             mono_us: int) -> SyncToken:
+        if delay is not None and delay < 0:
+            raise InvalidArgument("nack delay must be >= 0 seconds or None")
+        t, g = self._member(member_id)
+        g.nack(member_id, list(ids), delay, mono_us=mono_us)
+        return self._finish(t, g, now_us)
+
+    def extend(self, member_id: str, ids: Sequence[str], seconds: float, *, mono_us: int,
+               now_us: int | None = None) -> SyncToken:
+        if seconds <= 0:
+            raise InvalidArgument("extend needs seconds > 0")
+        t, g = self._member(member_id)
+        g.extend(member_id, list(ids), seconds, mono_us=mono_us)
+        return self._finish(t, g, now_us if now_us is not None else t.last_maintenance_us)
+
+    def reject(self, member_id: str, ids: Sequence[str], reason: str, *, now_us: int,
+               mono_us: int) -> SyncToken:
+        t, g = self._member(member_id)
+        g.reject(member_id, list(ids), str(reason))
+        return self._finish(t, g, now_us)
+
+    def reset_group(self, topic: str, group: str, start: Any, *, now_us: int) -> SyncToken:
+        t = self._topic(topic)
+        g = t.group(group)
+        g.reset(start, now_us=now_us)
+        return self._finish(t, g, now_us)
+
+    def wakeups(self) -> set[str]:
+        """Members that may have new ready messages since the last call; clears the set."""
+        out, self._wake = self._wake, set()
+        return {m for m in out if m in self._members}
+
+    # --- dead letters ----------------------------------------------------------------------
+
+    def _dead_letters(self, t: Topic, g: GroupState, now_us: int, tb: TokenBuilder) -> None:
+        letters: list[DeadLetter] = g.drain_dead_letters()
+        if not letters:
+            return
+        ids = []
+        for dl in letters:
+            h = dl.record.headers
+            ids.append(h[ID_HEADER] if h and ID_HEADER in h else
+                       make_id(t.name, t.incarnation, dl.partition, dl.offset))
+        dlq_name = g.settings.dead_letter_topic or dead_letter_name(t.name)
+        dlq = self._topics.get(topic_key(dlq_name))
+        if dlq is None:
+            validate_topic_name(dlq_name, derived=True)
+            dlq = self._create(dlq_name, msgspec.structs.replace(t.config, partitions=1,
+                                                                 backlog_limit=None), now_us)
+        recs = dead_letter_records(t.name, g.name, letters, ids)
+        dlq.publish(recs, now_us, tb, check=False)
+        dlq.commit(now_us, tb)
+        self._after_publish(dlq)
+
+    def redrive(self, topic: str, group: str, *, limit: int | None = None, now_us: int) -> int:
+        """Move ``group``'s dead letters back to their origin partitions (only that group sees
+        them again); returns how many. Progress is journaled: none is redriven twice."""
+        t = self._topic(topic)
+        g = t.group(group)
+        dlq = self._topics.get(topic_key(g.settings.dead_letter_topic or dead_letter_name(t.name)))
+        if dlq is None:
+            return 0
+        tb = TokenBuilder()
+        moved = 0
+        n = len(t.logs)
+        for p, log in enumerate(dlq.logs):
+            key = (group, dlq.key, p)
+            off = min(max(t.redrive.get(key, 0), log.start_offset), log.end_offset)
+            by_part: dict[int, list[Record]] = {}
+            while off < log.end_offset and (limit is None or moved < limit):
+                views = log.read(off, max_records=1000)
+                if not views:
+                    break
+                for view in views:
+                    for i, r in enumerate(view.records()):
+                        o = view.base_offset + i
+                        if o < off:
+                            continue
+                        if limit is not None and moved >= limit:
+                            break
+                        off = o + 1
+                        org = origin_of(r)
+                        if org is None or topic_key(org[0]) != t.key or org[1] != group:
+                            continue
+                        part, rec = redriven_record(r, group)
+                        by_part.setdefault(part if part < n else 0, []).append(rec)
+                        moved += 1
+            for part, recs in by_part.items():
+                t.append(part, recs, now_us, tb)
+            t.redrive[key] = off
+            t.record_event(["rd", group, dlq.key, p, off])
+        t.commit(now_us, tb)
+        self._token(tb)
+        self._after_publish(t)
+        return moved
+
+    # --- time ------------------------------------------------------------------------------
+
+    def tick(self, *, now_us: int, mono_us: int) -> float | None:
+        """Release due delays, expire leases / TTLs (dead letters out), expire dedup and producer
+        entries, apply retention and snapshot now and then. Returns seconds until the next
+        deadline (None: no topics; with topics at most ~1 s, for maintenance)."""
+        self._check_open()
+        nxt: float | None = None
+        for t in list(self._topics.values()):
+            tb = TokenBuilder()
+            released = t.release_due(now_us, tb)
+            if released:
+                t.commit(now_us, tb)
+                self._after_publish(t)
+            due = t.delays.next_due()
+            if due is not None:
+                d = max(0.0, (due - now_us) / 1e6)
+                nxt = d if nxt is None else min(nxt, d)
+            for g in list(t.groups.values()):
+                gd = g.tick(now_us=now_us, mono_us=mono_us)
+                self._dead_letters(t, g, now_us, tb)
+                t.drain_group(g)
+                if g.has_ready():
+                    self._wake.update(g.members_with_credit())
+                if gd is not None:
+                    nxt = gd if nxt is None else min(nxt, gd)
+            t.commit(now_us, tb)
+            self._token(tb)
+            if now_us - t.last_maintenance_us >= MAINTENANCE_EVERY_US:
+                self._maintain(t, now_us)
+            # Maintenance (retention, expiry, snapshots) needs a tick about once a second.
+            m = max(0.0, (t.last_maintenance_us + MAINTENANCE_EVERY_US - now_us) / 1e6)
+            nxt = m if nxt is None else min(nxt, m)
+        return nxt
+
+    def _maintain(self, t: Topic, now_us: int) -> None:
+        t.last_maintenance_us = now_us
+        t.dedup.expire(now_us)
+        t.producers.expire(now_us, self._producer_idle_us)
+        t.apply_retention(now_us)
+        if (t.journal.events_since_snapshot >= SNAPSHOT_EVERY_EVENTS
+                or (t.journal.events_since_snapshot and now_us - t.last_snapshot_us >= SNAPSHOT_EVERY_US)):
+            t.snapshot(now_us)
+
+    # --- introspection for tests and tools -------------------------------------------------
+
+    def pending_delays(self, topic: str) -> int:
+        return len(self._topic(topic).delays)
+

@@ -1,0 +1,60 @@
+"""Dead-letter records and redrive (SPEC §3).
+
+A dead letter is an ordinary message of the dead-letter topic (default ``<topic>.dlq``), with the
+original body, key, routing key, priority and headers plus headers naming where it came from.
+Redrive appends it back to its origin partition with ``x-tidemq-group: <group>``, which the group
+filters honour (only that group sees it again); the redrive cursor (per group and dead-letter
+partition) is journaled in the origin topic after the appends, so nothing is redriven twice
+(a crash between the two may redrive a message again: at-least-once).
+"""
+
+from __future__ import annotations
+
+from ..storage import Record
+from ._group import DeadLetter
+from ._limits import GROUP_HEADER, ID_HEADER
+
+__all__ = ["ORIGIN", "dead_letter_records", "redriven_record"]
+
+ORIGIN = "x-tidemq-origin-"
+H_TOPIC = ORIGIN + "topic"
+H_PARTITION = ORIGIN + "partition"
+H_OFFSET = ORIGIN + "offset"
+H_GROUP = ORIGIN + "group"
+H_COUNT = ORIGIN + "delivery-count"
+H_REASON = ORIGIN + "reason"
+H_ID = ORIGIN + "id"
+
+
+def dead_letter_records(topic: str, group: str, letters: list[DeadLetter],
+                        ids: list[str]) -> list[Record]:
+    """The dead-letter topic's records for ``letters`` (``ids``: their message ids)."""
+    out: list[Record] = []
+    for dl, mid in zip(letters, ids, strict=True):
+        r = dl.record
+        headers = {k: v for k, v in (r.headers or {}).items() if k not in (GROUP_HEADER, ID_HEADER)}
+        headers[H_TOPIC] = topic
+        headers[H_PARTITION] = str(dl.partition)
+        headers[H_OFFSET] = str(dl.offset)
+        headers[H_GROUP] = group
+        headers[H_COUNT] = str(dl.delivery_count)
+        headers[H_REASON] = dl.reason
+        headers[H_ID] = mid
+        out.append(Record(r.body, r.key, r.routing_key, headers, r.priority, 0, 0, None))
+    return out
+
+
+def redriven_record(r: Record, group: str) -> tuple[int, Record]:
+    """(origin partition, the record to append there) for a dead letter."""
+    headers = {k: v for k, v in (r.headers or {}).items() if not k.startswith(ORIGIN)}
+    headers[GROUP_HEADER] = group
+    part = int((r.headers or {}).get(H_PARTITION, "0"))
+    return part, Record(r.body, r.key, r.routing_key, headers, r.priority, 0, 0, None)
+
+
+def origin_of(r: Record) -> tuple[str, str] | None:
+    """(origin topic, origin group) of a dead letter, or None for an ordinary message."""
+    h = r.headers
+    if not h or H_TOPIC not in h or H_GROUP not in h:
+        return None
+    return h[H_TOPIC], h[H_GROUP]

@@ -1,0 +1,412 @@
+"""One topic at run time: its partition logs, delay store, journal, groups and producer state.
+
+The :class:`Topic` does the per-topic work of publishing, releasing delays, journaling and
+recovery; the :class:`~tidemq.broker.Broker` owns the catalogue, members and the wiring between
+topics (dead letters, redrive). Pure logic: time is passed in; one thread at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+
+from ..errors import BacklogFull, CorruptRecord, InvalidArgument, UnknownGroup
+from ..storage import LogConfig, LogStore, PartitionLog, Record
+from ..storage._format import HAS_DELAY, HAS_EXT, verify
+from ._delays import DelayStore
+from ._group import GroupState
+from ._hashing import StickyPartitioner, partition_for_key
+from ._idempotence import DedupTable, IdsRepr, ProducerTable, ids_in, ids_out
+from ._ids import DELAY_PARTITION, make_id, make_ids, parse_id
+from ._journal import Journal, MetaStore, decode, encode
+from ._limits import ID_HEADER, check_lengths, check_records
+from ._sync import TokenBuilder
+from ._types import GroupSettings, TopicConfig
+
+__all__ = ["Topic", "log_config", "partition_log_name"]
+
+_key = attrgetter("key")
+_dedup = attrgetter("dedup_id")
+_deliver_at = attrgetter("deliver_at_us")
+
+SNAPSHOT_EVERY_EVENTS = 20_000
+RELEASE_BATCH = 10_000
+
+
+def log_config(cfg: TopicConfig, *, retention_ms: int | None = None, internal: bool = False) -> LogConfig:
+    """The storage configuration of a topic's logs. Internal logs (delay, journal) delete any
+    segment the broker no longer needs (retention 0 below its ``keep_from``)."""
+    if internal:
+        return LogConfig(segment_bytes=min(cfg.segment_bytes, 64 << 20), retention_ms=0,
+                         durability=cfg.durability)
+    return LogConfig(
+        segment_bytes=min(cfg.segment_bytes, 2 << 30),
+        retention_ms=None if cfg.retention is None else int(cfg.retention * 1000),
+        retention_bytes=cfg.retention_bytes,
+        durability=cfg.durability,
+    )
+
+
+def partition_log_name(key: str, incarnation: int, partition: int | str) -> str:
+    """Log names: one folder per topic incarnation, so a re-created topic starts empty."""
+    return f"{key}/{incarnation}/{partition}"
+
+
+def settings_out(s: GroupSettings) -> Any:
+    return msgspec.to_builtins(s)
+
+
+def settings_in(raw: Any) -> GroupSettings:
+    try:
+        return msgspec.convert(raw, GroupSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise CorruptRecord(f"stored group settings do not decode: {exc}") from exc
+
+
+class Topic:
+    """Run-time state of one topic incarnation."""
+
+    def __init__(self, store: LogStore, meta: MetaStore, name: str, key: str, incarnation: int,
+                 config: TopicConfig, *, now_us: int) -> None:
+        self.store = store
+        self.meta = meta
+        self.name = name
+        self.key = key
+        self.incarnation = incarnation
+        self.config = config
+        self.always = config.durability == "always"
+        data_cfg = log_config(config)
+        self.logs: list[PartitionLog] = [
+            store.open_log(partition_log_name(key, incarnation, p), data_cfg)
+            for p in range(config.partitions)
+        ]
+        internal = log_config(config, internal=True)
+        self.delays = DelayStore(store.open_log(partition_log_name(key, incarnation, "__delay"), internal))
+        self.journal = Journal(store.open_log(partition_log_name(key, incarnation, "__state"), internal))
+        self.groups: dict[str, GroupState] = {}
+        self.dedup = DedupTable()
+        self.producers = ProducerTable()
+        self.redrive: dict[tuple[str, str, int], int] = {}
+        self.sticky = StickyPartitioner()
+        self._events: list[Any] = []
+        self.last_snapshot_us = now_us
+        self.last_maintenance_us = now_us
+
+    # --- identity --------------------------------------------------------------------------
+
+    @property
+    def snapshot_name(self) -> str:
+        return f"snap-{self.key}~{self.incarnation}"
+
+    def ids(self, partition: int, first: int, count: int) -> list[str]:
+        return make_ids(self.name, self.incarnation, partition, first, count)
+
+    def resolve(self, ids: IdsRepr) -> list[str]:
+        if isinstance(ids, tuple):
+            return self.ids(*ids)
+        return list(ids)
+
+    # --- journal ---------------------------------------------------------------------------
+
+    def record_event(self, event: list[Any]) -> None:
+        self._events.append(event)
+
+    def drain_group(self, group: GroupState) -> None:
+        ev = group.drain_journal()
+        if ev:
+            self._events.append(["g", group.name, ev])
+
+    def commit(self, now_us: int, tb: TokenBuilder) -> None:
+        """Append this call's events to the journal, after the data (J1)."""
+        if self._events:
+            events, self._events = self._events, []
+            tb.add(self.journal.log, self.journal.append(events, now_us), self.always)
+
+    # --- publishing ------------------------------------------------------------------------
+
+    def check_backlog(self, adding: int) -> None:
+        limit = self.config.backlog_limit
+        if limit is None:
+            return
+        backlog = self.backlog()
+        if backlog + adding > limit:
+            raise BacklogFull(
+                f"topic {self.name!r} has {backlog} undelivered messages, its backlog limit is "
+                f"{limit} (policy {self.config.backlog_policy}); consume or retry later"
+            )
+
+    def backlog(self) -> int:
+        """Messages some group has still to finish, plus pending delayed messages."""
+        total = len(self.delays)
+        if self.groups:
+            for p, log in enumerate(self.logs):
+                low = min(g.low_water(p) for g in self.groups.values())
+                total += max(0, log.end_offset - low)
+        return total
+
+    def append(self, partition: int, records: Sequence[Record], now_us: int, tb: TokenBuilder) -> int:
+        log = self.logs[partition]
+        res = log.append_records(records, now_us)
+        tb.add(log, res.position, self.always)
+        return res.base_offset
+
+    def publish(self, records: Sequence[Record], now_us: int, tb: TokenBuilder, *,
+                partition: int | None = None, check: bool = True) -> list[str]:
+        """Store ``records``; ids in input order. ``partition`` forces keyless and keyed records
+        alike into one partition (a producer's own choice)."""
+        if check:
+            check_records(records, self.config.max_message_bytes)
+        n = len(self.logs)
+        count = len(records)
+        has_dedup = any(map(_dedup, records))
+        has_delay = max(map(_deliver_at, records)) > now_us
+        if check:
+            self.check_backlog(count)
+        if not has_dedup and not has_delay:
+            if partition is None and not any(map(_key, records)):
+                partition = self.sticky.next_partition(n)
+            if partition is not None:
+                base = self.append(partition, records, now_us, tb)
+                return self.ids(partition, base, count)
+        ids: list[str | None] = [None] * count
+        todo = list(range(count))
+        alias: list[tuple[int, int]] = []
+        if has_dedup:
+            todo, alias = self._dedup_filter(records, ids, now_us)
+        delayed: list[int] = []
+        by_part: dict[int, list[int]] = {}
+        keyless_p = -1
+        for i in todo:
+            r = records[i]
+            if r.deliver_at_us > now_us:
+                delayed.append(i)
+                continue
+            if partition is not None:
+                p = partition
+            elif r.key is not None:
+                p = partition_for_key(r.key, n)
+            else:
+                if keyless_p < 0:
+                    keyless_p = self.sticky.next_partition(n)
+                p = keyless_p
+            by_part.setdefault(p, []).append(i)
+        for p, idx in by_part.items():
+            base = self.append(p, [records[i] for i in idx], now_us, tb)
+            for j, i in enumerate(idx):
+                ids[i] = make_id(self.name, self.incarnation, p, base + j)
+        if delayed:
+            base, pos = self.delays.add([records[i] for i in delayed], now_us)
+            tb.add(self.delays.log, pos, self.always)
+            for j, i in enumerate(delayed):
+                ids[i] = make_id(self.name, self.incarnation, DELAY_PARTITION, base + j)
+        for i, first in alias:
+            ids[i] = ids[first]
+        if has_dedup:
+            expires = now_us + int(self.config.dedup_window * 1e6)
+            rows = []
+            for i in todo:
+                d = records[i].dedup_id
+                mid = ids[i]
+                if d is not None and mid is not None:
+                    self.dedup.put(d, mid, expires)
+                    rows.append([d, mid, expires])
+            if rows:
+                self._events.append(["dd", rows])
+        return [i for i in ids if i is not None]
+
+    def _dedup_filter(self, records: Sequence[Record], ids: list[str | None],
+                      now_us: int) -> tuple[list[int], list[tuple[int, int]]]:
+        todo: list[int] = []
+        alias: list[tuple[int, int]] = []
+        first: dict[str, int] = {}
+        for i, r in enumerate(records):
+            d = r.dedup_id
+            if d is not None:
+                if not isinstance(d, str):
+                    raise InvalidArgument(f"record {i}: dedup_id must be a str")
+                prev = self.dedup.get(d, now_us)
+                if prev is not None:
+                    ids[i] = prev
+                    continue
+                if d in first:
+                    alias.append((i, first[d]))
+                    continue
+                first[d] = i
+            todo.append(i)
+        return todo, alias
+
+    def publish_encoded(self, partition: int, batch: bytes, now_us: int, tb: TokenBuilder) -> list[str]:
+        """Append a producer's pre-encoded batch as it came when it can; split it when it carries
+        future delays or dedup ids. Idempotent per (partition, producer id, sequence)."""
+        if not 0 <= partition < len(self.logs):
+            raise InvalidArgument(
+                f"partition {partition} does not exist: topic {self.name!r} has {len(self.logs)}")
+        try:
+            view = verify(batch)
+        except CorruptRecord as exc:
+            raise InvalidArgument(f"the published batch is malformed: {exc}") from exc
+        pid, epoch, seq, count = view.producer_id, view.producer_epoch, view.base_sequence, view.count
+        idempotent = pid >= 0 and seq >= 0
+        if idempotent:
+            dup = self.producers.check(partition, pid, epoch, seq, count)
+            if dup is not None:
+                return self.resolve(dup)
+        check_lengths(view.lengths(), self.config.max_message_bytes)
+        split = bool(view.attributes & HAS_DELAY) and max(view.deliver_ats()) > now_us
+        records: list[Record] | None = None
+        if view.attributes & HAS_EXT:
+            try:
+                records = view.records()
+            except CorruptRecord as exc:
+                raise InvalidArgument(f"the published batch is malformed: {exc}") from exc
+            check_records(records, self.config.max_message_bytes)
+            split = split or any(map(_dedup, records))
+        ids_repr: IdsRepr
+        if split:
+            if records is None:
+                records = view.records()
+            ids = self.publish(records, now_us, tb, partition=partition, check=False)
+            ids_repr = ids
+        else:
+            self.check_backlog(count)
+            log = self.logs[partition]
+            res = log.append(batch, now_us)
+            tb.add(log, res.position, self.always)
+            ids = self.ids(partition, res.base_offset, count)
+            ids_repr = (partition, res.base_offset, count)
+        if idempotent:
+            self.producers.record(partition, pid, epoch, seq, count, ids_repr, now_us)
+            self._events.append(["pr", partition, pid, epoch, seq, count, ids_out(ids_repr), now_us])
+        return ids
+
+    # --- delays ----------------------------------------------------------------------------
+
+    def release_due(self, now_us: int, tb: TokenBuilder) -> int:
+        """Append due delayed messages to their partitions (keeping their ids); how many."""
+        due = self.delays.pop_due(now_us, RELEASE_BATCH)
+        if not due:
+            return 0
+        n = len(self.logs)
+        by_part: dict[int, list[Record]] = {}
+        keyless_p = -1
+        for seq, r in due:
+            headers = dict(r.headers) if r.headers else {}
+            headers[ID_HEADER] = make_id(self.name, self.incarnation, DELAY_PARTITION, seq)
+            if r.key is not None:
+                p = partition_for_key(r.key, n)
+            else:
+                if keyless_p < 0:
+                    keyless_p = self.sticky.next_partition(n)
+                p = keyless_p
+            by_part.setdefault(p, []).append(msgspec.structs.replace(r, headers=headers))
+        for p, recs in by_part.items():
+            self.append(p, recs, now_us, tb)
+        seqs = [s for s, _ in due]
+        self.delays.released(seqs)
+        self._events.append(["dr", seqs])
+        return len(due)
+
+    # --- durable state ---------------------------------------------------------------------
+
+    def snapshot(self, now_us: int) -> None:
+        """Write a snapshot and trim the journal below it. Syncs data then journal first, so the
+        snapshot never describes data that is not durable (J1)."""
+        for log in self.logs:
+            log.sync()
+        self.delays.log.sync()
+        self.journal.log.sync()
+        state = {
+            "journal_offset": self.journal.log.end_offset,
+            "groups": {name: [settings_out(g.settings), g.snapshot()] for name, g in self.groups.items()},
+            "delays": self.delays.snapshot(),
+            "dedup": self.dedup.dump(),
+            "producers": self.producers.dump(),
+            "redrive": [[g, d, p, off] for (g, d, p), off in self.redrive.items()],
+        }
+        self.meta.put(self.snapshot_name, encode(state))
+        self.journal.events_since_snapshot = 0
+        self.last_snapshot_us = now_us
+        self.journal.log.apply_retention(now_us, keep_from=state["journal_offset"])  # type: ignore[arg-type]
+
+    def recover(self, now_us: int) -> None:
+        """Load the snapshot, replay the journal tail, clamp everything to the logs (J2)."""
+        raw = self.meta.get(self.snapshot_name)
+        snap: dict[str, Any] = decode(raw) if raw else {}
+        group_base: dict[str, tuple[GroupSettings, Any]] = {
+            name: (settings_in(s), gs) for name, (s, gs) in snap.get("groups", {}).items()
+        }
+        group_events: dict[str, list[Any]] = {name: [] for name in group_base}
+        released: list[int] = []
+        self.dedup.load(snap.get("dedup", []))
+        self.producers.load(snap.get("producers", []))
+        for g, d, p, off in snap.get("redrive", []):
+            self.redrive[(g, d, p)] = off
+        for events in self.journal.replay(int(snap.get("journal_offset", 0))):
+            for ev in events:
+                self._replay(ev, group_base, group_events, released)
+        ends = [log.end_offset for log in self.logs]
+        self.delays.recover(snap.get("delays"), released)
+        delay_end = self.delays.log.end_offset
+
+        def lost(mid: str) -> bool:
+            ref = parse_id(mid)
+            end = delay_end if ref.partition == DELAY_PARTITION else (
+                ends[ref.partition] if ref.partition < len(ends) else 0)
+            return ref.offset >= end
+
+        self.dedup.drop_if(lost)
+        self.producers.clamp(ends, delay_end)
+        for name, (settings, gsnap) in group_base.items():
+            self.groups[name] = GroupState.restore(
+                gsnap, group_events[name], self.name, self.incarnation, name, settings,
+                self.logs, now_us=now_us)
+        self.last_snapshot_us = now_us
+
+    def _replay(self, ev: list[Any], group_base: dict[str, tuple[GroupSettings, Any]],
+                group_events: dict[str, list[Any]], released: list[int]) -> None:
+        kind = ev[0]
+        if kind == "g":
+            if ev[1] in group_events:
+                group_events[ev[1]].extend(ev[2])
+        elif kind in ("gc", "gu"):
+            group_base[ev[1]] = (settings_in(ev[2]), ev[3])
+            group_events[ev[1]] = []
+        elif kind == "gd":
+            group_base.pop(ev[1], None)
+            group_events.pop(ev[1], None)
+        elif kind == "dr":
+            released.extend(ev[1])
+        elif kind == "dd":
+            self.dedup.load(ev[1])
+        elif kind == "pr":
+            _, part, pid, epoch, seq, count, ids, used = ev
+            self.producers.record(part, pid, epoch, seq, count, ids_in(ids), used)
+        elif kind == "rd":
+            self.redrive[(ev[1], ev[2], ev[3])] = ev[4]
+
+    # --- groups ----------------------------------------------------------------------------
+
+    def group(self, name: str) -> GroupState:
+        g = self.groups.get(name)
+        if g is None:
+            raise UnknownGroup(f"topic {self.name!r} has no consumer group {name!r}")
+        return g
+
+    # --- retention & upkeep ----------------------------------------------------------------
+
+    def apply_retention(self, now_us: int) -> int:
+        removed = 0
+        for p, log in enumerate(self.logs):
+            keep: int | None = None
+            if not self.config.log_retention and self.groups:
+                keep = min(g.low_water(p) for g in self.groups.values())
+            removed += log.apply_retention(now_us, keep_from=keep)
+        removed += self.delays.trim(now_us)
+        return removed
+
+    def close(self) -> None:
+        for log in (*self.logs, self.delays.log, self.journal.log):
+            log.close()

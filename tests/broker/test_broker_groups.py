@@ -1,0 +1,173 @@
+"""Groups through the broker: settings, members, acks across crashes, dead letters, redrive,
+retention."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tidemq.broker import GroupSettings, TopicConfig
+from tidemq.errors import GroupSettingsMismatch, UnknownGroup, UnknownMessage
+from tidemq.storage import Record
+
+from ._support import Harness
+
+
+@pytest.fixture(params=["memory", "file"])
+def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(request.param, tmp_path)
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def fh(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness("file", tmp_path)
+    yield harness
+    harness.close()
+
+
+def test_first_subscribe_defines_settings(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    s = GroupSettings(ack_timeout=5.0)
+    m1 = b.subscribe("t", "g", s, **c.t)
+    m2 = b.subscribe("t", "g", None, **c.t)
+    assert m1 != m2
+    assert b.describe_group("t", "g").settings == s
+    with pytest.raises(GroupSettingsMismatch):
+        b.subscribe("t", "g", GroupSettings(ack_timeout=6.0), **c.t)
+    b.update_group("t", "g", GroupSettings(ack_timeout=6.0), now_us=c.now_us)
+    assert b.describe_group("t", "g").settings.ack_timeout == 6.0
+    assert sorted(b.describe_group("t", "g").members) == sorted([m1, m2])
+    assert [g.name for g in b.list_groups("t")] == ["g"]
+    b.delete_group("t", "g")
+    with pytest.raises(UnknownGroup):
+        b.describe_group("t", "g")
+    with pytest.raises(UnknownMessage):
+        b.fetch(m1, 1, **c.t)
+
+
+def test_fan_out_and_unsubscribe_releases(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    a = b.subscribe("t", "a", None, **c.t)
+    z = b.subscribe("t", "z", None, **c.t)
+    b.publish("t", [Record(b"1"), Record(b"2")], now_us=c.now_us)
+    assert {a, z} <= b.wakeups()
+    assert [d.body for d in b.fetch(a, 10, **c.t)] == [b"1", b"2"]
+    assert [d.body for d in b.fetch(z, 10, **c.t)] == [b"1", b"2"]
+    b.unsubscribe(a, **c.t)
+    a2 = b.subscribe("t", "a", None, **c.t)
+    assert [d.body for d in b.fetch(a2, 10, **c.t)] == [b"1", b"2"]
+
+
+def test_acked_under_always_never_redelivered_unacked_come_again(fh: Harness) -> None:
+    b, c = fh.broker, fh.clock
+    b.create_topic("t", TopicConfig(durability="always"), now_us=c.now_us)
+    m = b.subscribe("t", "g", None, **c.t)
+    b.sync(b.publish("t", [Record(b"%d" % i) for i in range(6)], now_us=c.now_us).token)
+    got = b.fetch(m, 6, **c.t)
+    tok = b.ack(m, [d.id for d in got[:3]], **c.t)
+    assert b.needs_sync(tok)
+    b.sync(tok)
+    b2 = fh.crash()
+    m2 = b2.subscribe("t", "g", None, **c.t)
+    again = b2.fetch(m2, 10, **c.t)
+    assert [d.body for d in again] == [b"3", b"4", b"5"]
+    assert all(d.delivery_count >= 2 for d in again)
+
+
+def test_state_clamped_to_the_log_after_a_torn_tail(fh: Harness) -> None:
+    # The journal may be durable while the data tail is not (power loss): recovery clamps.
+    b, c = fh.broker, fh.clock
+    b.create_topic("t", TopicConfig(durability="always"), now_us=c.now_us)
+    m = b.subscribe("t", "g", None, **c.t)
+    b.sync(b.publish("t", [Record(b"a")], now_us=c.now_us).token)
+    b.publish("t", [Record(b"b")], now_us=c.now_us)
+    got = b.fetch(m, 10, **c.t)
+    b.sync(b.ack(m, [d.id for d in got], **c.t))  # journal synced; 'b' data synced too by log order
+    b2 = fh.crash()
+    info = b2.describe_group("t", "g")
+    assert info.partitions[0].committed <= b2.describe_topic("t").partitions[0].end_offset
+
+
+def test_reject_goes_to_dead_letter_topic_with_headers(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    m = b.subscribe("t", "g", None, **c.t)
+    b.publish("t", [Record(b"bad", key=b"k", headers={"h": "v"})], now_us=c.now_us)
+    [d] = b.fetch(m, 1, **c.t)
+    b.reject(m, [d.id], "nope", **c.t)
+    w = b.subscribe("t.dlq", "watch", None, **c.t)
+    [dl] = b.fetch(w, 10, **c.t)
+    assert dl.body == b"bad" and dl.key == b"k"
+    hd = dl.headers
+    assert hd["h"] == "v"
+    assert hd["x-tidemq-origin-topic"] == "t" and hd["x-tidemq-origin-group"] == "g"
+    assert hd["x-tidemq-origin-partition"] == "0" and hd["x-tidemq-origin-offset"] == "0"
+    assert hd["x-tidemq-origin-delivery-count"] == "1"
+    assert hd["x-tidemq-origin-reason"] == "rejected"
+
+
+def test_max_deliveries_dead_letters_on_tick(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    m = b.subscribe("t", "g", GroupSettings(max_deliveries=2, ack_timeout=1.0,
+                                            dead_letter_topic="dead"), **c.t)
+    b.publish("t", [Record(b"x")], now_us=c.now_us)
+    for _ in range(2):
+        assert len(b.fetch(m, 1, **c.t)) == 1
+        c.advance(1.5)
+        b.tick(**c.t)
+    assert b.fetch(m, 1, **c.t) == []
+    assert b.describe_topic("dead").partitions[0].end_offset == 1
+
+
+def test_redrive_returns_dead_letters_to_their_group_only_once(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    g = b.subscribe("t", "g", None, **c.t)
+    o = b.subscribe("t", "other", None, **c.t)
+    b.publish("t", [Record(b"1"), Record(b"2")], now_us=c.now_us)
+    got = b.fetch(g, 10, **c.t)
+    b.reject(g, [got[0].id], "r", **c.t)
+    b.ack(g, [got[1].id], **c.t)
+    b.ack(o, [d.id for d in b.fetch(o, 10, **c.t)], **c.t)
+    assert b.redrive("t", "g", now_us=c.now_us) == 1
+    assert b.redrive("t", "g", now_us=c.now_us) == 0
+    [again] = b.fetch(g, 10, **c.t)
+    assert again.body == b"1" and again.headers.get("x-tidemq-group") == "g"
+    assert b.fetch(o, 10, **c.t) == []  # the other group does not see it again
+
+
+def test_redrive_progress_survives_reopen(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    g = b.subscribe("t", "g", None, **c.t)
+    b.publish("t", [Record(b"1")], now_us=c.now_us)
+    [d] = b.fetch(g, 1, **c.t)
+    b.reject(g, [d.id], "r", **c.t)
+    assert b.redrive("t", "g", now_us=c.now_us) == 1
+    b2 = h.reopen()
+    assert b2.redrive("t", "g", now_us=c.now_us) == 0
+
+
+def test_retention_keeps_what_a_group_still_needs(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    b.create_topic("q", TopicConfig(retention=1.0, segment_bytes=4096), now_us=c.now_us)
+    b.create_topic("log", TopicConfig(retention=1.0, segment_bytes=4096, log_retention=True),
+                   now_us=c.now_us)
+    for t in ("q", "log"):
+        b.create_group(t, "g", None, now_us=c.now_us)
+        for _ in range(20):
+            b.publish(t, [Record(b"x" * 500) for _ in range(4)], now_us=c.now_us)
+    c.advance(5)
+    b.tick(**c.t)
+    assert b.describe_topic("q").partitions[0].start_offset == 0
+    assert b.describe_topic("log").partitions[0].start_offset > 0
+
+
+def test_reset_group_replays(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    m = b.subscribe("t", "g", None, **c.t)
+    b.publish("t", [Record(b"1"), Record(b"2")], now_us=c.now_us)
+    b.ack(m, [d.id for d in b.fetch(m, 10, **c.t)], **c.t)
+    b.reset_group("t", "g", "earliest", now_us=c.now_us)
+    assert [d.body for d in b.fetch(m, 10, **c.t)] == [b"1", b"2"]
