@@ -23,7 +23,11 @@ _LAZY = {
     "TideMQError": "errors", "errors": "",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [
+    "Client", "AsyncClient", "Subscription", "AsyncSubscription", "Message", "AsyncMessage",
+    "Consumer", "open", "Backoff", "TopicConfig", "GroupSettings", "TopicInfo", "GroupInfo",
+    "Delivery", "TideMQError", "errors", "__version__",
+]
 
 if TYPE_CHECKING:
     from . import errors

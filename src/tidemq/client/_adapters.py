@@ -14,7 +14,14 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicConfig, TopicInfo
+from ..broker._types import (
+    Delivery,
+    GroupInfo,
+    GroupSettings,
+    StartPosition,
+    TopicConfig,
+    TopicInfo,
+)
 from ..storage import Record
 from ._embedded import EmbeddedTransport
 from ._transport import AsyncTransport

@@ -176,8 +176,8 @@ class AsyncClient:
             except (asyncio.CancelledError, TideMQError):
                 pass
         if self._transport is not None:
-            t, self._transport = self._transport, None
-            await t.close()
+            transport, self._transport = self._transport, None
+            await transport.close()
 
     async def __aenter__(self) -> AsyncClient:
         return await self.connect()

@@ -20,13 +20,13 @@ log = logging.getLogger("tidemq.client")
 
 
 def _ids(items: Any) -> list[str]:
-    """Accept an id, a Message, or an iterable of either."""
+    """Accept an id, a (Async)Message, or an iterable of either."""
     if isinstance(items, str):
         return [items]
-    if isinstance(items, Message):
+    if hasattr(items, "id") and hasattr(items, "body"):  # a Message or AsyncMessage
         return [items.id]
     try:
-        out = [m.id if isinstance(m, Message) else m for m in items]
+        out = [m if isinstance(m, str) else getattr(m, "id", m) for m in items]
     except TypeError:
         raise InvalidArgument("pass a message id, a Message, or a list of them") from None
     if not all(isinstance(i, str) for i in out):

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..broker import Broker
-from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicConfig, TopicInfo
+from ..broker._types import (
+    Delivery,
+    GroupInfo,
+    GroupSettings,
+    StartPosition,
+    TopicConfig,
+    TopicInfo,
+)
 from ..errors import BacklogFull, Closed, Timeout
 from ..storage import Record, open_store
 

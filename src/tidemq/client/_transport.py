@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicConfig, TopicInfo
+from ..broker._types import (
+    Delivery,
+    GroupInfo,
+    GroupSettings,
+    StartPosition,
+    TopicConfig,
+    TopicInfo,
+)
 from ..storage import Record
 
 __all__ = ["SyncTransport", "AsyncTransport"]
