@@ -509,6 +509,9 @@ class Broker:
                     nxt = gd if nxt is None else min(nxt, gd)
             t.commit(now_us, tb)
             self._token(tb)
+            jd = t.journal_due(now_us)
+            if jd is not None:
+                nxt = jd if nxt is None else min(nxt, jd)
             if now_us - t.last_maintenance_us >= MAINTENANCE_EVERY_US:
                 self._maintain(t, now_us)
             # Maintenance (retention, expiry, snapshots) needs a tick about once a second.

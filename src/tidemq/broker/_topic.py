@@ -34,6 +34,7 @@ _deliver_at = attrgetter("deliver_at_us")
 
 SNAPSHOT_EVERY_EVENTS = 20_000
 RELEASE_BATCH = 10_000
+JOURNAL_BATCH_EVENTS = 1_000  # pending event lists that force a journal append
 
 
 def log_config(cfg: TopicConfig, *, retention_ms: int | None = None, internal: bool = False) -> LogConfig:
@@ -92,6 +93,8 @@ class Topic:
         self.redrive: dict[tuple[str, str, int], int] = {}
         self.sticky = StickyPartitioner()
         self._events: list[Any] = []
+        self._journal_flushed_us = now_us
+        self._journal_interval_us = int(config.sync_interval * 1_000_000)
         self.last_snapshot_us = now_us
         self.last_maintenance_us = now_us
 
@@ -120,10 +123,28 @@ class Topic:
             self._events.append(["g", group.name, ev])
 
     def commit(self, now_us: int, tb: TokenBuilder) -> None:
-        """Append this call's events to the journal, after the data (J1)."""
-        if self._events:
-            events, self._events = self._events, []
-            tb.add(self.journal.log, self.journal.append(events, now_us), self.always)
+        """Append the pending events to the journal, after the data (J1).
+
+        Under ``always`` every call's events go out at once (the caller syncs them before it
+        answers). Otherwise they are batched: appended once ``sync_interval`` has passed since
+        the last append (``tick`` comes by at least that often, see :meth:`journal_due`) or
+        when many are pending, so an ack costs no write of its own. What a crash loses is the
+        last moments' acks, which SPEC §6 allows under ``interval`` and ``never``.
+        """
+        if not self._events:
+            return
+        if (not self.always and len(self._events) < JOURNAL_BATCH_EVENTS
+                and now_us - self._journal_flushed_us < self._journal_interval_us):
+            return
+        events, self._events = self._events, []
+        self._journal_flushed_us = now_us
+        tb.add(self.journal.log, self.journal.append(events, now_us), self.always)
+
+    def journal_due(self, now_us: int) -> float | None:
+        """Seconds until pending journal events must be appended (None: nothing pending)."""
+        if not self._events:
+            return None
+        return max(0.0, (self._journal_flushed_us + self._journal_interval_us - now_us) / 1e6)
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -318,6 +339,9 @@ class Topic:
             log.sync()
         self.delays.log.sync()
         self.journal.log.sync()
+        # The snapshot holds the in-memory state, which already reflects the pending events:
+        # appending them after it would apply them twice on replay.
+        self._events = []
         state = {
             "journal_offset": self.journal.log.end_offset,
             "groups": {name: [settings_out(g.settings), g.snapshot()] for name, g in self.groups.items()},
