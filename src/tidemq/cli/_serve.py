@@ -1,0 +1,71 @@
+"""``tidemq serve``: run the TCP server on a data folder until SIGTERM / Ctrl-C.
+
+The flags are the server's own (``tidemq.server._main.build_parser``), so ``tidemq serve`` and
+``python -m tidemq.server`` accept the same ones; this module adds ``--http-port`` (reserved for
+the HTTP API, which is not in this version) and maps failures to the CLI's exit codes.
+Settings come from defaults, then ``--config FILE`` (TOML), then flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from ._common import UsageError
+from ._output import note
+
+__all__ = ["register"]
+
+_EPILOG = """\
+examples:
+  tidemq serve                                   ./tidemq-data on 127.0.0.1:7600
+  tidemq serve --data /var/lib/tidemq --port 7600
+  tidemq serve --config tidemq.toml --log-level DEBUG
+  tidemq serve --memory --port 0                 in-memory, any free port (tests)
+
+The server prints "tidemq listening on HOST:PORT" once it accepts connections, and shuts down
+gracefully on SIGTERM or Ctrl-C (stop accepting, finish requests, sync, close).
+It listens on loopback unless --host says otherwise (there is no authentication yet).
+"""
+
+
+def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    from ..server._main import build_parser as server_flags
+
+    p = sub.add_parser("serve", help="run the TideMQ server",
+                       description="Run the TideMQ server (binary protocol over TCP) on a "
+                                   "data folder.",
+                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    server_flags(p)
+    p.add_argument("--http-port", type=int, metavar="PORT",
+                   help="HTTP API port (default 7680; reserved: the HTTP API is not in this "
+                        "version, so nothing listens there yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InvalidArgument
+    from ..server import serve
+    from ..server._main import config_from_args
+
+    level = str(args.log_level).upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise UsageError(f"unknown log level {args.log_level!r}: use DEBUG, INFO, WARNING or "
+                         "ERROR", "tidemq serve")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except InvalidArgument as exc:
+        raise UsageError(str(exc), "tidemq serve") from None
+    if args.http_port is not None:
+        note("the HTTP API is not available in this version; --http-port is ignored")
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"cannot listen on {config.host}:{config.port}: "
+                                 f"{exc.strerror}") from None
+    return 0
