@@ -46,6 +46,7 @@ from ..errors import (
     ProtocolError,
     StaleLease,
     TideMQError,
+    Timeout,
     TopicExists,
     UnknownTopic,
     UnsupportedVersion,
@@ -312,13 +313,16 @@ class TcpTransport:
         self._send(P.Publish(request_id=rid, topic=batch.topic, partition=batch.partition,
                              batch=batch.payload))
 
-    async def _exchange(self, frame: Any) -> Any:
-        """Send a request on the current connection and await its answer frame."""
+    def _start(self, frame: Any) -> tuple[int, asyncio.Future[Any]]:
+        """Send a request on the current connection; the future gets its answer frame."""
         rid = self._rid()
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending[rid] = fut
         self._send(msgspec.structs.replace(frame, request_id=rid))
-        return await fut
+        return rid, fut
+
+    async def _exchange(self, frame: Any) -> Any:
+        return await self._start(frame)[1]
 
     async def _request(self, frame: Any) -> Any:
         """Wait for a ready connection (reconnecting), then :meth:`_exchange`."""
@@ -332,7 +336,14 @@ class TcpTransport:
                     f"tidemq://{self.host}:{self.port} unreachable for {self.request_timeout} s"
                 ) from None
             self._check_open()
-        return await self._exchange(frame)
+        rid, fut = self._start(frame)
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                return await fut
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise Timeout(f"no answer to {type(frame).__name__} from tidemq://{self.host}:"
+                          f"{self.port} within {self.request_timeout} s") from None
 
     def _check_open(self) -> None:
         if self._fatal is not None:

@@ -96,7 +96,11 @@ class ClientSubscription:
         append = self.queue.append
         cols = (frame.ids, frame.partitions, frame.offsets, frame.timestamps_us, frame.bodies)
         plain = frame.keys is None and frame.routing_keys is None and frame.headers is None
-        if plain and WIRE_DELAY_PARTITION not in frame.partitions:
+        # A message that waited in the delay store keeps its delay-store id ("t@1:d:7") after it
+        # is released into a partition; acks must name that id, so its ack ref is (delay
+        # partition, sequence from the id). Topic names never contain ':' (SPEC §1).
+        delayed = ":d:" in "".join(frame.ids)
+        if plain and not delayed and WIRE_DELAY_PARTITION not in frame.partitions:
             # Plain messages (the common case): no per-message optional fields to unpack.
             for mid, p, off, ts, body, pr, cnt in zip(*cols, frame.priorities,
                                                       frame.delivery_counts, strict=True):
@@ -110,7 +114,10 @@ class ClientSubscription:
             for mid, p, off, ts, body, pr, cnt, key, rk, h in zip(
                 *cols, frame.priorities, frame.delivery_counts, keys, rks, hdrs, strict=True,
             ):
-                outstanding[mid] = (p, off, deadline)  # acks name the wire partition
+                if delayed and ":d:" in mid:
+                    outstanding[mid] = (WIRE_DELAY_PARTITION, int(mid.rsplit(":", 1)[1]), deadline)
+                else:
+                    outstanding[mid] = (p, off, deadline)  # acks name the wire partition
                 append(Delivery(mid, topic, -1 if p == WIRE_DELAY_PARTITION else p, off, ts,
                                 body, key, rk, h or {}, pr, cnt))
         if self.waiter is not None and not self.waiter.done():

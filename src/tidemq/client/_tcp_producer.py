@@ -29,6 +29,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import xxhash
 
@@ -42,6 +43,7 @@ _I32_MAX = 2**31 - 1
 _RECORD_OVERHEAD = 16  # per-record bytes beyond the body, a rough bound for sizing batches
 
 _xxh3 = xxhash.xxh3_64_intdigest
+_BODY = attrgetter("body")
 
 # A waiter: (future, first index in the batch, count): the future gets ids[first:first+count].
 Waiter = tuple["asyncio.Future[list[str]]", int, int]
@@ -152,7 +154,7 @@ class Producer:
             op.size += len(rec.body) + _RECORD_OVERHEAD
         else:
             op.records += records
-            op.size += sum(len(r.body) for r in records) + _RECORD_OVERHEAD * len(records)
+            op.size += sum(map(len, map(_BODY, records))) + _RECORD_OVERHEAD * len(records)
         if op.size >= self.max_batch_bytes or len(records) > 1 and self.linger == 0:
             self._seal(topic, partition, st)
             self._pump(st)

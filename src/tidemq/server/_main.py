@@ -1,0 +1,118 @@
+"""Running the server as a process: flags, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from ..errors import TideMQError
+from ._config import ServerConfig, load_config
+from ._server import Server
+
+__all__ = ["serve", "main", "build_parser"]
+
+log = logging.getLogger("tidemq.server")
+
+
+async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut down gracefully: stop accepting, let
+    requests in flight finish, release leases, sync and close the broker."""
+    server = Server(config)
+    await server.start()
+    # One line on stdout with the bound port: parents using --port 0 read it.
+    print(f"tidemq listening on {config.host}:{server.port}", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.stop()
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The ``serve`` flags (the CLI's ``tidemq serve`` reuses this)."""
+    p = parser or argparse.ArgumentParser(
+        prog="tidemq serve", description="Run the TideMQ server (binary protocol over TCP).")
+    p.add_argument("--config", metavar="FILE", help="TOML settings file ([server] table)")
+    p.add_argument("--data", metavar="DIR", help="data folder (default ./tidemq-data)")
+    p.add_argument("--memory", action="store_true", help="keep everything in memory (testing)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 7600; 0 picks a free one)")
+    p.add_argument("--sync-interval", type=float, help="seconds between fsyncs for 'interval'")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between pings")
+    p.add_argument("--heartbeat-timeout", type=float,
+                   help="seconds of silence after which a client is dead and its leases freed")
+    p.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"],
+                   help="event loop: auto (default: uvloop if installed), asyncio, uvloop")
+    p.add_argument("--no-auto-create", action="store_true",
+                   help="refuse publishes to topics that do not exist")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ...")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    overrides = {
+        "data": args.data, "host": args.host, "port": args.port,
+        "sync_interval": args.sync_interval, "heartbeat_interval": args.heartbeat_interval,
+        "heartbeat_timeout": args.heartbeat_timeout, "max_frame_bytes": args.max_frame_bytes,
+        "auto_create_topics": False if args.no_auto_create else None,
+        "loop": args.loop,
+    }
+    cfg = load_config(args.config, **overrides)
+    if args.memory:
+        cfg = dataclasses.replace(cfg, data=None)  # (ServerConfig.replace ignores Nones)
+    return cfg
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for, or with "auto" when installed (measured faster here; see
+    docs/server.md); ``None`` means asyncio's default loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 after a clean shutdown, 2 for bad settings, 1 for other failures."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except TideMQError as exc:
+        print(f"tidemq serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loop_factory = _loop_factory(config.loop)
+    except ImportError:
+        print("tidemq serve: --loop uvloop needs the uvloop package (pip install uvloop)",
+              file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(config))
+    except TideMQError as exc:
+        print(f"tidemq serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tidemq serve: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return 0
