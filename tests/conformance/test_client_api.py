@@ -70,13 +70,22 @@ def test_publish_batch_keeps_order_per_key(mq: tidemq.Client) -> None:
 def test_fan_out_across_groups_and_load_balance_within(mq: tidemq.Client) -> None:
     t = unique("fanout")
     mq.create_topic(t, partitions=2)
-    a1, a2 = mq.subscribe(t, "a"), mq.subscribe(t, "a")
+    a1, a2 = mq.subscribe(t, "a", prefetch=5), mq.subscribe(t, "a", prefetch=5)
     b = mq.subscribe(t, "b")
     mq.publish_batch(t, [str(i).encode() for i in range(40)])
-    got_a = drain(a1, 20, timeout=2) + drain(a2, 40, timeout=2)
+    got_a: list[tidemq.Message] = []
+    per_member = {id(a1): 0, id(a2): 0}
+    deadline = time.monotonic() + 5
+    while len(got_a) < 40 and time.monotonic() < deadline:
+        for s in (a1, a2):
+            batch = s.receive(max_messages=3, timeout=0.05)
+            s.ack(batch)
+            got_a.extend(batch)
+            per_member[id(s)] += len(batch)
     got_b = drain(b, 40)
     assert sorted(int(m.body) for m in got_a) == list(range(40))
     assert sorted(int(m.body) for m in got_b) == list(range(40))
+    assert all(n > 0 for n in per_member.values())  # both members of "a" got work
 
 
 def test_nack_redelivers_with_count_and_max_deliveries_dead_letters(mq: tidemq.Client) -> None:
@@ -122,10 +131,11 @@ def test_reject_dead_letters_and_redrive_returns_to_that_group_only(mq: tidemq.C
 def test_lease_expiry_redelivers(mq: tidemq.Client) -> None:
     t = unique("lease")
     mq.create_topic(t)
-    s1 = mq.subscribe(t, "g", ack_timeout=0.3)
-    s2 = mq.subscribe(t, "g")
+    # prefetch=1: once s1 holds the message it has no credit, so the redelivery goes to s2
+    s1 = mq.subscribe(t, "g", ack_timeout=0.3, prefetch=1)
     mq.publish(t, b"m")
     [m] = drain(s1, 1, ack=False)
+    s2 = mq.subscribe(t, "g")  # joins after s1 holds it (a server pushes to any member)
     got = drain(s2, 1, timeout=3, ack=False)
     assert [x.body for x in got] == [b"m"]
     assert got[0].delivery_count == 2
@@ -138,10 +148,10 @@ def test_lease_expiry_redelivers(mq: tidemq.Client) -> None:
 def test_extend_keeps_the_lease(mq: tidemq.Client) -> None:
     t = unique("extend")
     mq.create_topic(t)
-    s1 = mq.subscribe(t, "g", ack_timeout=0.4)
-    s2 = mq.subscribe(t, "g")
+    s1 = mq.subscribe(t, "g", ack_timeout=0.4, prefetch=1)
     mq.publish(t, b"m")
     [m] = drain(s1, 1, ack=False)
+    s2 = mq.subscribe(t, "g")
     for _ in range(3):
         time.sleep(0.2)
         m.extend(0.4)
@@ -177,11 +187,14 @@ def test_delay_is_held_until_due(mq: tidemq.Client) -> None:
 def test_ttl_expired_is_dead_lettered_not_delivered(mq: tidemq.Client) -> None:
     t = unique("ttl")
     mq.create_topic(t)
-    sub = mq.subscribe(t, "g")
+    mq.create_group(t, "g")  # the group exists, but no member takes the message in time
     mq.publish(t, b"stale", ttl=0.2)
+    mq.publish(t, b"fresh", ttl=60)
     time.sleep(0.5)
-    assert sub.receive(timeout=0.5) == []
+    sub = mq.subscribe(t, "g")
+    assert [m.body for m in drain(sub, 2, timeout=1)] == [b"fresh"]
     dl = drain(mq.subscribe(f"{t}.dlq", "x"), 1, timeout=3)
+    assert [m.body for m in dl] == [b"stale"]
     assert [m.headers["x-tidemq-origin-reason"] for m in dl] == ["expired"]
 
 

@@ -22,6 +22,7 @@ from ..broker._types import (
     TopicConfig,
     TopicInfo,
 )
+from ..errors import Closed
 from ..storage import Record
 from ._embedded import EmbeddedTransport
 from ._transport import AsyncTransport
@@ -128,6 +129,9 @@ class SyncOverAsync:
             raise
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coro.close()
+            raise Closed("this client is closed; open a new one")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _stop_loop(self) -> None:
@@ -144,6 +148,8 @@ class SyncOverAsync:
         return call
 
     def close(self) -> None:
+        if self._loop.is_closed():
+            return
         try:
             self._run(self._inner.close())
         finally:
