@@ -106,7 +106,7 @@ def test_reject_goes_to_dead_letter_topic_with_headers(h: Harness) -> None:
     assert hd["x-tidemq-origin-topic"] == "t" and hd["x-tidemq-origin-group"] == "g"
     assert hd["x-tidemq-origin-partition"] == "0" and hd["x-tidemq-origin-offset"] == "0"
     assert hd["x-tidemq-origin-delivery-count"] == "1"
-    assert hd["x-tidemq-origin-reason"] == "rejected"
+    assert hd["x-tidemq-origin-reason"] == "nope"  # the caller's reason
 
 
 def test_max_deliveries_dead_letters_on_tick(h: Harness) -> None:

@@ -121,6 +121,8 @@ def test_reject_dead_letters_and_redrive_returns_to_that_group_only(mq: tidemq.C
     [m] = drain(bad, 1, ack=False)
     m.reject("cannot parse")
     assert bad.receive(timeout=0.2) == []
+    [dead] = drain(mq.subscribe(f"{t}.dlq", "ops"), 1)
+    assert dead.headers["x-tidemq-origin-reason"] == "cannot parse"
     assert mq.redrive(t, "bad") == 1
     [again] = drain(bad, 1)
     assert again.body == b"x"

@@ -29,9 +29,10 @@ from ._ids import make_id
 from ._journal import decode, encode, open_meta
 from ._limits import ID_HEADER
 from ._names import dead_letter_name, topic_key, validate_topic_name
-from ._sync import SyncToken, TokenBuilder
+from ._sync import EMPTY_TOKEN, SyncToken, TokenBuilder
 from ._topic import SNAPSHOT_EVERY_EVENTS, Topic, log_config, partition_log_name, settings_out
 from ._types import (
+    MAX_PARTITIONS,
     Delivery,
     GroupInfo,
     GroupSettings,
@@ -71,7 +72,10 @@ class Broker:
         self._member_seq = itertools.count(1)
         # Member ids of this broker run never repeat an earlier run's (ids are not durable).
         self._run = f"{now_us:x}"
-        self._wake: set[str] = set()
+        # Groups that may have new ready messages since the last wakeups(). Their members with
+        # credit are listed when wakeups() is asked, not after every ack or publish: the
+        # per-message paths only add the group.
+        self._wake: set[GroupState] = set()
         self._positions: dict[int, tuple[PartitionLog, int]] = {}
         self._prefetch: dict[str, int] = {}
         self._by_name: dict[str, Topic] = {}
@@ -231,6 +235,8 @@ class Broker:
         if not isinstance(n, int) or n < have:
             raise InvalidPartitionCount(
                 f"topic {t.name!r} has {have} partitions; the count may only grow (asked {n})")
+        if n > MAX_PARTITIONS:
+            raise InvalidPartitionCount(f"at most {MAX_PARTITIONS} partitions (asked {n})")
         if n == have:
             return self._info(t)
         cfg = log_config(t.config)
@@ -251,9 +257,25 @@ class Broker:
         Raises MessageTooLarge / InvalidArgument (nothing stored), BacklogFull (policy reject,
         and policy block too: the driver waits and retries), UnknownTopic.
         """
-        t = self._topic_for_publish(topic, now_us)
+        t = self._by_name.get(topic)
+        if t is None or self._closed:
+            t = self._topic_for_publish(topic, now_us)
+        one = t.publish_plain(records, now_us)
+        if one is not None and not t.events:
+            # One plain message and no journal events pending: the token is its one entry
+            # (what a TokenBuilder would build), without the builder.
+            ids, log, pos = one
+            entry = (log, pos)
+            self._positions[id(log)] = entry
+            if t.groups:
+                self._after_publish(t)
+            return PublishResult(ids, SyncToken((entry,), t.always))
         tb = TokenBuilder()
-        ids = t.publish(records, now_us, tb)
+        if one is not None:
+            ids, log, pos = one
+            tb.add(log, pos, t.always)
+        else:
+            ids = t.publish(records, now_us, tb)
         t.commit(now_us, tb)
         self._after_publish(t)
         return PublishResult(ids, self._token(tb))
@@ -268,8 +290,7 @@ class Broker:
         return PublishResult(ids, self._token(tb))
 
     def _after_publish(self, t: Topic) -> None:
-        for g in t.groups.values():
-            self._wake.update(g.members_with_credit())
+        self._wake.update(t.groups.values())
 
     # --- groups ----------------------------------------------------------------------------
 
@@ -364,14 +385,24 @@ class Broker:
         return hit
 
     def _finish(self, t: Topic, g: GroupState, now_us: int) -> SyncToken:
-        """After a group operation: dead letters out, journal after them, wake members."""
-        tb = TokenBuilder()
-        self._dead_letters(t, g, now_us, tb)
+        """After a group operation: dead letters out, journal after them, wake members.
+
+        The usual ack or fetch has no dead letters and no journal append due (events are
+        batched, see ``Topic.commit``): then no token builder is made and the token is empty,
+        as the builder would have built it.
+        """
+        tb: TokenBuilder | None = None
+        if g.has_dead_letters():
+            tb = TokenBuilder()
+            self._dead_letters(t, g, now_us, tb)
         t.drain_group(g)
-        t.commit(now_us, tb)
+        if t.commit_due(now_us):
+            if tb is None:
+                tb = TokenBuilder()
+            t.commit(now_us, tb)
         if g.has_ready():
-            self._wake.update(g.members_with_credit())
-        return self._token(tb)
+            self._wake.add(g)
+        return EMPTY_TOKEN if tb is None else self._token(tb)
 
     def fetch(self, member_id: str, max_messages: int, *, now_us: int, mono_us: int) -> list[Delivery]:
         t, g = self._member(member_id)
@@ -380,8 +411,9 @@ class Broker:
         return out
 
     def ack(self, member_id: str, ids: Sequence[str], *, now_us: int, mono_us: int) -> SyncToken:
-        t, g = self._member(member_id)
-        g.ack(member_id, list(ids))
+        hit = self._members.get(member_id)
+        t, g = hit if hit is not None and not self._closed else self._member(member_id)
+        g.ack(member_id, ids if type(ids) is list else list(ids))
         return self._finish(t, g, now_us)
 
     def nack(self, member_id: str, ids: Sequence[str], delay: float | None, *, now_us: int,
@@ -413,9 +445,16 @@ class Broker:
         return self._finish(t, g, now_us)
 
     def wakeups(self) -> set[str]:
-        """Members that may have new ready messages since the last call; clears the set."""
-        out, self._wake = self._wake, set()
-        return {m for m in out if m in self._members}
+        """Members that may have new ready messages since the last call; clears the set.
+
+        Lists the members of the woken groups that have credit now (one without credit
+        cannot take a message; its next ack wakes its group again)."""
+        groups = self._wake
+        if not groups:
+            return set()
+        self._wake = set()
+        members = self._members
+        return {m for g in groups for m in g.members_with_credit() if m in members}
 
     # --- dead letters ----------------------------------------------------------------------
 
@@ -504,7 +543,7 @@ class Broker:
                 self._dead_letters(t, g, now_us, tb)
                 t.drain_group(g)
                 if g.has_ready():
-                    self._wake.update(g.members_with_credit())
+                    self._wake.add(g)
                 if gd is not None:
                     nxt = gd if nxt is None else min(nxt, gd)
             t.commit(now_us, tb)

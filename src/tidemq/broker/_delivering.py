@@ -112,6 +112,10 @@ class GroupDelivering(GroupCore):
             if keyed and self._parked >= KEY_QUEUE_LIMIT:
                 return
             cursor = part.cursor
+            if cursor < part.floor:
+                # A dead letter or filtered offset just done may have advanced the floor past
+                # the cursor (done offsets above it are folded into the floor): skip to it.
+                part.cursor = cursor = part.floor
             if cursor < part.log.start_offset:  # trimmed under pure log retention
                 part.mark_done([part.floor, part.log.start_offset])
                 part.cursor = cursor = max(part.floor, part.log.start_offset)

@@ -125,7 +125,14 @@ class GroupState(GroupDelivering):
         """True when a fetch might return something (cheap; may be a false positive)."""
         if any(self._ready) or self._waiting:
             return True
-        return any(p.cursor < p.log.end_offset or p.lane_pending() for p in self._parts)
+        for p in self._parts:  # noqa: SIM110 - a loop, not any(genexpr): runs after every ack
+            if p.cursor < p.log.end_offset or p.lane_pending():
+                return True
+        return False
+
+    def has_dead_letters(self) -> bool:
+        """True when :meth:`drain_dead_letters` would return something."""
+        return bool(self._dead)
 
     def fetch(
         self, member_id: str, max_messages: int, *, now_us: int, mono_us: int
@@ -227,7 +234,9 @@ class GroupState(GroupDelivering):
         lease expired and that nobody holds now, is accepted. Raises :class:`StaleLease` (and
         changes nothing) if one is leased to another member; :class:`UnknownMessage` for ids
         that are malformed or not of this topic."""
-        member = self._member(member_id)
+        member = self._members.get(member_id)
+        if member is None:
+            member = self._member(member_id)  # raises
         if len(ids) == 1 and self._ack_head(member, ids[0]):
             return
         parsed = self._parse(ids)
@@ -268,8 +277,17 @@ class GroupState(GroupDelivering):
             return False
         del inflight[off]
         member.unacked -= 1
-        part.floor = part.done.advance_floor(off + 1) if part.done else off + 1
-        self._log_runs("a", part.index, [off, off + 1])
+        nxt = off + 1
+        part.floor = part.done.advance_floor(nxt) if part.done else nxt
+        # _log_runs("a", ...), inlined on this per-message path.
+        key = ("a", part.index)
+        last = self._tails.get(key)
+        if last is not None and last[-1] == off:
+            last[-1] = nxt
+        else:
+            runs = [off, nxt]
+            self._tails[key] = runs
+            self._journal.append(("a", part.index, runs))
         return True
 
     def nack(self, member_id: str, ids: Sequence[str], delay: float | None, *, mono_us: int) -> None:
@@ -288,8 +306,9 @@ class GroupState(GroupDelivering):
                 self._fail(part, held, delay, mono_us)
 
     def reject(self, member_id: str, ids: Sequence[str], reason: str) -> None:
-        """Dead-letter the messages at once with reason ``rejected`` (``reason`` is ignored
-        here: the broker puts the caller's text in the dead letter's headers)."""
+        """Dead-letter the messages at once; ``reason`` (default ``rejected``) becomes the dead
+        letter's reason header."""
+        reason = reason or "rejected"
         member = self._member(member_id)
         parsed = self._parse(ids)
         self._check_holder(member, parsed, "reject")
@@ -300,7 +319,7 @@ class GroupState(GroupDelivering):
                 lease.member.unacked -= 1
                 part.prev[off] = part.prev.get(off, 0) + 1
             for off, _view, rec in part.read_offsets(held):
-                self._dead_letter(part, off, rec, "rejected", part.prev[off])
+                self._dead_letter(part, off, rec, reason, part.prev[off])
 
     def extend(self, member_id: str, ids: Sequence[str], seconds: float, *, mono_us: int) -> None:
         """Renew the member's leases to end ``seconds`` after ``mono_us``. Ids whose lease
@@ -408,7 +427,10 @@ class GroupState(GroupDelivering):
         ``("reset", floors)`` progress dropped, next offsets per partition.
         ``runs`` is a flat ``[start, end, ...]`` list of half-open ranges.
         """
-        out, self._journal = self._journal, []
+        out = self._journal
+        if not out and not self._tails:
+            return []  # nothing to hand over, nothing to reset
+        self._journal = []
         self._tails = {}
         return out
 

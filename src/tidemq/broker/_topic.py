@@ -29,6 +29,10 @@ from ._types import GroupSettings, TopicConfig
 __all__ = ["Topic", "log_config", "partition_log_name"]
 
 _key = attrgetter("key")
+# A plain record (body only) has exactly these extras (see publish_plain).
+_EXTRAS = attrgetter("key", "routing_key", "headers", "priority", "deliver_at_us", "ttl_us",
+                     "dedup_id")
+_PLAIN_EXTRAS = (None, None, None, 0, 0, 0, None)
 _dedup = attrgetter("dedup_id")
 _deliver_at = attrgetter("deliver_at_us")
 
@@ -54,6 +58,21 @@ def log_config(cfg: TopicConfig, *, retention_ms: int | None = None, internal: b
 def partition_log_name(key: str, incarnation: int, partition: int | str) -> str:
     """Log names: one folder per topic incarnation, so a re-created topic starts empty."""
     return f"{key}/{incarnation}/{partition}"
+
+
+def _fold(dst: list[tuple[Any, ...]], src: list[tuple[Any, ...]]) -> None:
+    """Append group events ``src`` to ``dst``, joining an event to the one before it when both
+    are runs of the same kind and partition and the new runs continue the old (as
+    ``GroupCore._log_runs`` does within one drain). Order is kept, so replay is unchanged."""
+    for ev in src:
+        if dst and len(ev) == 3:
+            prev = dst[-1]
+            if len(prev) == 3 and prev[0] == ev[0] and prev[1] == ev[1]:
+                old, new = prev[2], ev[2]
+                if old and new and old[-1] == new[0]:
+                    old[-1:] = new[1:]
+                    continue
+        dst.append(ev)
 
 
 def settings_out(s: GroupSettings) -> Any:
@@ -92,7 +111,12 @@ class Topic:
         self.producers = ProducerTable()
         self.redrive: dict[tuple[str, str, int], int] = {}
         self.sticky = StickyPartitioner()
-        self._events: list[Any] = []
+        # Journal events not yet appended (see commit); the broker reads it to skip commits.
+        self.events: list[Any] = []
+        # Group event lists folded into the previous pending one (see drain_group): they count
+        # toward JOURNAL_BATCH_EVENTS as the separate events they would have been.
+        self._folded = 0
+        self._id_prefixes: list[str] = []  # per partition: the message ids' constant part
         self._journal_flushed_us = now_us
         self._journal_interval_us = int(config.sync_interval * 1_000_000)
         self.last_snapshot_us = now_us
@@ -105,7 +129,17 @@ class Topic:
         return f"snap-{self.key}~{self.incarnation}"
 
     def ids(self, partition: int, first: int, count: int) -> list[str]:
+        if partition >= 0:
+            prefix = self.id_prefix(partition)
+            return [prefix + str(o) for o in range(first, first + count)]
         return make_ids(self.name, self.incarnation, partition, first, count)
+
+    def id_prefix(self, partition: int) -> str:
+        """What every id of ``partition`` (>= 0) starts with; computed once per partition."""
+        prefixes = self._id_prefixes
+        while len(prefixes) <= partition:
+            prefixes.append(make_ids(self.name, self.incarnation, len(prefixes), 0, 1)[0][:-1])
+        return prefixes[partition]
 
     def resolve(self, ids: IdsRepr) -> list[str]:
         if isinstance(ids, tuple):
@@ -115,12 +149,23 @@ class Topic:
     # --- journal ---------------------------------------------------------------------------
 
     def record_event(self, event: list[Any]) -> None:
-        self._events.append(event)
+        self.events.append(event)
 
     def drain_group(self, group: GroupState) -> None:
         ev = group.drain_journal()
-        if ev:
-            self._events.append(["g", group.name, ev])
+        if not ev:
+            return
+        events = self.events
+        if events:
+            last = events[-1]
+            if last[0] == "g" and last[1] == group.name:
+                # The same group's events, with nothing between: one pending event, its runs
+                # coalesced (an ack after an ack is one run, not one event per ack). Pending
+                # events are not encoded yet, and the group no longer holds these lists.
+                _fold(last[2], ev)
+                self._folded += 1
+                return
+        events.append(["g", group.name, ev])
 
     def commit(self, now_us: int, tb: TokenBuilder) -> None:
         """Append the pending events to the journal, after the data (J1).
@@ -131,18 +176,24 @@ class Topic:
         when many are pending, so an ack costs no write of its own. What a crash loses is the
         last moments' acks, which SPEC §6 allows under ``interval`` and ``never``.
         """
-        if not self._events:
+        if not self.commit_due(now_us):
             return
-        if (not self.always and len(self._events) < JOURNAL_BATCH_EVENTS
-                and now_us - self._journal_flushed_us < self._journal_interval_us):
-            return
-        events, self._events = self._events, []
+        events, self.events = self.events, []
+        self._folded = 0
         self._journal_flushed_us = now_us
         tb.add(self.journal.log, self.journal.append(events, now_us), self.always)
 
+    def commit_due(self, now_us: int) -> bool:
+        """Whether :meth:`commit` at ``now_us`` would append to the journal."""
+        events = self.events
+        if not events:
+            return False
+        return (self.always or len(events) + self._folded >= JOURNAL_BATCH_EVENTS
+                or now_us - self._journal_flushed_us >= self._journal_interval_us)
+
     def journal_due(self, now_us: int) -> float | None:
         """Seconds until pending journal events must be appended (None: nothing pending)."""
-        if not self._events:
+        if not self.events:
             return None
         return max(0.0, (self._journal_flushed_us + self._journal_interval_us - now_us) / 1e6)
 
@@ -173,6 +224,32 @@ class Topic:
         res = log.append_records(records, now_us)
         tb.add(log, res.position, self.always)
         return res.base_offset
+
+    def publish_plain(self, records: Sequence[Record], now_us: int
+                      ) -> tuple[list[str], PartitionLog, int] | None:
+        """The per-message fast path of :meth:`publish`: exactly one plain record (a bytes body
+        within the size limit, every other field at its default) goes to the next keyless
+        partition. Returns ``(ids, log, position)`` for the caller's sync token, or None,
+        having done nothing, for anything else (take :meth:`publish`). Same checks, same
+        outcome as ``publish``: a plain record needs no limit check but its body's length."""
+        if len(records) != 1:
+            return None
+        r = records[0]
+        if type(r) is not Record or _EXTRAS(r) != _PLAIN_EXTRAS:
+            return None
+        body = r.body
+        config = self.config
+        if type(body) is not bytes or len(body) > config.max_message_bytes:
+            return None
+        if config.backlog_limit is not None:
+            self.check_backlog(1)
+        logs = self.logs
+        p = self.sticky.next_partition(len(logs))
+        log = logs[p]
+        res = log.append_records(records, now_us)
+        prefixes = self._id_prefixes
+        prefix = prefixes[p] if p < len(prefixes) else self.id_prefix(p)
+        return [prefix + str(res.base_offset)], log, res.position
 
     def publish(self, records: Sequence[Record], now_us: int, tb: TokenBuilder, *,
                 partition: int | None = None, check: bool = True) -> list[str]:
@@ -216,8 +293,9 @@ class Topic:
             by_part.setdefault(p, []).append(i)
         for p, idx in by_part.items():
             base = self.append(p, [records[i] for i in idx], now_us, tb)
+            prefix = self.id_prefix(p)
             for j, i in enumerate(idx):
-                ids[i] = make_id(self.name, self.incarnation, p, base + j)
+                ids[i] = prefix + str(base + j)
         if delayed:
             base, pos = self.delays.add([records[i] for i in delayed], now_us)
             tb.add(self.delays.log, pos, self.always)
@@ -235,7 +313,7 @@ class Topic:
                     self.dedup.put(d, mid, expires)
                     rows.append([d, mid, expires])
             if rows:
-                self._events.append(["dd", rows])
+                self.events.append(["dd", rows])
         return [i for i in ids if i is not None]
 
     def _dedup_filter(self, records: Sequence[Record], ids: list[str | None],
@@ -300,7 +378,7 @@ class Topic:
             ids_repr = (partition, res.base_offset, count)
         if idempotent:
             self.producers.record(partition, pid, epoch, seq, count, ids_repr, now_us)
-            self._events.append(["pr", partition, pid, epoch, seq, count, ids_out(ids_repr), now_us])
+            self.events.append(["pr", partition, pid, epoch, seq, count, ids_out(ids_repr), now_us])
         return ids
 
     # --- delays ----------------------------------------------------------------------------
@@ -327,7 +405,7 @@ class Topic:
             self.append(p, recs, now_us, tb)
         seqs = [s for s, _ in due]
         self.delays.released(seqs)
-        self._events.append(["dr", seqs])
+        self.events.append(["dr", seqs])
         return len(due)
 
     # --- durable state ---------------------------------------------------------------------
@@ -341,7 +419,8 @@ class Topic:
         self.journal.log.sync()
         # The snapshot holds the in-memory state, which already reflects the pending events:
         # appending them after it would apply them twice on replay.
-        self._events = []
+        self.events = []
+        self._folded = 0
         state = {
             "journal_offset": self.journal.log.end_offset,
             "groups": {name: [settings_out(g.settings), g.snapshot()] for name, g in self.groups.items()},

@@ -28,6 +28,8 @@ Mode = Literal["shared", "ordered", "key_ordered"]
 StartPosition = str | int | dict[Any, Any]
 
 MiB = 1024 * 1024
+# Each partition is a folder and open files: a bound keeps one request from exhausting them.
+MAX_PARTITIONS = 1024
 
 
 class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -63,8 +65,8 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     segment_bytes: int = 128 * MiB
 
     def validate(self) -> None:
-        if self.partitions < 1:
-            raise InvalidArgument("partitions must be >= 1")
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise InvalidArgument(f"partitions must be from 1 to {MAX_PARTITIONS}")
         if self.durability not in ("always", "interval", "never"):
             raise InvalidArgument("durability must be 'always', 'interval' or 'never'")
         if self.backlog_policy not in ("block", "reject"):

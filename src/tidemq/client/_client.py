@@ -10,6 +10,7 @@ from typing import Any
 
 from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicInfo
 from ..errors import Closed, InvalidArgument, TideMQError, UnknownGroup, UnknownTopic
+from ..storage import Record
 from . import _common
 from ._embedded import EmbeddedTransport
 from ._transport import SyncTransport
@@ -101,7 +102,7 @@ class Subscription:
 
     def ack(self, ids: Any) -> None:
         """Acknowledge one id/Message or a list of them (one call: the batched path)."""
-        self._t.ack(self._member, _ids(ids))
+        self._t.ack(self._member, [ids] if type(ids) is str else _ids(ids))
 
     def nack(self, ids: Any, delay: float | None = None) -> None:
         """Give back; ``delay=None`` applies the group's backoff, ``0`` makes it ready now."""
@@ -289,9 +290,15 @@ class Client:
                 priority: int = 0, delay: float | None = None, deliver_at: Any = None,
                 ttl: float | None = None, dedup_id: str | None = None) -> str:
         """Store one message; returns its id once confirmed at the topic's durability."""
-        rec = _common.make_record(body, key=key, routing_key=routing_key, headers=headers,
-                                  priority=priority, delay=delay, deliver_at=deliver_at, ttl=ttl,
-                                  dedup_id=dedup_id)
+        if (type(body) is bytes and key is None and routing_key is None and headers is None
+                and type(priority) is int and priority == 0 and delay is None
+                and deliver_at is None and ttl is None and dedup_id is None):
+            # A bare body: nothing to validate, make_record would return just this.
+            rec = Record(body)
+        else:
+            rec = _common.make_record(body, key=key, routing_key=routing_key, headers=headers,
+                                      priority=priority, delay=delay, deliver_at=deliver_at,
+                                      ttl=ttl, dedup_id=dedup_id)
         return self._t.publish(topic, [rec])[0]
 
     def publish_batch(self, topic: str, items: Iterable[Any], *, key: str | bytes | None = None,

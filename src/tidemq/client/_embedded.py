@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from ..broker import Broker
@@ -33,14 +34,17 @@ from ..storage import Record, open_store
 __all__ = ["EmbeddedTransport"]
 
 _US = 1_000_000
+_deliver_at = attrgetter("deliver_at_us")
+_time_ns = time.time_ns
+_monotonic_ns = time.monotonic_ns
 
 
 def _now_us() -> int:
-    return time.time_ns() // 1000
+    return _time_ns() // 1000
 
 
 def _mono_us() -> int:
-    return time.monotonic_ns() // 1000
+    return _monotonic_ns() // 1000
 
 
 class EmbeddedTransport:
@@ -67,6 +71,9 @@ class EmbeddedTransport:
             raise
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
+        # Threads in _cond.wait (changed under the lock): with none, there is nobody to wake,
+        # and the broker's wakeups are left to accumulate (a set of groups, bounded).
+        self._waiters = 0
         self._closed = False
         self._sync_interval = sync_interval
         self._block_timeout = block_timeout
@@ -82,8 +89,16 @@ class EmbeddedTransport:
 
     def _notify(self) -> None:
         # Called with the lock held after anything that can make messages ready.
-        if self._broker.wakeups():
+        if self._waiters and self._broker.wakeups():
             self._cond.notify_all()
+
+    def _wait(self, timeout: float) -> None:
+        # With the lock held: wait on the condition, counted for _notify.
+        self._waiters += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._waiters -= 1
 
     def _run_ticker(self) -> None:
         next_sync = time.monotonic() + self._sync_interval
@@ -98,7 +113,10 @@ class EmbeddedTransport:
                 with self._lock:
                     if self._closed:
                         return
-                    self._broker.sync_all()
+                # Outside the lock: sync_all is safe against concurrent appends (a log's sync
+                # never holds its append bookkeeping across the fsync), so publishers and
+                # consumers go on while the disk flushes.
+                self._broker.sync_all()
                 next_sync = now + self._sync_interval
             timeout = next_sync - now
             if wait is not None:
@@ -171,9 +189,9 @@ class EmbeddedTransport:
                     if now >= deadline:
                         raise Timeout(f"topic {topic!r} stayed at its backlog limit for "
                                       f"{self._block_timeout:g} s; consume or raise the limit") from None
-                    self._cond.wait(min(0.05, deadline - now))
+                    self._wait(min(0.05, deadline - now))
             self._notify()
-        if any(r.deliver_at_us for r in records):
+        if any(map(_deliver_at, records)):
             self._kick.set()  # a delay may be due before the ticker's current deadline
         return result.ids, result.token
 
@@ -185,8 +203,24 @@ class EmbeddedTransport:
         self._durable(token)
 
     def publish(self, topic: str, records: Sequence[Record]) -> list[str]:
-        ids, token = self.publish_nowait(topic, records)
-        self._durable(token)
+        with self._lock:
+            if self._closed:
+                self._check()
+            try:
+                result = self._broker.publish(topic, records, now_us=_time_ns() // 1000)
+            except BacklogFull:
+                result = None  # the waiting path below
+            else:
+                if self._waiters:
+                    self._notify()
+        if result is None:
+            ids, token = self.publish_nowait(topic, records)
+        else:
+            ids, token = result.ids, result.token
+            if any(map(_deliver_at, records)):
+                self._kick.set()  # a delay may be due before the ticker's current deadline
+        if token.always and self._broker.needs_sync(token):
+            self._broker.sync(token)
         return ids
 
     # -- groups -----------------------------------------------------------------------------
@@ -252,7 +286,7 @@ class EmbeddedTransport:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                self._cond.wait(remaining)
+                self._wait(remaining)
                 self._check()
                 got = fetch(member, max_messages, now_us=_now_us(), mono_us=_mono_us())
                 if got:
@@ -261,9 +295,13 @@ class EmbeddedTransport:
 
     def ack_nowait(self, member: str, ids: Sequence[str]) -> Any:
         with self._lock:
-            self._check()
-            token = self._broker.ack(member, ids, now_us=_now_us(), mono_us=_mono_us())
-            self._notify()  # an ack can unblock the next message of an ordered partition or key
+            if self._closed:
+                self._check()
+            token = self._broker.ack(member, ids, now_us=_time_ns() // 1000,
+                                     mono_us=_monotonic_ns() // 1000)
+            if self._waiters:
+                # An ack can unblock the next message of an ordered partition or key.
+                self._notify()
         return token
 
     def nack_nowait(self, member: str, ids: Sequence[str], delay: float | None) -> Any:
@@ -282,7 +320,16 @@ class EmbeddedTransport:
         return token
 
     def ack(self, member: str, ids: Sequence[str]) -> None:
-        self._durable(self.ack_nowait(member, ids))
+        # ack_nowait, inlined: this is the per-message consume path.
+        with self._lock:
+            if self._closed:
+                self._check()
+            token = self._broker.ack(member, ids, now_us=_time_ns() // 1000,
+                                     mono_us=_monotonic_ns() // 1000)
+            if self._waiters:
+                self._notify()
+        if token.always and self._broker.needs_sync(token):
+            self._broker.sync(token)
 
     def nack(self, member: str, ids: Sequence[str], delay: float | None) -> None:
         self._durable(self.nack_nowait(member, ids, delay))

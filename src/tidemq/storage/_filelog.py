@@ -18,7 +18,14 @@ from tidemq.errors import Closed, CorruptRecord, DiskFull, InvalidArgument, Stor
 from tidemq.storage._atomic import atomic_write
 from tidemq.storage._fdcache import FdCache
 from tidemq.storage._fileops import DEFAULT_OPS, FileOps, is_disk_full, write_all
-from tidemq.storage._format import HEADER_SIZE, BatchView, Record, encode_batch, stamp, verify
+from tidemq.storage._format import (
+    HEADER_SIZE,
+    BatchView,
+    Record,
+    encode_stamped,
+    stamp,
+    verify,
+)
 from tidemq.storage._index import SegmentIndex
 from tidemq.storage._policy import SegmentInfo, retention_victims, should_roll
 from tidemq.storage._recovery import (
@@ -44,6 +51,7 @@ __all__ = ["FileLog"]
 log = logging.getLogger("tidemq.storage")
 
 _READ_SLACK = 64 << 10
+_tuple_new = tuple.__new__
 _MAX_EVENTS = 100
 
 
@@ -196,38 +204,13 @@ class FileLog:
             raise InvalidArgument(
                 f"the batch does not verify, nothing stored: {exc.message}"
             ) from None
-        size = view.size
-        if should_roll(self._config, self._active.size, self._active_first_ts(), size, now_us):
-            self._roll()
-        seg = self._active
         base = self._end_offset
-        ts = now_us if now_us > self._last_ts else self._last_ts
+        last = self._last_ts
+        ts = now_us if now_us > last else last
         header = bytearray(memoryview(batch)[:HEADER_SIZE])
         stamp(header, base, ts)  # D1: only broker fields and the header CRC change
-        pos = seg.size
-        fd = self._acquire(seg)
-        try:
-            write_all(self._ops, fd, (header, memoryview(batch)[HEADER_SIZE:]), pos)
-        except OSError as exc:
-            if is_disk_full(exc):
-                self._undo_partial(fd, pos, exc)
-                raise DiskFull(
-                    f"log {self._dir}: no space left for a {size}-byte batch; nothing of it was "
-                    "kept. Free disk space: appends resume by themselves"
-                ) from None
-            raise self._fail("write", exc) from None
-        finally:
-            self._fds.release(seg.path, fd)
-        nxt = base + view.count
-        index = seg.index
-        assert index is not None
-        with self._lock:
-            index.add(base, nxt, pos, size, ts)
-            seg.size = pos + size
-            self._end_offset = nxt
-            self._last_ts = ts
-            self._appends += 1
-        return AppendResult(base, nxt - 1, nxt)
+        return self._write((header, memoryview(batch)[HEADER_SIZE:]), view.size, view.count,
+                           base, ts, now_us)
 
     def append_records(
         self,
@@ -238,16 +221,86 @@ class FileLog:
         producer_epoch: int = 0,
         base_sequence: int = -1,
     ) -> AppendResult:
-        """Encode ``records`` into one batch and append it (see ``append``)."""
-        return self.append(
-            encode_batch(
-                records,
-                producer_id=producer_id,
-                producer_epoch=producer_epoch,
-                base_sequence=base_sequence,
-            ),
-            now_us,
+        """Encode ``records`` into one batch and append it (see ``append``).
+
+        The log encodes the batch itself, with its base offset and timestamp already in the
+        header (``encode_stamped``), so it is well formed by construction and is written
+        without the re-verification a batch from outside gets. The result is byte for byte
+        what ``append(encode_batch(records), now_us)`` stores (D1).
+        """
+        base = self._end_offset
+        last = self._last_ts
+        ts = now_us if now_us > last else last
+        batch = encode_stamped(
+            records,
+            base,
+            ts,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            base_sequence=base_sequence,
         )
+        if self._closed or self._failed is not None:
+            self._check_writable()
+        return self._write((batch,), len(batch), len(records), base, ts, now_us)
+
+    def _write(
+        self,
+        buffers: tuple[bytes | bytearray | memoryview, ...],
+        size: int,
+        count: int,
+        base: int,
+        ts: int,
+        now_us: int,
+    ) -> AppendResult:
+        """Write a stamped batch of ``size`` bytes at the end of the active segment (rolling
+        first if due) and account for it. Called from the append thread only."""
+        seg = self._segments[-1]
+        pos = seg.size
+        index = seg.index
+        first_ts = index.first_ts if index is not None else -1
+        cfg = self._config
+        # should_roll decides; it can only say yes when the batch would overflow the segment
+        # or the segment's first batch is old enough, so it is asked only then.
+        maybe = pos + size > cfg.segment_bytes or (
+            first_ts >= 0 and now_us - first_ts >= cfg.segment_ms * 1000
+        )
+        if maybe and should_roll(cfg, pos, first_ts if first_ts >= 0 else None, size, now_us):
+            self._roll()
+            seg = self._segments[-1]
+            pos = seg.size
+        path = seg.path
+        fds = self._fds
+        try:
+            fd = fds.acquire(path)  # self._acquire, inlined
+        except OSError as exc:
+            raise StorageFailed(f"log {self._dir}: cannot open segment {path}: {exc}") from None
+        try:
+            ops = self._ops
+            done = ops.pwritev(fd, buffers, pos)
+            if done != size:
+                # A short write (rare): finish the rest with the looping helper.
+                write_all(ops, fd, (memoryview(b"".join(buffers))[done:],), pos + done)
+        except OSError as exc:
+            if is_disk_full(exc):
+                self._undo_partial(fd, pos, exc)
+                raise DiskFull(
+                    f"log {self._dir}: no space left for a {size}-byte batch; nothing of it was "
+                    "kept. Free disk space: appends resume by themselves"
+                ) from None
+            raise self._fail("write", exc) from None
+        finally:
+            fds.release(path, fd)
+        nxt = base + count
+        index = seg.index
+        assert index is not None
+        with self._lock:
+            index.add(base, nxt, pos, size, ts)
+            seg.size = pos + size
+            self._end_offset = nxt
+            self._last_ts = ts
+            self._appends += 1
+        # tuple.__new__: the NamedTuple without its Python-level __new__ (per-message path).
+        return _tuple_new(AppendResult, (base, nxt - 1, nxt))
 
     def _undo_partial(self, fd: int, pos: int, exc: OSError) -> None:
         # D10: cut what part of the batch reached the file so the segment ends on a batch.

@@ -78,10 +78,26 @@ __all__ = [
     "select",
 ]
 
+# The log's own encoder (:func:`encode_stamped`) is not exported from ``tidemq.storage``: its
+# output carries broker fields and is appended without re-verification, so only the log that
+# stamps it may use it.
+
 # Transposes records into columns in C: zip(*map(_COLUMNS, records)).
 _COLUMNS: Final = attrgetter(
     "body", "key", "routing_key", "headers", "priority", "deliver_at_us", "ttl_us", "dedup_id"
 )
+# Everything of a record but its body; a *plain* record (body only) has exactly _PLAIN_EXTRAS,
+# and a batch of plain records encodes byte for byte as encode_bodies would (attributes 0, no
+# columns, no ext): the fast path of encode_batch.
+_EXTRAS: Final = attrgetter(
+    "key", "routing_key", "headers", "priority", "deliver_at_us", "ttl_us", "dedup_id"
+)
+_PLAIN_EXTRAS: Final = (None, None, None, 0, 0, 0, None)
+_BODY: Final = attrgetter("body")
+# The header tail of a one-record plain batch without producer fields, and the lengths column
+# entry's format: the per-message publish path packs nothing else.
+_PLAIN_ONE_TAIL: Final = _TAIL.pack(0, 1, -1, 0, -1, 0, 0, 0, 0)
+_PLAIN_ONE_PREFIX: Final = struct.Struct(f"<{_TAIL.size}sI")  # that tail + the one length
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -107,8 +123,10 @@ def _assemble(
     min_priority: int,
     max_priority: int,
     ext_length: int,
+    base_offset: int = 0,
+    timestamp_us: int = 0,
 ) -> bytes:
-    """Header + ``parts`` with both CRCs; base offset and times are 0.
+    """Header + ``parts`` with both CRCs; base offset and times as given (0: unstamped).
 
     ``parts`` is [placeholder for the header tail, placeholder for the lengths column, other
     columns ... (``columns`` parts in all), bodies ...].
@@ -143,7 +161,7 @@ def _assemble(
     total = HEADER_SIZE - _TAIL.size + len(covered)
     if total > _U32_MAX:
         raise InvalidArgument(f"batch of {total} bytes exceeds the 4 GiB format limit; split it")
-    head = _CRC_COVERED.pack(0, total, 0, 0, VERSION)
+    head = _CRC_COVERED.pack(base_offset, total, timestamp_us, timestamp_us, VERSION)
     return b"".join((head, _TWO_CRCS.pack(crc32c(head), crc32c(covered)), covered))
 
 
@@ -186,6 +204,17 @@ def encode_bodies(
     stamps them). Raises :class:`InvalidArgument` for an empty sequence, a body that is not
     bytes-like or producer fields out of range.
     """
+    return _encode_bodies(bodies, producer_id, producer_epoch, base_sequence, 0, 0)
+
+
+def _encode_bodies(
+    bodies: Sequence[bytes],
+    producer_id: int,
+    producer_epoch: int,
+    base_sequence: int,
+    base_offset: int,
+    timestamp_us: int,
+) -> bytes:
     count = len(bodies)
     if count == 0:
         raise InvalidArgument("a batch needs at least one record")
@@ -205,6 +234,8 @@ def encode_bodies(
             min_priority=0,
             max_priority=0,
             ext_length=0,
+            base_offset=base_offset,
+            timestamp_us=timestamp_us,
         )
     except (TypeError, OverflowError) as exc:
         raise _bad_body(bodies) from exc
@@ -243,10 +274,69 @@ def encode_batch(
     header names/values and dedup ids str; priority 0..9; deliver-at and ttl >= 0. Anything
     else raises :class:`InvalidArgument` naming the record. Size limits are the broker's.
     """
+    return _encode_records(records, producer_id, producer_epoch, base_sequence, 0, 0)
+
+
+def encode_stamped(
+    records: Sequence[Record],
+    base_offset: int,
+    timestamp_us: int,
+    *,
+    producer_id: int = -1,
+    producer_epoch: int = 0,
+    base_sequence: int = -1,
+) -> bytes:
+    """:func:`encode_batch`, with the broker fields already set: what ``stamp`` would give.
+
+    For the log's own appends of records it encodes itself (the batch is well formed by
+    construction, so it needs no :func:`verify`). Same checks and errors as encode_batch.
+    """
+    if (
+        len(records) == 1
+        and producer_id == -1
+        and producer_epoch == 0
+        and base_sequence == -1
+    ):
+        # The per-message publish path: one plain record, packed directly.
+        rec = records[0]
+        if type(rec) is Record and type(rec.body) is bytes and _EXTRAS(rec) == _PLAIN_EXTRAS:
+            body = rec.body
+            size = len(body)
+            if size <= _U32_MAX - HEADER_SIZE - 4:
+                covered = _PLAIN_ONE_PREFIX.pack(_PLAIN_ONE_TAIL, size) + body
+                head = _CRC_COVERED.pack(
+                    base_offset, HEADER_SIZE + 4 + size, timestamp_us, timestamp_us, VERSION
+                )
+                return b"".join((head, _TWO_CRCS.pack(crc32c(head), crc32c(covered)), covered))
+    return _encode_records(
+        records, producer_id, producer_epoch, base_sequence, base_offset, timestamp_us
+    )
+
+
+def _encode_records(
+    records: Sequence[Record],
+    producer_id: int,
+    producer_epoch: int,
+    base_sequence: int,
+    base_offset: int,
+    timestamp_us: int,
+) -> bytes:
     count = len(records)
     if count == 0:
         raise InvalidArgument("a batch needs at least one record")
     _check_producer(producer_id, producer_epoch, base_sequence)
+    try:
+        if list(map(_EXTRAS, records)).count(_PLAIN_EXTRAS) == count:
+            bodies_only = list(map(_BODY, records))
+        else:
+            bodies_only = None
+    except AttributeError as exc:
+        raise InvalidArgument(f"records must be Record values: {exc}") from exc
+    if bodies_only is not None:
+        # Plain records: the same bytes as the general path below, without the columns.
+        return _encode_bodies(
+            bodies_only, producer_id, producer_epoch, base_sequence, base_offset, timestamp_us
+        )
     try:
         bodies, keys, rks, headers, prios, delays, ttls, dedups = zip(
             *map(_COLUMNS, records), strict=True
@@ -302,6 +392,8 @@ def encode_batch(
             min_priority=lo_prio if hi_prio else 0,
             max_priority=hi_prio,
             ext_length=ext_length,
+            base_offset=base_offset,
+            timestamp_us=timestamp_us,
         )
     except (TypeError, OverflowError) as exc:
         raise _bad_body(bodies) from exc
