@@ -248,7 +248,7 @@ def test_ttl_checked_again_on_redelivery() -> None:
     assert (dl.reason, dl.delivery_count) == ("expired", 1)
 
 
-def test_remove_member_releases_leases_uncounted() -> None:
+def test_remove_member_releases_leases_counted() -> None:
     g, (log,) = make_group()
     publish(log, [b"a", b"b"])
     g.add_member("m1", 10, mono_us=0)
@@ -256,10 +256,21 @@ def test_remove_member_releases_leases_uncounted() -> None:
     got = g.fetch("m1", 10, now_us=T0, mono_us=0)
     g.remove_member("m1", mono_us=0)
     again = g.fetch("m2", 10, now_us=T0, mono_us=0)
-    assert [(d.body, d.delivery_count) for d in again] == [(b"a", 1), (b"b", 1)]
+    assert [(d.body, d.delivery_count) for d in again] == [(b"a", 2), (b"b", 2)]
     assert g.info().members == ["m2"]
     g.ack("m2", [d.id for d in got])
     assert g.info().lag == 0
+
+
+def test_a_message_that_kills_its_consumers_is_dead_lettered() -> None:
+    g, (log,) = make_group(max_deliveries=2)
+    publish(log, [b"poison"])
+    for m in ("m1", "m2"):
+        g.add_member(m, 10, mono_us=0)
+        assert [d.body for d in g.fetch(m, 10, now_us=T0, mono_us=0)] == [b"poison"]
+        g.remove_member(m, mono_us=0)  # the consumer process died with it
+    (dl,) = g.drain_dead_letters()
+    assert (dl.record.body, dl.delivery_count, dl.reason) == (b"poison", 2, "max_deliveries")
 
 
 def test_add_member_validation() -> None:

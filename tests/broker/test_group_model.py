@@ -77,14 +77,16 @@ class GroupModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def leave(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(self.members))
+        mine = {ref for ref, (holder, _mid, _dl) in self.held.items() if holder == name}
         self.group.remove_member(name, mono_us=self.mono)
         self.members.remove(name)
-        self.resync_held()
+        self.resync_held(counted=mine)
         self.persist()
 
-    def resync_held(self) -> None:
-        """Drop what the group no longer holds. Expired leases counted a delivery; anything
-        else was released (member left, rebalance, head-of-line) and did not."""
+    def resync_held(self, counted: frozenset[tuple[int, int]] | set[tuple[int, int]] = frozenset()) -> None:
+        """Drop what the group no longer holds. Expired leases and the leases of a member that
+        left (``counted``) counted a delivery; anything else was released (rebalance,
+        head-of-line) and did not."""
         inflight = {
             (part.index, off): lease.member.id
             for part in self.group._parts
@@ -93,7 +95,7 @@ class GroupModel(RuleBasedStateMachine):
         for ref, (name, _mid, deadline) in list(self.held.items()):
             if inflight.get(ref) != name:
                 del self.held[ref]
-                if deadline > self.mono:
+                if deadline > self.mono and ref not in counted:
                     self.counts[ref] -= 1
 
     @rule(

@@ -47,8 +47,8 @@ def test_ordered_one_owner_per_partition_and_rebalance() -> None:
     assert g.fetch("m1", 10, now_us=T0, mono_us=0) == []
     assert g.info().in_flight == 4
     # m2 leaves: partition 1 back to m1, in order
-    g.remove_member("m2", mono_us=0)
-    assert view(g.fetch("m1", 10, now_us=T0, mono_us=0)) == [(b"b0", 1), (b"b1", 1)]
+    g.remove_member("m2", mono_us=0)  # its leases end counted: back to m1, in order
+    assert view(g.fetch("m1", 10, now_us=T0, mono_us=0)) == [(b"b0", 2), (b"b1", 2)]
 
 
 def test_ordered_nack_redelivers_head_and_everything_after_in_order() -> None:
@@ -154,8 +154,8 @@ def test_key_ordered_lease_expiry_and_release() -> None:
     g.tick(now_us=T0, mono_us=2 * S)
     # both leases ended: both count
     assert view(g.fetch("b", 10, now_us=T0, mono_us=2 * S)) == [(b"x0", 2), (b"x1", 2)]
-    g.remove_member("b", mono_us=2 * S)  # released: counts unchanged, order kept
-    assert view(g.fetch("a", 10, now_us=T0, mono_us=2 * S)) == [(b"x0", 2), (b"x1", 2)]
+    g.remove_member("b", mono_us=2 * S)  # its leases end counted, order kept
+    assert view(g.fetch("a", 10, now_us=T0, mono_us=2 * S)) == [(b"x0", 3), (b"x1", 3)]
     assert g.info().delayed == 0
 
 

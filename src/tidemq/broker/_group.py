@@ -89,16 +89,20 @@ class GroupState(GroupDelivering):
             self._rebalance()
 
     def remove_member(self, member_id: str, *, mono_us: int) -> None:
-        """A member leaves: its leases are released at once, uncounted (the next delivery
-        shows the same delivery count and does not count toward ``max_deliveries``)."""
-        member = self._members.pop(member_id, None)
+        """A member leaves (closes, or its connection is gone): its leases end at once and
+        each counts as a delivery that failed, like a lease expiry, so the messages are ready
+        again at once with a higher count. Counting them is what stops a message that crashes
+        its consumer from looping forever: it reaches ``max_deliveries`` and is dead-lettered
+        (RabbitMQ's quorum queues count a return on disconnect the same way)."""
+        member = self._members.get(member_id)
         if member is None:
             return
         # O(messages in flight), however many leases the member was ever given.
         for part in self._parts:
             mine = sorted(off for off, lease in part.inflight.items() if lease.member is member)
             if mine:
-                self._release_offsets(part, mine)
+                self._fail(part, mine, 0.0, mono_us)
+        del self._members[member_id]
         if self._mode == "ordered":
             self._rebalance()
 
