@@ -41,9 +41,12 @@ ROWS: list[tuple[str, str, str, dict[str, str]]] = [
     ("e2e latency p99.9", "<= 5 ms", "server.e2e_latency_p999",
      {"NATS JetStream": "nats.e2e_latency_p999", "Redis Streams": "redis.e2e_latency_p999"}),
     ("durability always, 16 producers x 100 in flight", ">= 100,000 msgs/s",
-     "server.publish_always_16x100", {}),
+     "server.publish_always_16x100",
+     {"RabbitMQ quorum": "rabbitmq.quorum_publish_confirms_pipelined"}),  # it fsyncs too
 ]
 PEERS = ["RabbitMQ quorum", "NATS JetStream", "Redis Streams"]
+COLOURS = {"TideMQ": "tab:blue", "RabbitMQ quorum": "tab:orange", "NATS JetStream": "tab:green",
+           "Redis Streams": "tab:red"}
 
 
 def _run(script: str, quick: bool) -> dict[str, dict[str, Any]]:
@@ -92,8 +95,9 @@ def _plot(figs: dict[str, dict[str, Any]], path: str) -> bool:
             if m and m in figs and figs[m].get("value") is not None:
                 xs.append(j + (i - 1.5) * width)
                 ys.append(figs[m]["value"] / 1000)
-        a1.bar(xs, ys, width, label=name)
-    a1.set_xticks(range(len(thr)), [r[0].replace(", ", "\n", 1) for r in thr], fontsize=7)
+        a1.bar(xs, ys, width, label=name, color=COLOURS[name])
+    a1.set_xticks(range(len(thr)), [r[0].replace(", ", "\n").replace(" of ", "\nof ")
+                                    for r in thr], fontsize=7)
     a1.set_ylabel("thousand msgs/s (higher is better)")
     a1.set_title("Throughput, 100-byte messages, 2-core machine")
     a1.legend(fontsize=8)
@@ -104,7 +108,7 @@ def _plot(figs: dict[str, dict[str, Any]], path: str) -> bool:
             if m and m in figs and figs[m].get("value") is not None:
                 xs.append(j + (i - 1) * 0.25)
                 ys.append(figs[m]["value"])
-        a2.bar(xs, ys, 0.25, label=name)
+        a2.bar(xs, ys, 0.25, label=name, color=COLOURS[name])
     a2.set_xticks(range(len(lat)), ["p50", "p99", "p99.9"])
     a2.set_ylabel("ms (lower is better)")
     a2.set_title("End-to-end latency at 5,000 msgs/s offered")
@@ -147,12 +151,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="rewrite the docs from saved figures (docs/benchmarks.json) instead")
     args = ap.parse_args()
-    figs = _run("server_bench.py", args.quick)
-    figs.update(_run("peers_bench.py", args.quick))
+    if args.from_json:
+        with open(args.from_json) as f:
+            figs = {r["metric"]: r for r in json.load(f)}
+    else:
+        figs = _run("server_bench.py", args.quick)
+        figs.update(_run("peers_bench.py", args.quick))
+        if not args.no_write:
+            with open(os.path.join(DOCS, "benchmarks.json"), "w") as f:
+                json.dump(list(figs.values()), f, indent=1)
     if not args.no_write:
         plotted = _plot(figs, os.path.join(DOCS, "benchmarks.png"))
         _write(figs, "python benchmarks/compare.py" + (" --quick" if args.quick else ""), plotted)
+        # (--from-json keeps the text of the run that measured: same command line)
     print()
     for r in figs.values():
         print(json.dumps(r))
