@@ -465,6 +465,15 @@ class TcpTransport:
                 self._spawn(self._partitions(topic))  # refresh in the background
         return await self._producer.add(topic, partitions, records)
 
+    def publish_one(self, topic: str, record: Record) -> asyncio.Future[str] | None:
+        """The per-message fast path: a future for the id, or None when the topic's metadata
+        is missing or stale (the caller then takes :meth:`publish`)."""
+        self._check_open()
+        meta = self._meta.get(topic)
+        if meta is None or time.monotonic() - meta[1] > _METADATA_TTL:
+            return None
+        return self._producer.add_one(topic, meta[0], record)
+
     async def _partitions(self, topic: str) -> int:
         """The topic's partition count (0: the topic does not exist); one lookup at a time."""
         waiting = self._meta_wait.get(topic)

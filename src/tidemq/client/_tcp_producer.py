@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Any
 
 import xxhash
 
@@ -46,7 +47,9 @@ _xxh3 = xxhash.xxh3_64_intdigest
 _BODY = attrgetter("body")
 
 # A waiter: (future, first index in the batch, count): the future gets ids[first:first+count].
-Waiter = tuple["asyncio.Future[list[str]]", int, int]
+# (future, index of the first record in the batch, count); count -1: one record whose future
+# takes the id itself, not a list (the per-message publish fast path)
+Waiter = tuple["asyncio.Future[Any]", int, int]
 
 
 @dataclass(slots=True)
@@ -135,6 +138,19 @@ class Producer:
         self._loop.create_task(_gather(fut, subs, len(records)))
         return fut
 
+    def add_one(self, topic: str, partitions: int, rec: Record) -> asyncio.Future[str]:
+        """Queue one record; the future gets its id. No list, no sub-futures: the per-message
+        ``publish`` path costs one future."""
+        fut: asyncio.Future[str] = self._loop.create_future()
+        if partitions == 1:
+            p = 0
+        elif rec.key is not None:
+            p = _xxh3(rec.key) % partitions
+        else:
+            p = self._sticky_partition(topic, partitions)
+        self._append(topic, p, (rec,), fut, single=True)
+        return fut
+
     def _sticky_partition(self, topic: str, partitions: int) -> int:
         p = self._sticky.get(topic)
         if p is None or p >= partitions:
@@ -142,12 +158,12 @@ class Producer:
         return p
 
     def _append(self, topic: str, partition: int, records: Sequence[Record],
-                fut: asyncio.Future[list[str]]) -> None:
+                fut: asyncio.Future[Any], *, single: bool = False) -> None:
         st = self._parts.get((topic, partition))
         if st is None:
             st = self._parts[(topic, partition)] = _PartitionState()
         op = st.open
-        op.waiters.append((fut, len(op.records), len(records)))
+        op.waiters.append((fut, len(op.records), -1 if single else len(records)))
         if len(records) == 1:
             rec = records[0]
             op.records.append(rec)
@@ -218,7 +234,10 @@ class Producer:
         self._retire(batch)
         for fut, first, n in batch.waiters:
             if not fut.done():
-                fut.set_result(ids[first:first + n] if n != len(ids) else ids)
+                if n < 0:
+                    fut.set_result(ids[first])
+                else:
+                    fut.set_result(ids[first:first + n] if n != len(ids) else ids)
 
     def failed(self, batch: SealedBatch, exc: BaseException) -> None:
         """The server refused ``batch`` (a typed error): fail its callers."""
