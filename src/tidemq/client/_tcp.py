@@ -110,7 +110,7 @@ class _Wire(asyncio.Protocol):
 class TcpTransport:
     """An :class:`~tidemq.client._transport.AsyncTransport` over one TCP connection to a server."""
 
-    def __init__(self, host: str, port: int, *, linger: float = 0.001,
+    def __init__(self, host: str, port: int, *, linger: float = 0.0002,
                  max_batch_bytes: int = 1024 * 1024, heartbeat: float = 5.0,
                  connect_timeout: float = 10.0, request_timeout: float = 30.0,
                  reconnect_max_delay: float = 2.0, max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
