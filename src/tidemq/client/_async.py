@@ -11,7 +11,7 @@ from typing import Any
 from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicInfo
 from ..errors import Closed, InvalidArgument, TideMQError, UnknownGroup, UnknownTopic
 from . import _common
-from ._client import _ids
+from ._client import MessageFields, _ids
 from ._transport import AsyncTransport
 
 __all__ = ["AsyncClient", "AsyncSubscription", "AsyncMessage"]
@@ -19,26 +19,14 @@ __all__ = ["AsyncClient", "AsyncSubscription", "AsyncMessage"]
 log = logging.getLogger("tidemq.client")
 
 
-class AsyncMessage:
+class AsyncMessage(MessageFields):
     """A delivered message; ``await msg.ack()`` and friends act through its subscription."""
 
-    __slots__ = ("_d", "_sub")
+    __slots__ = ()
 
     def __init__(self, delivery: Delivery, sub: AsyncSubscription) -> None:
         self._d = delivery
         self._sub = sub
-
-    id = property(lambda self: self._d.id)
-    topic = property(lambda self: self._d.topic)
-    partition = property(lambda self: self._d.partition)
-    offset = property(lambda self: self._d.offset)
-    body = property(lambda self: self._d.body)
-    key = property(lambda self: self._d.key)
-    routing_key = property(lambda self: self._d.routing_key)
-    headers = property(lambda self: self._d.headers)
-    priority = property(lambda self: self._d.priority)
-    delivery_count = property(lambda self: self._d.delivery_count)
-    timestamp = property(lambda self: self._d.timestamp_us / 1e6)
 
     async def ack(self) -> None:
         await self._sub.ack(self._d.id)
@@ -51,9 +39,6 @@ class AsyncMessage:
 
     async def extend(self, seconds: float) -> None:
         await self._sub.extend(self._d.id, seconds)
-
-    def __repr__(self) -> str:
-        return f"AsyncMessage(id={self.id!r}, delivery_count={self.delivery_count})"
 
 
 class AsyncSubscription:

@@ -24,10 +24,10 @@ def _ids(items: Any) -> list[str]:
     """Accept an id, a (Async)Message, or an iterable of either."""
     if isinstance(items, str):
         return [items]
-    if hasattr(items, "id") and hasattr(items, "body"):  # a Message or AsyncMessage
+    if isinstance(items, MessageFields):  # a Message or AsyncMessage
         return [items.id]
     try:
-        out = [m if isinstance(m, str) else getattr(m, "id", m) for m in items]
+        out = [m.id if isinstance(m, MessageFields) else m for m in items]
     except TypeError:
         raise InvalidArgument("pass a message id, a Message, or a list of them") from None
     if not all(isinstance(i, str) for i in out):
@@ -35,14 +35,12 @@ def _ids(items: Any) -> list[str]:
     return out
 
 
-class Message:
-    """A delivered message. ``ack``/``nack``/``reject``/``extend`` act through its subscription."""
+class MessageFields:
+    """The fields of a delivered message, shared by :class:`Message` and ``AsyncMessage``."""
 
     __slots__ = ("_d", "_sub")
 
-    def __init__(self, delivery: Delivery, sub: Subscription) -> None:
-        self._d = delivery
-        self._sub = sub
+    _d: Delivery
 
     id = property(lambda self: self._d.id, doc="the message id (opaque str)")
     topic = property(lambda self: self._d.topic)
@@ -56,6 +54,20 @@ class Message:
     delivery_count = property(lambda self: self._d.delivery_count)
     timestamp = property(lambda self: self._d.timestamp_us / 1e6, doc="publish time, epoch s")
 
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(id={self.id!r}, body={self.body[:40]!r}, "
+                f"delivery_count={self.delivery_count})")
+
+
+class Message(MessageFields):
+    """A delivered message. ``ack``/``nack``/``reject``/``extend`` act through its subscription."""
+
+    __slots__ = ()
+
+    def __init__(self, delivery: Delivery, sub: Subscription) -> None:
+        self._d = delivery
+        self._sub = sub
+
     def ack(self) -> None:
         self._sub.ack(self._d.id)
 
@@ -67,10 +79,6 @@ class Message:
 
     def extend(self, seconds: float) -> None:
         self._sub.extend(self._d.id, seconds)
-
-    def __repr__(self) -> str:
-        return (f"Message(id={self.id!r}, body={self.body[:40]!r}, "
-                f"delivery_count={self.delivery_count})")
 
 
 class Subscription:
