@@ -149,6 +149,24 @@ def test_idempotent_producer_retry_stores_once(h: Harness) -> None:
     assert ends(h, "t") == [0, 4]
 
 
+def test_producer_state_is_rebuilt_from_the_log_when_its_journal_event_was_lost(
+        tmp_path: Path) -> None:
+    # Under 'interval' the journal lags the data: a crash can keep a batch but lose its producer
+    # event. The batch header still names producer and sequence, so the resend is recognised.
+    h = Harness("file", tmp_path)
+    b, c = h.broker, h.clock
+    b.create_topic("t", TopicConfig(durability="interval"), now_us=c.now_us)
+    batch = encode_bodies([b"a", b"b"], producer_id=9, base_sequence=0)
+    first = b.publish_encoded("t", 0, batch, now_us=c.now_us)
+    b2 = h.crash()  # the data reached the OS; the pending journal events did not
+    assert b2.publish_encoded("t", 0, batch, now_us=c.now_us).ids == first.ids
+    assert ends(h, "t") == [2]
+    nxt = encode_bodies([b"c"], producer_id=9, base_sequence=2)
+    b2.publish_encoded("t", 0, nxt, now_us=c.now_us)
+    assert ends(h, "t") == [3]
+    h.close()
+
+
 def test_producer_state_expires_when_idle(tmp_path: Path) -> None:
     h = Harness("memory", tmp_path, producer_idle=10.0)
     try:

@@ -423,6 +423,7 @@ class Topic:
         self._folded = 0
         state = {
             "journal_offset": self.journal.log.end_offset,
+            "time_us": now_us,
             "groups": {name: [settings_out(g.settings), g.snapshot()] for name, g in self.groups.items()},
             "delays": self.delays.snapshot(),
             "dedup": self.dedup.dump(),
@@ -450,6 +451,7 @@ class Topic:
         for events in self.journal.replay(int(snap.get("journal_offset", 0))):
             for ev in events:
                 self._replay(ev, group_base, group_events, released)
+        self._recover_producers(self._journaled_until(int(snap.get("time_us", 0))))
         ends = [log.end_offset for log in self.logs]
         self.delays.recover(snap.get("delays"), released)
         delay_end = self.delays.log.end_offset
@@ -467,6 +469,42 @@ class Topic:
                 gsnap, group_events[name], self.name, self.incarnation, name, settings,
                 self.logs, now_us=now_us)
         self.last_snapshot_us = now_us
+
+    def _journaled_until(self, snapshot_us: int) -> int:
+        """A time before which every appended batch is covered by the snapshot or the journal:
+        a journal append carries all events pending at that moment, so only batches stamped at
+        or after the last journal record (or the snapshot) can lack their events."""
+        log = self.journal.log
+        if log.end_offset > log.start_offset:
+            views = log.read(log.end_offset - 1, max_records=1)
+            if views:
+                return max(snapshot_us, views[-1].first_timestamp_us)
+        return snapshot_us
+
+    def _recover_producers(self, since_us: int) -> None:
+        """Idempotent-producer state from the data itself (as Kafka rebuilds it from batch
+        headers): a batch made durable just before a crash whose journal event was not is
+        still recognised when its producer resends it, so it is not stored twice."""
+        for part, log in enumerate(self.logs):
+            offset = log.offset_for_time(since_us)
+            while offset is not None and offset < log.end_offset:
+                views = log.read(offset, max_records=10_000, max_bytes=16 << 20)
+                if not views:
+                    break
+                for v in views:
+                    if v.base_offset >= offset and v.producer_id >= 0 and v.base_sequence >= 0:
+                        self._recognise(part, v.producer_id, v.producer_epoch, v.base_sequence,
+                                        v.count, v.base_offset, v.first_timestamp_us)
+                offset = views[-1].last_offset + 1
+
+    def _recognise(self, part: int, pid: int, epoch: int, seq: int, count: int, base: int,
+                   ts: int) -> None:
+        try:
+            known = self.producers.check(part, pid, epoch, seq, count)
+        except InvalidArgument:
+            return  # older than what the journal holds: nothing to add
+        if known is None:
+            self.producers.record(part, pid, epoch, seq, count, (part, base, count), ts)
 
     def _replay(self, ev: list[Any], group_base: dict[str, tuple[GroupSettings, Any]],
                 group_events: dict[str, list[Any]], released: list[int]) -> None:
