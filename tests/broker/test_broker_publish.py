@@ -164,6 +164,11 @@ def test_producer_state_is_rebuilt_from_the_log_when_its_journal_event_was_lost(
     nxt = encode_bodies([b"c"], producer_id=9, base_sequence=2)
     b2.publish_encoded("t", 0, nxt, now_us=c.now_us)
     assert ends(h, "t") == [3]
+    # the same for a dedup id whose journal event was lost
+    first_d = b2.publish("t", [Record(b"d", dedup_id="order-1")], now_us=c.now_us)
+    b3 = h.crash()
+    assert b3.publish("t", [Record(b"d", dedup_id="order-1")], now_us=c.now_us).ids == first_d.ids
+    assert ends(h, "t") == [4]
     h.close()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from ..errors import BacklogFull, CorruptRecord, InvalidArgument, UnknownGroup
-from ..storage import LogConfig, LogStore, PartitionLog, Record
+from ..storage import BatchView, LogConfig, LogStore, PartitionLog, Record
 from ..storage._format import HAS_DELAY, HAS_EXT, verify
 from ._delays import DelayStore
 from ._group import GroupState
@@ -482,9 +482,9 @@ class Topic:
         return snapshot_us
 
     def _recover_producers(self, since_us: int) -> None:
-        """Idempotent-producer state from the data itself (as Kafka rebuilds it from batch
-        headers): a batch made durable just before a crash whose journal event was not is
-        still recognised when its producer resends it, so it is not stored twice."""
+        """Idempotent-producer and dedup state from the data itself (as Kafka rebuilds producer
+        state from batch headers): a batch made durable just before a crash whose journal event
+        was not is still recognised when it is sent again, so it is not stored twice."""
         for part, log in enumerate(self.logs):
             offset = log.offset_for_time(since_us)
             while offset is not None and offset < log.end_offset:
@@ -492,10 +492,21 @@ class Topic:
                 if not views:
                     break
                 for v in views:
-                    if v.base_offset >= offset and v.producer_id >= 0 and v.base_sequence >= 0:
+                    if v.base_offset < offset:
+                        continue
+                    if v.producer_id >= 0 and v.base_sequence >= 0:
                         self._recognise(part, v.producer_id, v.producer_epoch, v.base_sequence,
                                         v.count, v.base_offset, v.first_timestamp_us)
+                    if v.attributes & HAS_EXT:
+                        self._recognise_dedup(part, v)
                 offset = views[-1].last_offset + 1
+
+    def _recognise_dedup(self, part: int, view: BatchView) -> None:
+        window_us = int(self.config.dedup_window * 1_000_000)
+        for i, (_key, _rk, _headers, dedup_id) in enumerate(view.extensions()):
+            if dedup_id is not None and self.dedup.get(dedup_id, view.first_timestamp_us) is None:
+                mid = self.ids(part, view.base_offset + i, 1)[0]
+                self.dedup.put(dedup_id, mid, view.first_timestamp_us + window_us)
 
     def _recognise(self, part: int, pid: int, epoch: int, seq: int, count: int, base: int,
                    ts: int) -> None:
