@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests._hypothesis import examples
 from tidemq.broker import Broker, GroupSettings, TopicConfig
 from tidemq.broker._types import Backoff
 from tidemq.storage import Record, open_store
@@ -194,7 +195,7 @@ class BrokerModel(RuleBasedStateMachine):
 
 
 BrokerModel.TestCase.settings = settings(
-    max_examples=30, stateful_step_count=40, deadline=None,
+    max_examples=examples(30), stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestBrokerModel = BrokerModel.TestCase

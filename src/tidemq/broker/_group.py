@@ -97,11 +97,17 @@ class GroupState(GroupDelivering):
         member = self._members.get(member_id)
         if member is None:
             return
-        # O(messages in flight), however many leases the member was ever given.
+        # O(messages in flight), however many leases the member was ever given. Every lease
+        # is counted before any is requeued: in key_ordered mode a key spans partitions, and a
+        # head-of-line release in one partition would otherwise take the member's messages of
+        # another back uncounted (issue 15).
+        requeue = []
         for part in self._parts:
             mine = sorted(off for off, lease in part.inflight.items() if lease.member is member)
             if mine:
-                self._fail(part, mine, 0.0, mono_us)
+                requeue.append((part, self._count_failures(part, mine, 0.0, mono_us)))
+        for part, retry in requeue:
+            self._requeue(part, retry, mono_us)
         del self._members[member_id]
         if self._mode == "ordered":
             self._rebalance()
@@ -304,10 +310,14 @@ class GroupState(GroupDelivering):
         member = self._member(member_id)
         parsed = self._parse(ids)
         self._check_holder(member, parsed, "nack")
+        # Count every nacked delivery first, then requeue (see remove_member).
+        requeue = []
         for part, offs in parsed.items():
             held = sorted(off for off in offs if part.inflight.get(off) is not None)
             if held:
-                self._fail(part, held, delay, mono_us)
+                requeue.append((part, self._count_failures(part, held, delay, mono_us)))
+        for part, retry in requeue:
+            self._requeue(part, retry, mono_us)
 
     def reject(self, member_id: str, ids: Sequence[str], reason: str) -> None:
         """Dead-letter the messages at once; ``reason`` (default ``rejected``) becomes the dead

@@ -181,15 +181,14 @@ class GroupCore:
             if not part.is_done(off) and off not in part.inflight:
                 self._ready[part.prios.get(off, 0)].append((p, off))
 
-    def _fail(self, part: PartState, offs: list[int], delay: float | None, mono_us: int) -> None:
-        """Counted failure of in-flight ``offs`` (ascending): nack or lease expiry."""
-        self._requeue(part, self._count_failures(part, offs, delay, mono_us), mono_us)
-
     def _count_failures(
         self, part: PartState, offs: list[int], delay: float | None, mono_us: int
     ) -> list[tuple[int, int]]:
-        """First half of a failure: end the leases, count the deliveries, dead-letter those
-        out of deliveries. Returns ``(offset, ready mono)`` to requeue."""
+        """First half of a counted failure of in-flight ``offs`` (ascending; nack, lease
+        expiry, a member leaving): end the leases, count the deliveries, dead-letter those out
+        of deliveries. Returns ``(offset, ready mono)`` to requeue. Callers count every
+        partition's failures before requeueing any (:meth:`_requeue`), because a key_ordered
+        head-of-line release spans partitions and would take a not-yet-counted one back."""
         max_deliveries = self.settings.max_deliveries
         backoff = self.settings.backoff
         retry: list[tuple[int, int]] = []  # (offset, ready mono)
