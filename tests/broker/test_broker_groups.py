@@ -38,11 +38,11 @@ def test_first_subscribe_defines_settings(h: Harness) -> None:
     assert b.describe_group("t", "g").settings == s
     with pytest.raises(GroupSettingsMismatch):
         b.subscribe("t", "g", GroupSettings(ack_timeout=6.0), **c.t)
-    b.update_group("t", "g", GroupSettings(ack_timeout=6.0), now_us=c.now_us)
+    b.update_group("t", "g", GroupSettings(ack_timeout=6.0), now_us=c.now_us, mono_us=c.mono_us)
     assert b.describe_group("t", "g").settings.ack_timeout == 6.0
     assert sorted(b.describe_group("t", "g").members) == sorted([m1, m2])
     assert [g.name for g in b.list_groups("t")] == ["g"]
-    b.delete_group("t", "g")
+    b.delete_group("t", "g", now_us=c.now_us)
     with pytest.raises(UnknownGroup):
         b.describe_group("t", "g")
     with pytest.raises(UnknownMessage):

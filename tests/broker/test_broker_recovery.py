@@ -24,7 +24,7 @@ def test_snapshot_then_journal_tail(tmp_path: Path) -> None:
         b.sync(b.publish("t", [Record(b"%d" % i) for i in range(10)], now_us=c.now_us).token)
         got = b.fetch(m, 10, **c.t)
         b.sync(b.ack(m, [d.id for d in got[:4]], **c.t))
-        b._topics["t"].snapshot(c.now_us)  # what a maintenance tick does now and then
+        b.snapshot_now("t", now_us=c.now_us)  # what a maintenance tick does now and then
         b.sync(b.ack(m, [d.id for d in got[4:6]], **c.t))  # only in the journal tail
         b2 = h.crash()
         m2 = b2.subscribe("t", "g", None, **c.t)

@@ -26,11 +26,18 @@ from ..storage import LogStore, PartitionLog, Record
 from ._deadletters import dead_letter_records, origin_of, redriven_record
 from ._group import DeadLetter, GroupState
 from ._ids import make_id
-from ._journal import decode, encode, open_meta
+from ._journal import decode, encode
 from ._limits import ID_HEADER
 from ._names import dead_letter_name, topic_key, validate_topic_name
 from ._sync import EMPTY_TOKEN, SyncToken, TokenBuilder
-from ._topic import SNAPSHOT_EVERY_EVENTS, Topic, log_config, partition_log_name, settings_out
+from ._topic import (
+    SNAPSHOT_EVERY_EVENTS,
+    SnapshotJob,
+    Topic,
+    log_config,
+    partition_log_name,
+    settings_out,
+)
 from ._types import (
     MAX_PARTITIONS,
     Delivery,
@@ -62,7 +69,8 @@ class Broker:
     def __init__(self, store: LogStore, *, now_us: int, mono_us: int, auto_create_topics: bool,
                  default_topic_config: TopicConfig, producer_idle: float) -> None:
         self._store = store
-        self._meta = open_meta(store)
+        self._meta = store.meta
+        self._jobs: list[SnapshotJob] = []
         self._auto_create = auto_create_topics
         self._default = default_topic_config
         self._producer_idle_us = int(producer_idle * 1e6)
@@ -80,6 +88,11 @@ class Broker:
         self._prefetch: dict[str, int] = {}
         self._by_name: dict[str, Topic] = {}
         self._closed = False
+        # Deadline hints (see take_deadline_hint): the earliest new timed work since the last
+        # call, on the monotonic clock (leases, backoff) and on the wall clock (delays, a
+        # pending journal append).
+        self._hint_mono: int | None = None
+        self._hint_wall: int | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -104,13 +117,63 @@ class Broker:
         return b
 
     def close(self) -> None:
-        """Snapshot every topic and close the logs; later calls raise :class:`Closed`."""
+        """Snapshot every topic (here, synchronously: the driver has stopped) and close the
+        logs; later calls raise :class:`Closed`. Call after every job handed out by
+        :meth:`take_jobs` has finished."""
         if self._closed:
             return
         for t in self._topics.values():
-            t.snapshot(t.last_maintenance_us)
+            if not t.snapshot_in_flight:
+                now = t.last_maintenance_us
+                job = t.plan_snapshot(now)
+                try:
+                    job.run()
+                except Exception:
+                    t.snapshot_failed()
+                else:
+                    t.snapshot_done(job, now)
             t.close()
+        self._jobs.clear()
         self._closed = True
+
+    # --- background work (J4) --------------------------------------------------------------
+
+    def take_jobs(self) -> list[SnapshotJob]:
+        """I/O the driver must run off its loop (snapshot writes), then report with
+        :meth:`job_done`. At most one job per topic is out at a time."""
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    def job_done(self, job: SnapshotJob, error: BaseException | None, *, now_us: int) -> None:
+        """``job.run()`` finished (``error`` None) or failed. On the broker's thread."""
+        t = job.topic
+        if error is not None:
+            t.snapshot_failed()
+            return
+        t.snapshot_done(job, now_us)
+        if t.closed:  # deleted while the job ran: its snapshot must not outlive it
+            self._meta.delete(job.name)
+
+    def snapshot_now(self, topic: str, *, now_us: int) -> None:
+        """Plan and write ``topic``'s snapshot here, now (what maintenance does now and then;
+        tests and tools). Raises what the job raises; nothing is lost if it fails."""
+        t = self._topic(topic)
+        if t.snapshot_in_flight:
+            raise InvalidArgument(f"a snapshot of {t.name!r} is already being written")
+        self._jobs.append(t.plan_snapshot(now_us))
+        self.run_jobs(now_us=now_us)
+
+    def run_jobs(self, *, now_us: int) -> int:
+        """Run pending jobs here, now (tests and tools without a driver); how many ran."""
+        jobs = self.take_jobs()
+        for job in jobs:
+            try:
+                job.run()
+            except Exception as exc:
+                self.job_done(job, exc, now_us=now_us)
+                raise
+            self.job_done(job, None, now_us=now_us)
+        return len(jobs)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -128,13 +191,42 @@ class Broker:
         return token.always and bool(token.entries)
 
     def sync_all(self) -> None:
-        """fsync every log written so far (the ``interval`` driver). Safe from another thread."""
+        """fsync every ``interval`` / ``always`` log written so far (the periodic sync; a
+        ``never`` log is left to the OS). Safe from another thread. Goes on past a log that
+        fails (D9: that log stays failed and says so to its writers), then raises the first
+        failure, so one broken topic does not stop the others from being synced."""
         # dict.copy() is one C call under the GIL: consistent even while the loop writes.
+        first: BaseException | None = None
         for log, pos in list(self._positions.copy().values()):
+            if pos <= log.synced_position or log.durability == "never":
+                continue
             try:
                 log.sync(pos)
             except Closed:
                 pass
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def has_unsynced(self) -> bool:
+        """Whether :meth:`sync_all` has anything to do (cheap; safe from another thread)."""
+        return any(pos > log.synced_position and log.durability != "never"
+                   for log, pos in list(self._positions.copy().values()))
+
+    def barrier(self, topic: str) -> SyncToken:
+        """A token that makes everything ``topic``'s state says so far durable: its data logs
+        and delay log first, then its journal (J1). A driver syncs it before answering an
+        admin change under ``always`` (a group created, updated, deleted or reset), so a power
+        cut right after the answer cannot lose the change. Cheap when already synced."""
+        t = self._topic(topic)
+        tb = TokenBuilder()
+        tb.always = t.always
+        t.commit(t.last_maintenance_us, tb, force=True)
+        for log in (*t.logs, t.delays.log, t.journal.log):
+            if log.end_offset > log.synced_position:
+                tb.add(log, log.end_offset, t.always)
+        return self._token(tb)
 
     def _token(self, tb: TokenBuilder) -> SyncToken:
         token = tb.build()
@@ -291,6 +383,31 @@ class Broker:
 
     def _after_publish(self, t: Topic) -> None:
         self._wake.update(t.groups.values())
+        if t.delays:
+            self._hint_at_wall(t.delays.next_due())
+        if t.events:
+            self._hint_at_wall(t.journal_due_us())
+
+    # --- deadline hints --------------------------------------------------------------------
+
+    def _hint_at_wall(self, when_us: int | None) -> None:
+        if when_us is not None and (self._hint_wall is None or when_us < self._hint_wall):
+            self._hint_wall = when_us
+
+    def _hint_at_mono(self, when_us: int | None) -> None:
+        if when_us is not None and (self._hint_mono is None or when_us < self._hint_mono):
+            self._hint_mono = when_us
+
+    def take_deadline_hint(self) -> tuple[int | None, int | None]:
+        """``(mono_us, wall_us)``: the earliest timed work that calls since the last
+        :meth:`tick` or hint may have created (a lease, a backoff, a delayed message, journal
+        events waiting for their batch), or None for either clock. Clears the hint.
+
+        A driver sleeps until the time :meth:`tick` returned; after other calls it asks this
+        and wakes earlier if a hint is earlier. Nothing needs polling."""
+        hint = (self._hint_mono, self._hint_wall)
+        self._hint_mono = self._hint_wall = None
+        return hint
 
     # --- groups ----------------------------------------------------------------------------
 
@@ -317,7 +434,7 @@ class Broker:
         return g.info()
 
     def update_group(self, topic: str, group: str, settings: GroupSettings, *, now_us: int,
-                     mono_us: int = 0) -> GroupInfo:
+                     mono_us: int) -> GroupInfo:
         t = self._topic(topic)
         old = t.group(group)
         settings.validate()
@@ -332,12 +449,13 @@ class Broker:
         for mid, (_, gg) in self._members.items():
             if gg is g:  # members keep their ids; the restore released their leases
                 g.add_member(mid, self._prefetch.get(mid, 100), mono_us=mono_us)
+        self._wake.add(g)
         tb = TokenBuilder()
         t.commit(now_us, tb)
         self._token(tb)
         return g.info()
 
-    def delete_group(self, topic: str, group: str) -> None:
+    def delete_group(self, topic: str, group: str, *, now_us: int) -> None:
         t = self._topic(topic)
         g = t.group(group)
         for mid in [m for m, (_, gg) in self._members.items() if gg is g]:
@@ -345,7 +463,7 @@ class Broker:
         del t.groups[group]
         t.record_event(["gd", group])
         tb = TokenBuilder()
-        t.commit(0, tb)
+        t.commit(now_us, tb)
         self._token(tb)
 
     def list_groups(self, topic: str) -> list[GroupInfo]:
@@ -373,6 +491,7 @@ class Broker:
     def unsubscribe(self, member_id: str, *, now_us: int, mono_us: int) -> SyncToken:
         t, g = self._member(member_id)
         g.remove_member(member_id, mono_us=mono_us)
+        self._hint_at_mono(g.next_deadline(mono_us))
         del self._members[member_id]
         self._prefetch.pop(member_id, None)
         return self._finish(t, g, now_us)
@@ -400,6 +519,10 @@ class Broker:
             if tb is None:
                 tb = TokenBuilder()
             t.commit(now_us, tb)
+        elif t.events:
+            due = t.journal_flushed_us + t.journal_interval_us  # journal_due_us(), inlined
+            if self._hint_wall is None or due < self._hint_wall:
+                self._hint_wall = due
         if g.has_ready():
             self._wake.add(g)
         return EMPTY_TOKEN if tb is None else self._token(tb)
@@ -407,6 +530,10 @@ class Broker:
     def fetch(self, member_id: str, max_messages: int, *, now_us: int, mono_us: int) -> list[Delivery]:
         t, g = self._member(member_id)
         out = g.fetch(member_id, max_messages, now_us=now_us, mono_us=mono_us)
+        if out:
+            lease_end = mono_us + g._ack_timeout_us
+            if self._hint_mono is None or lease_end < self._hint_mono:
+                self._hint_mono = lease_end
         self._finish(t, g, now_us)
         return out
 
@@ -422,15 +549,16 @@ class Broker:
             raise InvalidArgument("nack delay must be >= 0 seconds or None")
         t, g = self._member(member_id)
         g.nack(member_id, list(ids), delay, mono_us=mono_us)
+        self._hint_at_mono(g.next_deadline(mono_us))
         return self._finish(t, g, now_us)
 
-    def extend(self, member_id: str, ids: Sequence[str], seconds: float, *, mono_us: int,
-               now_us: int | None = None) -> SyncToken:
+    def extend(self, member_id: str, ids: Sequence[str], seconds: float, *, now_us: int,
+               mono_us: int) -> SyncToken:
         if seconds <= 0:
             raise InvalidArgument("extend needs seconds > 0")
         t, g = self._member(member_id)
         g.extend(member_id, list(ids), seconds, mono_us=mono_us)
-        return self._finish(t, g, now_us if now_us is not None else t.last_maintenance_us)
+        return self._finish(t, g, now_us)
 
     def reject(self, member_id: str, ids: Sequence[str], reason: str, *, now_us: int,
                mono_us: int) -> SyncToken:
@@ -563,9 +691,10 @@ class Broker:
         t.dedup.expire(now_us)
         t.producers.expire(now_us, self._producer_idle_us)
         t.apply_retention(now_us)
-        if (t.journal.events_since_snapshot >= SNAPSHOT_EVERY_EVENTS
+        if not t.snapshot_in_flight and (
+                t.journal.events_since_snapshot >= SNAPSHOT_EVERY_EVENTS
                 or (t.journal.events_since_snapshot and now_us - t.last_snapshot_us >= SNAPSHOT_EVERY_US)):
-            t.snapshot(now_us)
+            self._jobs.append(t.plan_snapshot(now_us))
 
     # --- introspection for tests and tools -------------------------------------------------
 

@@ -378,16 +378,24 @@ class GroupState(GroupDelivering):
         for part, retry in requeue:
             self._requeue(part, retry, mono_us)
         self._promote(mono_us)
-        deadlines = []
-        if heap:
-            deadlines.append(heap[0][0])
+        nxt = self.next_deadline(mono_us)
+        return None if nxt is None else max(0.0, (nxt - mono_us) / 1_000_000)
+
+    def next_deadline(self, mono_us: int) -> int | None:
+        """The next monotonic time (µs) at which :meth:`tick` has work: a lease ends, a backoff
+        or head-of-line hold is over. None: nothing timed."""
+        best = self._lease_heap[0][0] if self._lease_heap else None
         if self._retry_heap:
-            deadlines.append(self._retry_heap[0][0])
-        deadlines += [p.hold_until for p in self._parts if p.hold_until > mono_us]
-        deadlines += [k.hold_until for k in self._waiting.values() if k.hold_until > mono_us]
-        if not deadlines:
-            return None
-        return max(0.0, (min(deadlines) - mono_us) / 1_000_000)
+            t = self._retry_heap[0][0]
+            best = t if best is None or t < best else best
+        for p in self._parts:
+            if p.hold_until > mono_us and (best is None or p.hold_until < best):
+                best = p.hold_until
+        # key_ordered: ks.hold_until of parked keys (a key's hold is set when it is parked).
+        for k in self._waiting.values():
+            if k.hold_until > mono_us and (best is None or k.hold_until < best):
+                best = k.hold_until
+        return best
 
     def reset(self, start: StartPosition, *, now_us: int) -> None:
         """Replay: drop all progress and leases; the group next reads from ``start``."""

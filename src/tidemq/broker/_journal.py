@@ -6,11 +6,12 @@ appended after the data they describe (invariant J1: never durable ahead of the 
 recovery clamps everything to each partition's ``end_offset`` (J2), so a torn data tail can never
 leave state that points past it.
 
-A snapshot (written every few thousand events and at close) holds the whole state as of a journal
+A snapshot (planned every few thousand events and at close) holds the whole state as of a journal
 offset; recovery loads it and replays only the journal after it, and the journal is trimmed by
-whole segments below the snapshot. Snapshots and the topic catalogue live in a small
-:class:`MetaStore`: files written with ``atomic_write`` in the data folder, or a dict that lives
-as long as the in-memory store.
+whole segments below the snapshot once the snapshot is durable. Snapshots and the topic
+catalogue live in the store's :class:`~tidemq.storage.MetaStore`. The broker never writes a
+snapshot itself: it returns a :class:`SnapshotJob` (``Topic.plan_snapshot``) that the driver runs
+off its loop (J4).
 
 Event kinds (first element):
 
@@ -22,21 +23,21 @@ Event kinds (first element):
 ``["dd", [[dedup_id, id, expires_us], ...]]``
 ``["pr", partition, pid, epoch, base_sequence, count, ids, now_us]``
 ``["rd", group, dlq_key, dlq_partition, next_offset]``  redrive progress
+``["ends", [end offset per partition]]``  first in every record: the data logs' ends when it was
+                                         appended (J3: producer state is rebuilt from there)
 """
 
 from __future__ import annotations
 
-import os
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 
 from ..errors import CorruptRecord
-from ..storage import PartitionLog, Record, atomic_write
+from ..storage import PartitionLog, Record
 
-__all__ = ["Journal", "MetaStore", "open_meta"]
+__all__ = ["Journal", "encode", "decode"]
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
@@ -81,77 +82,6 @@ class Journal:
                     if isinstance(events, list):
                         yield events
                 offset = view.last_offset + 1
-
-
-class MetaStore:
-    """Small named blobs (catalogue, snapshots), replaced atomically."""
-
-    def get(self, name: str) -> bytes | None:
-        raise NotImplementedError
-
-    def put(self, name: str, data: bytes) -> None:
-        raise NotImplementedError
-
-    def delete(self, name: str) -> None:
-        raise NotImplementedError
-
-
-class _FileMeta(MetaStore):
-    def __init__(self, root: str) -> None:
-        self._dir = os.path.join(root, "__broker")
-        os.makedirs(self._dir, exist_ok=True)
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self._dir, name)
-
-    def get(self, name: str) -> bytes | None:
-        try:
-            with open(self._path(name), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CorruptRecord(f"cannot read broker metadata {name!r}: {exc}") from exc
-
-    def put(self, name: str, data: bytes) -> None:
-        atomic_write(self._path(name), data)
-
-    def delete(self, name: str) -> None:
-        try:
-            os.unlink(self._path(name))
-        except FileNotFoundError:
-            pass
-
-
-class _MemoryMeta(MetaStore):
-    def __init__(self, blobs: dict[str, bytes]) -> None:
-        self._blobs = blobs
-
-    def get(self, name: str) -> bytes | None:
-        return self._blobs.get(name)
-
-    def put(self, name: str, data: bytes) -> None:
-        self._blobs[name] = data
-
-    def delete(self, name: str) -> None:
-        self._blobs.pop(name, None)
-
-
-# In-memory stores keep their broker metadata alongside them, so a Broker reopened on the same
-# MemoryStore object (tests, the embedded client reconnecting) sees its topics again.
-_memory_blobs: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = weakref.WeakKeyDictionary()
-
-
-def open_meta(store: Any) -> MetaStore:
-    """The metadata store beside ``store``: files under its folder, or memory."""
-    root = getattr(store, "path", None) or getattr(store, "root", None)
-    if root is not None:
-        return _FileMeta(os.fspath(root))
-    try:
-        blobs = _memory_blobs.setdefault(store, {})
-    except TypeError:  # not weak-referenceable: metadata lives as long as this broker
-        blobs = {}
-    return _MemoryMeta(blobs)
 
 
 def encode(obj: Any) -> bytes:

@@ -14,19 +14,19 @@ from typing import Any
 import msgspec
 
 from ..errors import BacklogFull, CorruptRecord, InvalidArgument, UnknownGroup
-from ..storage import BatchView, LogConfig, LogStore, PartitionLog, Record
+from ..storage import BatchView, LogConfig, LogStore, MetaStore, PartitionLog, Record
 from ..storage._format import HAS_DELAY, HAS_EXT, verify
 from ._delays import DelayStore
 from ._group import GroupState
 from ._hashing import StickyPartitioner, partition_for_key
 from ._idempotence import DedupTable, IdsRepr, ProducerTable, ids_in, ids_out
 from ._ids import DELAY_PARTITION, make_id, make_ids, parse_id
-from ._journal import Journal, MetaStore, decode, encode
+from ._journal import Journal, decode, encode
 from ._limits import ID_HEADER, check_lengths, check_records
 from ._sync import TokenBuilder
 from ._types import GroupSettings, TopicConfig
 
-__all__ = ["Topic", "log_config", "partition_log_name"]
+__all__ = ["Topic", "SnapshotJob", "log_config", "partition_log_name"]
 
 _key = attrgetter("key")
 # A plain record (body only) has exactly these extras (see publish_plain).
@@ -75,6 +75,31 @@ def _fold(dst: list[tuple[Any, ...]], src: list[tuple[Any, ...]]) -> None:
         dst.append(ev)
 
 
+class SnapshotJob:
+    """The I/O of one topic snapshot, planned by :meth:`Topic.plan_snapshot` on the broker's
+    thread and run by the driver on a worker thread (``run`` only touches ``sync`` of logs,
+    which is thread-safe, and the store's metadata under this topic's own name)."""
+
+    __slots__ = ("topic", "meta", "name", "data", "syncs", "journal_offset")
+
+    def __init__(self, topic: Topic, meta: MetaStore, name: str, data: bytes,
+                 syncs: list[tuple[PartitionLog, int]], journal_offset: int) -> None:
+        self.topic = topic
+        self.meta = meta
+        self.name = name
+        self.data = data
+        self.syncs = syncs
+        self.journal_offset = journal_offset
+
+    def run(self) -> None:
+        """Sync what the snapshot describes (data, delays, journal; J1), then write it. Raises
+        ``OSError`` / ``TideMQError`` (the driver calls ``Broker.snapshot_done`` either way)."""
+        for log, pos in self.syncs:
+            if pos > log.synced_position:
+                log.sync(pos)
+        self.meta.put(self.name, self.data)
+
+
 def settings_out(s: GroupSettings) -> Any:
     return msgspec.to_builtins(s)
 
@@ -117,10 +142,12 @@ class Topic:
         # toward JOURNAL_BATCH_EVENTS as the separate events they would have been.
         self._folded = 0
         self._id_prefixes: list[str] = []  # per partition: the message ids' constant part
-        self._journal_flushed_us = now_us
-        self._journal_interval_us = int(config.sync_interval * 1_000_000)
+        self.journal_flushed_us = now_us
+        self.journal_interval_us = int(config.sync_interval * 1_000_000)
         self.last_snapshot_us = now_us
         self.last_maintenance_us = now_us
+        self.snapshot_in_flight = False
+        self.closed = False
 
     # --- identity --------------------------------------------------------------------------
 
@@ -167,7 +194,7 @@ class Topic:
                 return
         events.append(["g", group.name, ev])
 
-    def commit(self, now_us: int, tb: TokenBuilder) -> None:
+    def commit(self, now_us: int, tb: TokenBuilder, *, force: bool = False) -> None:
         """Append the pending events to the journal, after the data (J1).
 
         Under ``always`` every call's events go out at once (the caller syncs them before it
@@ -176,12 +203,18 @@ class Topic:
         when many are pending, so an ack costs no write of its own. What a crash loses is the
         last moments' acks, which SPEC §6 allows under ``interval`` and ``never``.
         """
-        if not self.commit_due(now_us):
+        if not (self.events if force else self.commit_due(now_us)):
             return
         events, self.events = self.events, []
         self._folded = 0
-        self._journal_flushed_us = now_us
+        self.journal_flushed_us = now_us
+        # Every batch below these ends has its events (producer, dedup) in this record or an
+        # earlier one: recovery rescans the data from the last surviving record's ends (J3).
+        events.insert(0, ["ends", self.data_ends()])
         tb.add(self.journal.log, self.journal.append(events, now_us), self.always)
+
+    def data_ends(self) -> list[int]:
+        return [log.end_offset for log in self.logs]
 
     def commit_due(self, now_us: int) -> bool:
         """Whether :meth:`commit` at ``now_us`` would append to the journal."""
@@ -189,13 +222,19 @@ class Topic:
         if not events:
             return False
         return (self.always or len(events) + self._folded >= JOURNAL_BATCH_EVENTS
-                or now_us - self._journal_flushed_us >= self._journal_interval_us)
+                or now_us - self.journal_flushed_us >= self.journal_interval_us)
+
+    def journal_due_us(self) -> int | None:
+        """When (wall µs) pending journal events must be appended; None: nothing pending."""
+        if not self.events:
+            return None
+        return self.journal_flushed_us + self.journal_interval_us
 
     def journal_due(self, now_us: int) -> float | None:
         """Seconds until pending journal events must be appended (None: nothing pending)."""
         if not self.events:
             return None
-        return max(0.0, (self._journal_flushed_us + self._journal_interval_us - now_us) / 1e6)
+        return max(0.0, (self.journal_flushed_us + self.journal_interval_us - now_us) / 1e6)
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -303,6 +342,11 @@ class Topic:
                 ids[i] = make_id(self.name, self.incarnation, DELAY_PARTITION, base + j)
         for i, first in alias:
             ids[i] = ids[first]
+        if has_dedup and len(todo) < count:
+            # Duplicates answer with their first message's id: confirm them only once that
+            # message is durable too (it may still be in its fsync).
+            done = set(todo)
+            self.cover([ids[i] for i in range(count) if i not in done and ids[i]], tb)  # type: ignore[misc]
         if has_dedup:
             expires = now_us + int(self.config.dedup_window * 1e6)
             rows = []
@@ -315,6 +359,17 @@ class Topic:
             if rows:
                 self.events.append(["dd", rows])
         return [i for i in ids if i is not None]
+
+    def cover(self, ids: list[str], tb: TokenBuilder) -> None:
+        """Add to ``tb`` the positions that make the messages ``ids`` (stored earlier: a dedup
+        duplicate or an idempotent resend) durable, so the driver confirms the repeat only when
+        the original is durable at the topic's level (a confirm is never ahead of the data)."""
+        for mid in ids:
+            ref = parse_id(mid)
+            if ref.partition == DELAY_PARTITION:
+                tb.add(self.delays.log, ref.offset + 1, self.always)
+            elif 0 <= ref.partition < len(self.logs):
+                tb.add(self.logs[ref.partition], ref.offset + 1, self.always)
 
     def _dedup_filter(self, records: Sequence[Record], ids: list[str | None],
                       now_us: int) -> tuple[list[int], list[tuple[int, int]]]:
@@ -352,7 +407,9 @@ class Topic:
         if idempotent:
             dup = self.producers.check(partition, pid, epoch, seq, count)
             if dup is not None:
-                return self.resolve(dup)
+                ids = self.resolve(dup)
+                self.cover(ids, tb)
+                return ids
         check_lengths(view.lengths(), self.config.max_message_bytes)
         split = bool(view.attributes & HAS_DELAY) and max(view.deliver_ats()) > now_us
         records: list[Record] | None = None
@@ -410,30 +467,46 @@ class Topic:
 
     # --- durable state ---------------------------------------------------------------------
 
-    def snapshot(self, now_us: int) -> None:
-        """Write a snapshot and trim the journal below it. Syncs data then journal first, so the
-        snapshot never describes data that is not durable (J1)."""
-        for log in self.logs:
-            log.sync()
-        self.delays.log.sync()
-        self.journal.log.sync()
-        # The snapshot holds the in-memory state, which already reflects the pending events:
-        # appending them after it would apply them twice on replay.
-        self.events = []
-        self._folded = 0
+    def plan_snapshot(self, now_us: int) -> SnapshotJob:
+        """Take a snapshot of the in-memory state and return the I/O that makes it durable; the
+        driver runs ``job.run()`` off its loop, then calls :meth:`snapshot_done` (J4).
+
+        Pending events are appended to the journal first, so the journal alone still holds the
+        whole state if the snapshot is never written (a failure, a crash): the snapshot only
+        shortens recovery. The job syncs the data logs, the delay log and the journal up to
+        what the snapshot describes before writing it (J1).
+        """
+        tb = TokenBuilder()
+        self.commit(now_us, tb, force=True)
+        ends = self.data_ends()
         state = {
             "journal_offset": self.journal.log.end_offset,
             "time_us": now_us,
+            "ends": ends,
             "groups": {name: [settings_out(g.settings), g.snapshot()] for name, g in self.groups.items()},
             "delays": self.delays.snapshot(),
             "dedup": self.dedup.dump(),
             "producers": self.producers.dump(),
             "redrive": [[g, d, p, off] for (g, d, p), off in self.redrive.items()],
         }
-        self.meta.put(self.snapshot_name, encode(state))
+        syncs = [(log, log.end_offset) for log in (*self.logs, self.delays.log, self.journal.log)]
+        self.snapshot_in_flight = True
         self.journal.events_since_snapshot = 0
         self.last_snapshot_us = now_us
-        self.journal.log.apply_retention(now_us, keep_from=state["journal_offset"])  # type: ignore[arg-type]
+        return SnapshotJob(self, self.meta, self.snapshot_name, encode(state), syncs,
+                           self.journal.log.end_offset)
+
+    def snapshot_done(self, job: SnapshotJob, now_us: int) -> None:
+        """The job is durable: the journal below its offset is no longer needed."""
+        self.snapshot_in_flight = False
+        if self.closed:
+            return
+        self.journal.log.apply_retention(now_us, keep_from=job.journal_offset)
+
+    def snapshot_failed(self) -> None:
+        """The job failed: nothing is lost (the journal has it all); try again later."""
+        self.snapshot_in_flight = False
+        self.journal.events_since_snapshot = max(self.journal.events_since_snapshot, 1)
 
     def recover(self, now_us: int) -> None:
         """Load the snapshot, replay the journal tail, clamp everything to the logs (J2)."""
@@ -448,10 +521,17 @@ class Topic:
         self.producers.load(snap.get("producers", []))
         for g, d, p, off in snap.get("redrive", []):
             self.redrive[(g, d, p)] = off
+        # J3: rescan the data from the ends the last surviving journal record (or the
+        # snapshot) names; before them every batch's producer and dedup events are journaled.
+        # Snapshots and records of older versions name no ends: rescan whole logs then.
+        ends_seen: list[int] = list(snap.get("ends", []))
         for events in self.journal.replay(int(snap.get("journal_offset", 0))):
             for ev in events:
-                self._replay(ev, group_base, group_events, released)
-        self._recover_producers(self._journaled_until(int(snap.get("time_us", 0))))
+                if ev[0] == "ends":
+                    ends_seen = list(ev[1])
+                else:
+                    self._replay(ev, group_base, group_events, released)
+        self._recover_producers(ends_seen)
         ends = [log.end_offset for log in self.logs]
         self.delays.recover(snap.get("delays"), released)
         delay_end = self.delays.log.end_offset
@@ -470,29 +550,19 @@ class Topic:
                 self.logs, now_us=now_us)
         self.last_snapshot_us = now_us
 
-    def _journaled_until(self, snapshot_us: int) -> int:
-        """A time before which every appended batch is covered by the snapshot or the journal:
-        a journal append carries all events pending at that moment, so only batches stamped at
-        or after the last journal record (or the snapshot) can lack their events."""
-        log = self.journal.log
-        if log.end_offset > log.start_offset:
-            views = log.read(log.end_offset - 1, max_records=1)
-            if views:
-                return max(snapshot_us, views[-1].first_timestamp_us)
-        return snapshot_us
-
-    def _recover_producers(self, since_us: int) -> None:
+    def _recover_producers(self, journaled_ends: list[int]) -> None:
         """Idempotent-producer and dedup state from the data itself (as Kafka rebuilds producer
         state from batch headers): a batch made durable just before a crash whose journal event
-        was not is still recognised when it is sent again, so it is not stored twice."""
+        was not is still recognised when it is sent again, so it is not stored twice. Reads
+        each partition from the offset up to which the journal covered it (J3)."""
         for part, log in enumerate(self.logs):
-            offset = log.offset_for_time(since_us)
-            while offset is not None and offset < log.end_offset:
+            offset = max(journaled_ends[part] if part < len(journaled_ends) else 0, log.start_offset)
+            while offset < log.end_offset:
                 views = log.read(offset, max_records=10_000, max_bytes=16 << 20)
                 if not views:
                     break
                 for v in views:
-                    if v.base_offset < offset:
+                    if v.last_offset < offset:
                         continue
                     if v.producer_id >= 0 and v.base_sequence >= 0:
                         self._recognise(part, v.producer_id, v.producer_epoch, v.base_sequence,
@@ -560,5 +630,6 @@ class Topic:
         return removed
 
     def close(self) -> None:
+        self.closed = True
         for log in (*self.logs, self.delays.log, self.journal.log):
             log.close()

@@ -65,6 +65,7 @@ from tidemq.storage._filelog import FileLog
 from tidemq.storage._fileops import FileOps
 from tidemq.storage._format import BatchView, Record, encode_batch, encode_bodies, verify
 from tidemq.storage._memlog import MemoryLog
+from tidemq.storage._meta import MetaStore
 from tidemq.storage._store import FileStore, LogStore, MemoryStore, open_store
 from tidemq.storage._types import (
     AppendResult,
@@ -98,4 +99,5 @@ __all__ = [
     "atomic_write",
     "FdCache",
     "FileOps",
+    "MetaStore",
 ]

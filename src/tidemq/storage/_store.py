@@ -21,6 +21,7 @@ from tidemq.storage._fdcache import FdCache
 from tidemq.storage._filelog import FileLog
 from tidemq.storage._fileops import DEFAULT_OPS, FileOps
 from tidemq.storage._memlog import MemoryLog
+from tidemq.storage._meta import FileMeta, MemoryMeta, MetaStore
 from tidemq.storage._recovery import CHECKPOINT
 from tidemq.storage._types import LogConfig, PartitionLog
 
@@ -49,6 +50,11 @@ class LogStore(Protocol):
     def list_logs(self) -> list[str]: ...
 
     def delete_log(self, name: str) -> None: ...
+
+    @property
+    def meta(self) -> MetaStore:
+        """Small named blobs beside the logs (catalogue, snapshots): see ``_meta``."""
+        ...
 
     def close(self) -> None: ...
 
@@ -84,10 +90,19 @@ class FileStore:
         self._logs: dict[str, FileLog] = {}
         self._mutex = threading.Lock()
         self._closed = False
+        try:
+            self._meta = FileMeta(self.path)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise StorageFailed(f"cannot open the metadata folder in {self.path}: {exc}") from exc
 
     @property
     def fd_cache(self) -> FdCache:
         return self._fds
+
+    @property
+    def meta(self) -> FileMeta:
+        return self._meta
 
     def _log_dir(self, name: str) -> str:
         return os.path.join(self.path, LOGS_DIR, *_check_name(name))
@@ -175,6 +190,11 @@ class MemoryStore:
         self._logs: dict[str, MemoryLog] = {}
         self._mutex = threading.Lock()
         self._closed = False
+        self._meta = MemoryMeta()
+
+    @property
+    def meta(self) -> MemoryMeta:
+        return self._meta
 
     def open_log(self, name: str, config: LogConfig | None = None) -> MemoryLog:
         _check_name(name)
