@@ -75,10 +75,10 @@ def test_always_durability_shares_fsyncs(tmp_path: Path) -> None:
                 c.publish("durable", b"m%d" % i, key=b"%d" % i)
                 for c in clients for i in range(300)])
             assert len(set(ids)) == 1200
-            assert srv.committer is not None
+            assert srv.driver is not None
             # Every write went through group commit, and rounds were shared.
-            assert srv.committer.tokens > 0
-            assert srv.committer.rounds < srv.committer.tokens
+            assert srv.driver.commits.tokens > 0
+            assert srv.driver.commits.rounds < srv.driver.commits.tokens
             for c in clients:
                 await c.close()
 

@@ -31,14 +31,8 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from .. import protocol as P
-from ..broker._types import (
-    Delivery,
-    GroupInfo,
-    GroupSettings,
-    StartPosition,
-    TopicConfig,
-    TopicInfo,
-)
+from ..broker import Delivery, GroupInfo, GroupSettings, TopicConfig, TopicInfo
+from ..broker._types import StartPosition  # not on the public broker surface (yet)
 from ..errors import (
     Closed,
     ConnectionLost,

@@ -24,11 +24,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from ..broker._types import Delivery, GroupSettings
+from ..broker import Delivery, GroupSettings
+from ..protocol import WIRE_DELAY_PARTITION
 
-__all__ = ["ClientSubscription", "WIRE_DELAY_PARTITION", "ack_ranges"]
+__all__ = ["ClientSubscription", "ack_ranges"]
 
-WIRE_DELAY_PARTITION = 0xFFFF_FFFF  # the wire's u32 form of the broker's delay partition (-1)
 LEASE_MARGIN = 0.2  # fraction of ack_timeout (at least 1 s) treated as "maybe expired"
 
 

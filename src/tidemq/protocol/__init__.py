@@ -7,6 +7,8 @@ client drive it. Frames are frozen ``msgspec.Struct`` values; errors are the
 ``InvalidArgument`` (an unencodable frame).
 """
 
+from typing import Final
+
 from ._codec import NEED_DATA, Decoder, NeedData, encode, encode_buffers
 from ._frames import (
     ALL_FRAME_TYPES,
@@ -59,6 +61,12 @@ from ._header import (
     FrameType,
 )
 
+#: The wire's form of the broker's delay partition: messages released from a topic's delay store
+#: have partition -1 (``tidemq.broker.DELAY_PARTITION``); the partition columns of ``Deliver``
+#: and ``Ack`` ranges are u32, so they travel as 0xFFFFFFFF. The server and the network client
+#: both translate with this one constant.
+WIRE_DELAY_PARTITION: Final = 0xFFFF_FFFF
+
 __all__ = [
     "NEED_DATA", "NeedData", "Decoder", "encode", "encode_buffers",
     "Frame", "FrameBase", "FrameType", "ALL_FRAME_TYPES",
@@ -70,5 +78,5 @@ __all__ = [
     "Nack", "Extend", "Reject", "CloseSubscription", "SubscriptionEnded",
     "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "accept_hello", "negotiate_version",
     "negotiate_heartbeat",
-    "DEFAULT_MAX_FRAME_SIZE", "MIN_MAX_FRAME_SIZE", "HEADER_SIZE",
+    "DEFAULT_MAX_FRAME_SIZE", "MIN_MAX_FRAME_SIZE", "HEADER_SIZE", "WIRE_DELAY_PARTITION",
 ]

@@ -1,8 +1,11 @@
 """Version negotiation and the terms of a session, decided from a ``Hello``.
 
 The rules (``docs/protocol.md``, "Handshake"): the session speaks the highest version both
-peers list; its maximum frame size is the smaller of the two peers' limits; its heartbeat is
-the shorter of the two non-zero intervals (0 means "no heartbeat" and defers to the other).
+peers list; its maximum frame size is the smaller of the two peers' limits, never below the
+protocol floor ``MIN_MAX_FRAME_SIZE``; its heartbeat is the shorter of the two non-zero
+intervals (0 means "no heartbeat" and defers to the other).
+
+This is the one implementation: the server answers every ``Hello`` with :func:`accept_hello`.
 """
 
 from __future__ import annotations
@@ -48,9 +51,15 @@ def accept_hello(
     max_frame_size: int,
     heartbeat_ms: int,
     supported: Iterable[int] = SUPPORTED_VERSIONS,
+    raise_small_frame_limit: bool = False,
 ) -> HelloOk | Error:
     """The server's answer to ``hello``: the session terms, or a fatal ``UnsupportedVersion``
     error frame (or ``InvalidArgument`` for a client frame limit below the protocol's floor).
+
+    The session's frame limit is ``min(hello.max_frame_size, max_frame_size)`` raised to
+    ``MIN_MAX_FRAME_SIZE`` (a codec refuses any smaller limit). With
+    ``raise_small_frame_limit`` a client limit below that floor is raised to it too instead of
+    refused (what ``tidemq serve`` has always done; the documented rule is to refuse).
 
     Authentication is not decided here; the server checks ``hello.auth_*`` itself.
     """
@@ -59,7 +68,7 @@ def accept_hello(
         version = negotiate_version(hello.versions, supported)
     except errors.UnsupportedVersion as exc:
         return Error.from_exception(exc, rid, fatal=True)
-    if hello.max_frame_size < MIN_MAX_FRAME_SIZE:
+    if hello.max_frame_size < MIN_MAX_FRAME_SIZE and not raise_small_frame_limit:
         return Error.from_exception(errors.InvalidArgument(
             f"Hello.max_frame_size {hello.max_frame_size} is below the protocol minimum "
             f"{MIN_MAX_FRAME_SIZE}"), rid, fatal=True)
@@ -67,6 +76,6 @@ def accept_hello(
         request_id=rid,
         version=version,
         server_name=server_name,
-        max_frame_size=min(hello.max_frame_size, max_frame_size),
+        max_frame_size=max(MIN_MAX_FRAME_SIZE, min(hello.max_frame_size, max_frame_size)),
         heartbeat_ms=negotiate_heartbeat(hello.heartbeat_ms, heartbeat_ms),
     )

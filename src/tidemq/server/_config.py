@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..driver import BLOCK_TIMEOUT
 from ..errors import InvalidArgument
 
 __all__ = ["ServerConfig", "load_config"]
@@ -32,7 +33,6 @@ class ServerConfig:
     host: str = "127.0.0.1"  # loopback until authentication exists (SPEC §8)
     port: int = 7600  # 0: an ephemeral port; Server.port tells which
     sync_interval: float = 0.1  # broker.sync_all() cadence for durability 'interval'
-    tick_interval: float = 0.005  # upper bound between broker.tick() calls (delay precision)
     heartbeat_interval: float = 5.0  # we ping an idle connection this often
     heartbeat_timeout: float = 15.0  # silence this long => the peer is dead, leases released
     max_frame_bytes: int = 16 * 1024 * 1024
@@ -40,7 +40,7 @@ class ServerConfig:
     write_low_water: int = 256 * 1024  # resume pushing below this
     push_batch: int = 512  # most deliveries fetched for one member per push step
     auto_create_topics: bool = True
-    block_timeout: float = 60.0  # longest a publish waits on a full backlog (policy 'block')
+    block_timeout: float = BLOCK_TIMEOUT  # longest a publish waits on a full backlog (policy 'block'), as embedded
     shutdown_grace: float = 5.0  # seconds to let in-flight requests finish on SIGTERM
     loop: str = "auto"  # "auto" (uvloop if installed), "asyncio" or "uvloop"; docs/server.md
     fsync_threads: int = 4  # parallel fsyncs of one group-commit phase
@@ -48,7 +48,7 @@ class ServerConfig:
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port must be in 0..65535, got {self.port}")
-        for name in ("sync_interval", "tick_interval", "heartbeat_interval", "heartbeat_timeout"):
+        for name in ("sync_interval", "heartbeat_interval", "heartbeat_timeout", "block_timeout"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be > 0 seconds")
         if self.heartbeat_timeout < self.heartbeat_interval:

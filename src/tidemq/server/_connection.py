@@ -14,8 +14,14 @@ Failure rules (SPEC §9):
 - a bug (any other exception): logged, answered as ``InternalError``; the connection goes on.
 
 Leases: when the connection ends — EOF, a socket error, heartbeat silence or server shutdown —
-:meth:`Connection.release` unsubscribes each of its members at once, which releases their
-leases: the messages become ready for other members immediately, not after ``ack_timeout``.
+:meth:`Connection.release` unsubscribes each of its members at once (through the server's
+subscription registry), which releases their leases: the messages become ready for other members
+immediately, not after ``ack_timeout``.
+
+A connection is a session (h11 style): it sees only what the server lends it in
+:class:`Services` — never the ``Server`` — and is itself the narrow ``_dispatch.Context`` its
+request handlers get. The import order is one-way: ``_push`` → ``_registry`` → ``_dispatch`` →
+``_connection`` → ``_server``.
 """
 
 from __future__ import annotations
@@ -25,32 +31,60 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 from .. import protocol as P
-from ..errors import BacklogFull, InternalError, ProtocolError, TideMQError, UnsupportedVersion
-from ._dispatch import HANDLERS, Blocked
-from ._push import Subscription
+from ..broker import Broker, SyncToken
+from ..errors import BacklogFull, InternalError, ProtocolError, StorageFailed, TideMQError
+from ._config import ServerConfig
+from ._dispatch import HANDLERS, Blocked, Handler
+from ._registry import Subscriptions
 
-if TYPE_CHECKING:
-    from ._server import Server
-
-__all__ = ["Connection", "Subscription"]
+__all__ = ["Connection", "Services", "MakeDurable"]
 
 log = logging.getLogger("tidemq.server")
 
-PROTOCOL_VERSION = 1
-BLOCK_RETRY = 0.02  # seconds between retries of a publish blocked by a full backlog
 HELD_LIMIT = 8 * 1024 * 1024  # bytes of held publishes before we stop reading the connection
 SERVER_NAME = "tidemq"
+
+#: ``make_durable(token, done)``: make ``token`` durable off the loop, then call ``done(None)``
+#: (or ``done(exc)``) on the loop. The server decides how (today: its group committer).
+MakeDurable = Callable[[SyncToken, Callable[[BaseException | None], None]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the server lends each connection, and all a connection may use of it."""
+
+    config: ServerConfig
+    broker: Broker
+    registry: Subscriptions
+    now_us: Callable[[], int]  # wall clock, µs since the epoch
+    mono_us: Callable[[], int]  # monotonic clock, µs
+    make_durable: MakeDurable
+    want_push: Callable[[str | None], None]  # push pass soon; a member's credit/writability changed
+    connections: set[Connection]  # the live connections: a connection adds and removes itself
+    stopping: Callable[[], bool]  # True once shutdown began: refuse new connections
+    # DriverCore.blocked: seconds to wait before retrying a publish blocked by a full backlog,
+    # or BacklogFull once it waited block_timeout (the same rule as embedded).
+    blocked: Callable[[str, BacklogFull, int, int], float]
 
 
 class Connection(asyncio.Protocol):
     """The server side of one TCP connection. Lives on the server's event loop only."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        cfg = server.config
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        cfg = services.config
+        self.config = cfg
+        # The handlers' Context (see _dispatch): plain attributes, so a request costs no
+        # extra call to reach them.
+        self.broker = services.broker
+        self.registry = services.registry
+        self.now_us = services.now_us
+        self.mono_us = services.mono_us
+        self.want_push = services.want_push
         self.decoder = P.Decoder(max_frame_size=cfg.max_frame_bytes)
         self.max_frame_size = cfg.max_frame_bytes
         self.transport: asyncio.Transport | None = None
@@ -58,8 +92,6 @@ class Connection(asyncio.Protocol):
         self.ready = False  # Hello received and answered
         self.closed = False
         self.writable = True  # False while the transport's buffer is above the high-water mark
-        self.subs: dict[int, Subscription] = {}
-        self._next_sub = 1
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.last_received = time.monotonic()
@@ -68,7 +100,7 @@ class Connection(asyncio.Protocol):
         # Publishes held by a full backlog (policy 'block'), oldest first.
         self._held: deque[Any] = deque()
         self._held_bytes = 0
-        self._blocked_since = 0.0
+        self._blocked_since = 0  # mono µs
         self._retry_pending = False
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -76,14 +108,14 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = t = cast(asyncio.Transport, transport)
-        cfg = self.server.config
+        cfg = self.config
         t.set_write_buffer_limits(high=cfg.write_high_water, low=cfg.write_low_water)
         peer = t.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if self.server._stopping:
+        if self._services.stopping():
             t.abort()
             return
-        self.server.connections.add(self)
+        self._services.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
@@ -116,7 +148,7 @@ class Connection(asyncio.Protocol):
             return
         if self._out:
             self._flush()
-        self.server.want_push()
+        self.want_push(None)
 
     def _hold(self, frame: Any) -> None:
         """Queue a publish behind a blocked one. Past ``HELD_LIMIT`` bytes held, stop reading
@@ -128,12 +160,17 @@ class Connection(asyncio.Protocol):
 
     def _park(self, frame: Any) -> None:
         """Backlog full under policy 'block': keep ``frame`` first in line and retry it every
-        ``BLOCK_RETRY`` s, for at most ``block_timeout`` s."""
+        few ms, as the driver core says, for at most ``block_timeout`` s."""
         if not self._held:
-            self._blocked_since = time.monotonic()
+            self._blocked_since = self.mono_us()
         if not self._retry_pending:
             self._retry_pending = True
-            asyncio.get_running_loop().call_later(BLOCK_RETRY, self._retry_held)
+            try:
+                wait = self._services.blocked(frame.topic, BacklogFull("backlog full"),
+                                              self._blocked_since, self.mono_us())
+            except BacklogFull:
+                wait = 0.0  # timed out: the retry answers it
+            asyncio.get_running_loop().call_later(wait, self._retry_held)
         self._held.appendleft(frame)
         self._held_bytes += len(frame.batch)
 
@@ -142,14 +179,17 @@ class Connection(asyncio.Protocol):
         held = self._held
         if self.closed or not held:
             return
-        timed_out = time.monotonic() - self._blocked_since > self.server.config.block_timeout
+        timed_out: BacklogFull | None = None
+        try:
+            self._services.blocked(held[0].topic, BacklogFull("backlog full"),
+                                   self._blocked_since, self.mono_us())
+        except BacklogFull as exc:
+            timed_out = exc
         while held:
             frame = held.popleft()
             self._held_bytes -= len(frame.batch)
-            if timed_out:
-                self.send_error(frame.request_id, BacklogFull(
-                    f"topic {frame.topic!r} stayed at its backlog limit for "
-                    f"{self.server.config.block_timeout:.0f} s; consume, or raise backlog_limit"))
+            if timed_out is not None:
+                self.send_error(frame.request_id, timed_out)
                 continue
             self._handle(frame)  # may park it again (then it is first in line again)
             if held and held[0] is frame:
@@ -180,8 +220,8 @@ class Connection(asyncio.Protocol):
         self.writable = True
         if self.transport is not None and not self.closed and self._held_bytes <= HELD_LIMIT:
             self.transport.resume_reading()
-        for sub in self.subs.values():
-            self.server.want_push(sub.member)
+        for sub in self.registry.of_connection(self):
+            self.want_push(sub.member)
 
     # --- frames out -------------------------------------------------------------------------
 
@@ -202,6 +242,25 @@ class Connection(asyncio.Protocol):
     def send_error(self, request_id: int, exc: TideMQError, *, fatal: bool = False) -> None:
         self.send(P.Error.from_exception(exc, request_id, fatal=fatal))
 
+    def after_sync(self, token: SyncToken, answer: Callable[[], Any]) -> None:
+        """Send ``answer()`` now, or once ``token`` is durable when its topic needs that (the
+        server's ``make_durable`` decides how). A failed sync answers with the error instead;
+        ``answer`` may carry the ``request_id`` that error answers."""
+        if not self.broker.needs_sync(token):
+            self.send(answer())
+            return
+        rid = getattr(answer, "request_id", 0)
+
+        def done(exc: BaseException | None) -> None:
+            if exc is None:
+                self.send(answer())
+            elif isinstance(exc, TideMQError):
+                self.send_error(rid, exc)
+            else:
+                self.send_error(rid, StorageFailed(f"fsync failed: {exc}"))
+
+        self._services.make_durable(token, done)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
@@ -221,7 +280,7 @@ class Connection(asyncio.Protocol):
                 self._hello(frame)
                 return
             raise ProtocolError(f"the first frame must be Hello, got {type(frame).__name__}")
-        handler: Callable[[Connection, Any], None] | None = HANDLERS.get(type(frame))
+        handler: Handler | None = HANDLERS.get(type(frame))
         if handler is None:
             self.send_error(rid, ProtocolError(
                 f"{type(frame).__name__} is not a request a client may send"))
@@ -237,20 +296,18 @@ class Connection(asyncio.Protocol):
             self.send_error(rid, InternalError(f"{type(exc).__name__}: {exc}"))
 
     def _hello(self, hello: P.Hello) -> None:
-        if PROTOCOL_VERSION not in hello.versions:
-            self.fail(UnsupportedVersion(
-                f"this server speaks protocol version {PROTOCOL_VERSION}; the client offered "
-                f"{list(hello.versions)}: upgrade one of them"), request_id=hello.request_id)
+        # The session terms are the protocol package's rules (one implementation). A client
+        # frame limit below the protocol floor is raised to it, as this server always did.
+        answer = P.accept_hello(hello, server_name=SERVER_NAME,
+                                max_frame_size=self.max_frame_size,
+                                heartbeat_ms=int(self.config.heartbeat_interval * 1000),
+                                raise_small_frame_limit=True)
+        if isinstance(answer, P.Error):  # no common version: fatal, then close
+            self._fail_with(answer)
             return
-        # The session limit is the smaller of both peers' limits (floor: the protocol minimum).
-        limit = max(P.MIN_MAX_FRAME_SIZE, min(self.max_frame_size, hello.max_frame_size))
-        self.max_frame_size = limit
-        self.decoder.max_frame_size = limit
-        ours = int(self.server.config.heartbeat_interval * 1000)
-        beat = min(ours, hello.heartbeat_ms) if hello.heartbeat_ms else ours
+        self.max_frame_size = self.decoder.max_frame_size = answer.max_frame_size
         self.ready = True
-        self.send(P.HelloOk(request_id=hello.request_id, version=PROTOCOL_VERSION,
-                            server_name=SERVER_NAME, max_frame_size=limit, heartbeat_ms=beat))
+        self.send(answer)
 
     # --- heartbeats and ending --------------------------------------------------------------
 
@@ -272,7 +329,10 @@ class Connection(asyncio.Protocol):
 
     def fail(self, exc: TideMQError, *, request_id: int = 0) -> None:
         """Send a fatal error, then close this connection (its buffered answers first)."""
-        self.send_error(request_id, exc, fatal=True)
+        self._fail_with(P.Error.from_exception(exc, request_id, fatal=True))
+
+    def _fail_with(self, error: P.Error) -> None:
+        self.send(error)
         self._flush()
         self.close()
 
@@ -295,25 +355,5 @@ class Connection(asyncio.Protocol):
             return
         self.closed = True
         self._out = []
-        self.server.connections.discard(self)
-        subs, self.subs = self.subs, {}
-        for sub in subs.values():
-            self.server.end_member(sub.member)
-
-    # --- subscriptions ----------------------------------------------------------------------
-
-    def add_subscription(self, member: str, topic: str, incarnation: int, prefetch: int) -> Subscription:
-        sub_id = self._next_sub
-        self._next_sub += 1
-        sub = Subscription(self, sub_id, member, topic, incarnation, prefetch)
-        self.subs[sub_id] = sub
-        self.server.members[member] = sub
-        return sub
-
-    def subscription(self, sub_id: int) -> Subscription:
-        sub = self.subs.get(sub_id)
-        if sub is None:
-            from ..errors import InvalidArgument
-
-            raise InvalidArgument(f"subscription {sub_id} is not open on this connection")
-        return sub
+        self._services.connections.discard(self)
+        self.registry.close_connection(self)

@@ -9,21 +9,15 @@ frame can make a member hold more than ``prefetch`` unacked messages.
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from .. import protocol as P
-from ..broker._ids import DELAY_PARTITION, make_ids
-from ..broker._types import Delivery
+from ..broker import DELAY_PARTITION, Delivery
+from ..broker._ids import make_ids  # not on the public broker surface (yet)
 from ..errors import InvalidArgument
+from ..protocol import WIRE_DELAY_PARTITION
 
-if TYPE_CHECKING:
-    from ._connection import Connection
-
-__all__ = ["Subscription", "WIRE_DELAY_PARTITION", "deliver_frame"]
-
-#: Messages released from a topic's delay store have partition ``DELAY_PARTITION`` (-1) in the
-#: broker; the wire's partition columns are u32, so they travel as 0xFFFFFFFF.
-WIRE_DELAY_PARTITION = 0xFFFF_FFFF
+__all__ = ["Peer", "Subscription", "deliver_frame", "MAX_ACK_IDS"]
 
 #: Ranges expand to ids for the broker; bound that so a forged range cannot exhaust memory.
 MAX_ACK_IDS = 1_000_000
@@ -50,12 +44,22 @@ def deliver_frame(sub_id: int, deliveries: list[Delivery]) -> P.Deliver:
     )
 
 
+class Peer(Protocol):
+    """The side of a connection a subscription needs: a way to send frames, and whether the
+    connection takes more output now (False while its write buffer is above the high-water
+    mark). ``Connection`` is one; the push pass reads ``writable`` before fetching."""
+
+    writable: bool
+
+    def send(self, frame: Any) -> None: ...
+
+
 class Subscription:
-    """One member of a group, opened by one connection."""
+    """One member of a group, opened by one connection (``conn``)."""
 
     __slots__ = ("conn", "sub_id", "member", "topic", "incarnation", "credit", "prefetch")
 
-    def __init__(self, conn: Connection, sub_id: int, member: str, topic: str, incarnation: int,
+    def __init__(self, conn: Peer, sub_id: int, member: str, topic: str, incarnation: int,
                  prefetch: int) -> None:
         self.conn = conn
         self.sub_id = sub_id

@@ -3,9 +3,10 @@
 What runs where:
 
 - the event loop: decoding frames, every broker call (the broker is single-threaded by
-  contract), pushing deliveries, timers (tick, heartbeats);
-- one worker thread (:mod:`._commit`): every fsync — group commit for durability ``always``
-  and the periodic ``sync_all`` for ``interval``.
+  contract), pushing deliveries, heartbeats, and the driver's timer (:mod:`._driver`: armed at
+  the broker's next deadline, never polling);
+- one worker thread (:mod:`._driver`): every fsync — group commit for durability ``always``,
+  the periodic ``sync_all`` for ``interval``, and snapshot writes.
 
 Clocks are read here only: ``now_us`` (wall) and ``mono_us`` (monotonic) go into each broker call.
 """
@@ -16,16 +17,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from ..broker import Broker
+from ..driver import DriverConfig
 from ..errors import InvalidArgument
-from ._commit import GroupCommitter
+from ..storage import open_store
 from ._config import ServerConfig
-
-if TYPE_CHECKING:
-    from ..broker import Broker
-    from ._connection import Connection, Subscription
+from ._connection import Connection, Services
+from ._driver import LoopDriver
+from ._push import Subscription
+from ._registry import Subscriptions
 
 __all__ = ["Server", "now_us", "mono_us"]
 
@@ -47,9 +50,6 @@ BrokerFactory = Callable[[ServerConfig], "Broker"]
 
 def default_broker_factory(config: ServerConfig) -> Broker:
     """Open the data folder named by ``config.data`` (``None``: an in-memory store)."""
-    from ..broker import Broker
-    from ..storage import open_store
-
     store = open_store(config.data)
     return Broker.open(store, now_us=now_us(), mono_us=mono_us(),
                        auto_create_topics=config.auto_create_topics)
@@ -76,12 +76,12 @@ class Server:
         self._broker: Broker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Server | None = None
-        self.committer: GroupCommitter | None = None
+        self.driver: LoopDriver | None = None
         self.connections: set[Connection] = set()
-        self.members: dict[str, Subscription] = {}  # broker member id -> subscription
+        # Every open subscription, by member and by (connection, id); ending one unsubscribes.
+        self.subscriptions = Subscriptions(self.end_member)
         self._wanting: set[str] = set()  # members to try pushing to on the next pass
         self._push_scheduled = False
-        self._tick_handle: asyncio.Handle | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -103,22 +103,28 @@ class Server:
 
     async def start(self) -> None:
         """Open the broker (recovering its store) and start listening."""
-        from ._connection import Connection
-
         self._loop = loop = asyncio.get_running_loop()
         # Recovery reads the whole tail of every log: keep the loop responsive meanwhile.
         self._broker = await loop.run_in_executor(None, self._factory, self.config)
-        self.committer = GroupCommitter(self._broker, loop,
-                                        fsync_threads=self.config.fsync_threads)
+        self.driver = driver = LoopDriver(
+            self._broker, loop,
+            DriverConfig(sync_interval=self.config.sync_interval,
+                         block_timeout=self.config.block_timeout),
+            fsync_threads=self.config.fsync_threads, on_tick=self.want_push)
+        # All a connection may use of the server (it never sees the Server itself).
+        services = Services(
+            config=self.config, broker=self._broker, registry=self.subscriptions,
+            now_us=now_us, mono_us=mono_us, make_durable=driver.after_sync,
+            blocked=driver.core.blocked,
+            want_push=self.want_push, connections=self.connections,
+            stopping=lambda: self._stopping,
+        )
         self._listener = await loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port,
+            lambda: Connection(services), self.config.host, self.config.port,
             reuse_address=True, backlog=512,
         )
-        self._tick_handle = loop.call_soon(self._on_tick)
-        self._tasks = [
-            loop.create_task(self._sync_loop(), name="tidemq-sync"),
-            loop.create_task(self._heartbeat_loop(), name="tidemq-heartbeat"),
-        ]
+        driver.start()
+        self._tasks = [loop.create_task(self._heartbeat_loop(), name="tidemq-heartbeat")]
         log.info("tidemq server listening on %s:%d (data: %s)", self.config.host, self.port,
                  self.config.data or "memory")
 
@@ -138,13 +144,11 @@ class Server:
             self._listener.close()
         for conn in list(self.connections):
             conn.go_away()
-        if self.committer is not None:
+        if self.driver is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.committer.drain(), self.config.shutdown_grace)
+                await asyncio.wait_for(self.driver.drain(), self.config.shutdown_grace)
         for conn in list(self.connections):
             conn.close()
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -153,12 +157,11 @@ class Server:
         if self._listener is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._listener.wait_closed(), 1.0)
-        if self._broker is not None:
-            broker = self._broker
-            assert self.committer is not None
-            await self.committer.sync_all()
-            self.committer.close()
-            broker.close()
+        if self.driver is not None:
+            try:
+                await self.driver.close()  # sync, last snapshot and close, on the worker
+            except Exception:
+                log.exception("closing the broker failed")
         self._stopped.set()
         log.info("tidemq server stopped")
 
@@ -174,29 +177,21 @@ class Server:
     now_us = staticmethod(now_us)
     mono_us = staticmethod(mono_us)
 
+    @property
+    def members(self) -> Mapping[str, Subscription]:
+        """Broker member id -> open subscription (a read-only view of the registry)."""
+        return self.subscriptions.members
+
     def end_member(self, member: str) -> None:
-        """Unsubscribe ``member`` now: its leases are released and others may get them."""
-        if self.members.pop(member, None) is None or self._broker is None:
+        """Unsubscribe ``member`` now: its leases are released and others may get them. The
+        registry calls this once the member's subscription has left it."""
+        if self._broker is None:
             return
         try:
             self._broker.unsubscribe(member, now_us=now_us(), mono_us=mono_us())
         except Exception:  # already gone (topic deleted): nothing left to release
             log.debug("unsubscribe %s failed", member, exc_info=True)
         self.want_push()
-
-    def end_topic(self, topic: str) -> None:
-        """After a topic is deleted: tell its subscribers (SubscriptionEnded) and forget them."""
-        from .. import protocol as P
-        from ..errors import UnknownTopic
-
-        key = topic.lower()
-        for member, sub in list(self.members.items()):
-            if sub.topic.lower() == key:
-                self.members.pop(member, None)
-                sub.conn.subs.pop(sub.sub_id, None)
-                exc = UnknownTopic(f"topic {topic!r} was deleted")
-                sub.conn.send(P.SubscriptionEnded(subscription_id=sub.sub_id, code=exc.code,
-                                                  message=exc.message))
 
     # --- pushing deliveries -----------------------------------------------------------------
 
@@ -221,8 +216,11 @@ class Server:
         """
         self._push_scheduled = False
         broker = self._broker
-        if broker is None or self._stopping:
+        if broker is None or self._stopping or self.driver is None:
             return
+        # Every input pass ends here: the calls it made (and the fetches below, on the next
+        # pass) may have created timed work due before the driver's timer.
+        self.driver.after_calls()
         wanting = self._wanting
         wanting |= broker.wakeups()
         if not wanting:
@@ -231,8 +229,9 @@ class Server:
         again = False
         now, mono = now_us(), mono_us()
         limit = self.config.push_batch
+        members = self.subscriptions.members
         for member in wanting:
-            sub = self.members.get(member)
+            sub = members.get(member)
             if sub is None or sub.credit <= 0 or not sub.conn.writable:
                 continue
             n = min(sub.credit, limit)
@@ -250,35 +249,6 @@ class Server:
             self.want_push()
 
     # --- timers -----------------------------------------------------------------------------
-
-    def _on_tick(self) -> None:
-        """Expire leases, release due delays, dead-letter expired messages; then re-arm at the
-        broker's next deadline, but at least every ``tick_interval`` (new deadlines may appear
-        between ticks: a nack with a delay, a delayed publish)."""
-        assert self._loop is not None
-        interval = self.config.tick_interval
-        try:
-            deadline = self.broker.tick(now_us=now_us(), mono_us=mono_us())
-        except Exception:
-            log.exception("broker.tick failed")
-            deadline = None
-        delay = interval if deadline is None else max(0.0, min(deadline, interval))
-        self._tick_handle = self._loop.call_later(delay, self._on_tick)
-        self.want_push()
-
-    async def _sync_loop(self) -> None:
-        """Durability ``interval``: ``sync_all`` off the loop every ``sync_interval``."""
-        assert self.committer is not None
-        while True:
-            await asyncio.sleep(self.config.sync_interval)
-            try:
-                await self.committer.sync_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The log is now in its failed state (it refuses writes and says so to
-                # publishers); keep serving reads and acks.
-                log.exception("periodic sync failed")
 
     async def _heartbeat_loop(self) -> None:
         """Ping idle connections; drop those silent for ``heartbeat_timeout``.

@@ -1,0 +1,195 @@
+"""The asyncio shell of :class:`tidemq.driver.DriverCore`: the server's timers and fsyncs.
+
+What runs where:
+
+- on the event loop: every broker call (the broker is single-threaded by contract), the timer
+  (armed at the core's next wake-up; re-armed earlier after calls that leave a deadline hint;
+  nothing polls), and the completion of every fsync round or job;
+- on one worker thread (``tidemq-commit``): every fsync — group-commit rounds for durability
+  ``always``, the periodic ``sync_all`` for ``interval``, and snapshot jobs — so the loop never
+  waits on the disk. The logs of one round phase are fsynced in parallel on a small helper
+  pool (measured on ext4 here: 5 files in parallel 0.5 ms, one after another 1.7 ms).
+
+Thread safety: every method but the worker functions runs on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..broker import Broker, SyncToken
+from ..driver import CommitQueue, DriverConfig, DriverCore, mono_us, now_us
+
+__all__ = ["LoopDriver", "Done"]
+
+log = logging.getLogger("tidemq.server")
+
+Done = Callable[[BaseException | None], None]
+
+
+class LoopDriver:
+    """Drives ``broker`` on ``loop``; ``on_tick`` runs after each broker tick (push pass)."""
+
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, config: DriverConfig, *,
+                 fsync_threads: int = 4, on_tick: Callable[[], None] = lambda: None) -> None:
+        self.broker = broker
+        self.core = DriverCore(broker, config)
+        self.commits: CommitQueue = self.core.commits
+        self._loop = loop
+        self._on_tick = on_tick
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tidemq-commit")
+        self._fsync_pool = concurrent.futures.ThreadPoolExecutor(
+            fsync_threads, thread_name_prefix="tidemq-fsync")
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0  # mono µs the timer fires at
+        self._jobs_running = 0
+        self._syncing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopped = False
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._arm(mono_us())
+
+    def _arm(self, at_mono: int) -> None:
+        if self._stopped:
+            return
+        if self._timer is not None:
+            if self._armed_at <= at_mono:
+                return
+            self._timer.cancel()
+        self._armed_at = at_mono
+        delay = max(0.0, (at_mono - mono_us()) / 1_000_000)
+        self._timer = self._loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        core = self.core
+        mono = mono_us()
+        if mono >= core.wake_at_mono:
+            try:
+                core.tick(now_us(), mono)
+            except Exception:
+                log.exception("broker.tick failed")
+                core.wake_at_mono = mono + 1_000_000
+            for job in core.take_jobs():
+                self._run_job(job)
+            self._on_tick()
+        if not self._syncing and core.sync_due(mono):
+            self._syncing = True
+            fut = self._loop.run_in_executor(self._pool, self.broker.sync_all)
+            fut.add_done_callback(self._synced)
+        self._arm(min(core.wake_at_mono, core.next_sync_mono()))
+
+    def after_calls(self) -> None:
+        """After handling input or a push pass: wake earlier if a call made timed work due
+        sooner than the armed timer."""
+        at = self.core.earlier_wake(now_us(), mono_us())
+        if at is not None:
+            self._arm(at)
+
+    def _synced(self, fut: asyncio.Future[None]) -> None:
+        self._syncing = False
+        if not fut.cancelled() and fut.exception() is not None:
+            # The log is now in its failed state (it refuses writes and says so to
+            # publishers); keep serving reads and acks.
+            log.error("periodic sync failed: %s", fut.exception())
+
+    # --- background jobs (snapshot writes, J4) ---------------------------------------------
+
+    def _run_job(self, job: Any) -> None:
+        self._jobs_running += 1
+        self._idle.clear()
+        fut = self._loop.run_in_executor(self._pool, job.run)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._jobs_running -= 1
+            err = f.exception() if not f.cancelled() else asyncio.CancelledError()
+            if err is not None:
+                log.error("snapshot of %s failed (its journal keeps everything): %s",
+                          job.topic.name, err)
+            try:
+                self.core.job_done(job, err, now_us())
+            except Exception:
+                log.exception("finishing a snapshot failed")
+            self._check_idle()
+
+        fut.add_done_callback(done)
+
+    # --- durability: group commit ----------------------------------------------------------
+
+    def after_sync(self, token: SyncToken, done: Done) -> None:
+        """Call ``done(None)`` once ``token`` is durable at its topic's level — at once when
+        the level needs no fsync — or ``done(error)`` if its fsync failed. On the loop."""
+        if not self.core.needs_sync(token):
+            done(None)
+            return
+        if self.commits.submit(token, done):
+            self._start_round()
+
+    def _start_round(self) -> None:
+        self._idle.clear()
+        phases = self.commits.start_round()
+        fut = self._loop.run_in_executor(self._pool, self._sync_phases, phases)
+        fut.add_done_callback(self._finish_round)
+
+    def _sync_phases(self, phases: list[list[tuple[Any, int]]]) -> None:
+        """On the worker: phase after phase, the logs of a phase in parallel."""
+        commits = self.commits
+
+        def one(job: tuple[Any, int]) -> None:
+            lg, pos = job
+            try:
+                lg.sync(pos)
+            except Exception as exc:
+                commits.failed(lg, exc)
+
+        for phase in phases:
+            if len(phase) == 1:
+                one(phase[0])
+            else:
+                list(self._fsync_pool.map(one, phase))
+
+    def _finish_round(self, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:  # a bug in the worker
+            log.error("fsync round failed: %s", fut.exception())
+        callbacks, again = self.commits.finish_round()
+        for done, err in callbacks:
+            try:
+                done(err)
+            except Exception:
+                log.exception("a commit callback failed")
+        if again:
+            self._start_round()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.commits.idle and not self._jobs_running:
+            self._idle.set()
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait until no fsync round or job is running or queued."""
+        while not (self.commits.idle and not self._jobs_running):
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        """Stop the timer, finish what is running, sync everything, close the broker (its last
+        snapshot is written on the worker, not the loop)."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.drain()
+        await self._loop.run_in_executor(self._pool, self.broker.sync_all)
+        await self._loop.run_in_executor(self._pool, self.broker.close)
+        self._pool.shutdown(wait=True)
+        self._fsync_pool.shutdown(wait=True)
