@@ -1,6 +1,20 @@
 """The broker core (public surface): ``Broker`` and the value types it speaks.
 
 Deterministic and single-threaded by contract (time is passed in); see ``docs/architecture.md``.
+
+Durable-state invariants, cited in the code as ``J<n>``:
+
+(J1) State is never durable ahead of the data it describes: journal events are appended after
+     their data, sync tokens list data logs before the journal, and a snapshot job syncs the
+     logs up to what the snapshot describes before writing it.
+(J2) Recovery clamps every piece of state to each log's end, so an offset is never reused for a
+     different message.
+(J3) Every journal record begins with the data logs' end offsets when it was appended; producer
+     and dedup state are rebuilt from the data after the last surviving record's ends (offsets,
+     never timestamps).
+(J4) The broker performs no snapshot I/O itself: ``Topic.plan_snapshot`` journals the pending
+     events and encodes the state, the driver runs the returned job off its loop, and the
+     journal is trimmed only after the snapshot is durable; a failed job loses nothing.
 """
 
 from __future__ import annotations
