@@ -54,8 +54,8 @@ class Journal:
 
     def append(self, events: list[Any], now_us: int) -> int:
         """Append ``events`` as one record; returns the log position (for a sync token)."""
-        self.events_since_snapshot += len(events)
         res = self.log.append_records([Record(_enc.encode(events))], now_us)
+        self.events_since_snapshot += len(events)
         return res.position
 
     def replay(self, from_offset: int) -> Iterator[list[Any]]:

@@ -205,13 +205,17 @@ class Topic:
         """
         if not (self.events if force else self.commit_due(now_us)):
             return
-        events, self.events = self.events, []
-        self._folded = 0
-        self.journal_flushed_us = now_us
+        events = self.events
         # Every batch below these ends has its events (producer, dedup) in this record or an
         # earlier one: recovery rescans the data from the last surviving record's ends (J3).
-        events.insert(0, ["ends", self.data_ends()])
-        tb.add(self.journal.log, self.journal.append(events, now_us), self.always)
+        # If the append fails (disk full, a failed log), the events stay pending: the caller's
+        # request fails, and the next commit carries them, so a retried ack (a no-op in the
+        # group by then) is answered OK only once the journal took its event.
+        position = self.journal.append([["ends", self.data_ends()], *events], now_us)
+        self.events = []
+        self._folded = 0
+        self.journal_flushed_us = now_us
+        tb.add(self.journal.log, position, self.always)
 
     def data_ends(self) -> list[int]:
         return [log.end_offset for log in self.logs]
