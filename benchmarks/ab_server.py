@@ -29,9 +29,9 @@ def checkout(rev: str, into: str) -> str:
     return os.path.join(into, "src")
 
 
-def run_bench(src: str, bench: str, quick: bool) -> dict[str, float]:
+def run_bench(src: str, bench: str, quick: bool, only: list[str]) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=src)
-    args = [sys.executable, bench] + (["--quick"] if quick else [])
+    args = [sys.executable, bench] + (["--quick"] if quick else []) + (["--only", *only] if only else [])
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, check=True)
     figures = {}
     for line in out.stdout.splitlines():
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("after", nargs="?", default="HEAD")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="*", default=[], help="figures to run (server_bench --only)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="tidemq-ab-")
     dirs = {"before": os.path.join(tmp, "before"), "after": os.path.join(tmp, "after")}
@@ -56,7 +57,7 @@ def main() -> None:
         got: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
         for i in range(a.runs):
             for side in ("before", "after"):
-                for k, v in run_bench(srcs[side], bench, a.quick).items():
+                for k, v in run_bench(srcs[side], bench, a.quick, a.only).items():
                     got[side].setdefault(k, []).append(v)
                 print(f"# run {i + 1}/{a.runs} {side} done", file=sys.stderr, flush=True)
         for metric in sorted(got["after"]):
