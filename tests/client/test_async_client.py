@@ -79,3 +79,34 @@ def test_async_not_connected_is_closed_error() -> None:
             await mq.publish("t", b"x")
 
     asyncio.run(main())
+
+
+def test_async_consume_runs_workers_in_parallel_and_extends_leases(url: str) -> None:
+    async def main() -> tuple[int, list[tuple[bytes, int]]]:
+        seen: list[tuple[bytes, int]] = []
+        running = 0
+        most = 0
+        async with tidemq.AsyncClient(url) as mq:
+            await mq.create_topic("par")
+
+            async def handle(msg: tidemq.AsyncMessage) -> None:
+                nonlocal running, most
+                running += 1
+                most = max(most, running)
+                await asyncio.sleep(0.6 if msg.body == b"slow" else 0.15)
+                running -= 1
+                seen.append((msg.body, msg.delivery_count))
+
+            await mq.publish_batch("par", [b"slow"] + [b"m%d" % i for i in range(7)])
+            await mq.consume("par", "g", handle, workers=4, ack_timeout=0.3)
+            for _ in range(200):
+                if len(seen) == 8:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+        return most, seen
+
+    most, seen = asyncio.run(main())
+    assert most == 4
+    assert sorted(b for b, _ in seen) == sorted([b"slow"] + [b"m%d" % i for i in range(7)])
+    assert all(count == 1 for _, count in seen), seen

@@ -358,3 +358,37 @@ def test_durable_reopen_redelivers_unacked_only(url: str, transport: str) -> Non
         sub = mq.subscribe(t, "g")
         again = drain(sub, 3, timeout=1)
         assert sorted(m.body for m in again) == [b"b", b"c"]
+
+
+def test_consume_runs_workers_in_parallel_and_extends_leases(mq: tidemq.Client) -> None:
+    """``workers=N`` runs N callbacks at once on every URL, and a callback that runs longer
+    than ``ack_timeout`` keeps its lease (the message is not delivered a second time)."""
+    import threading
+
+    t = unique("parallel")
+    mq.create_topic(t)
+    lock = threading.Lock()
+    running = 0
+    most = 0
+    seen: list[tuple[bytes, int]] = []
+
+    def handle(msg: tidemq.Message) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.6 if msg.body == b"slow" else 0.15)  # "slow" outlives its 0.3 s lease
+        with lock:
+            running -= 1
+            seen.append((msg.body, msg.delivery_count))
+
+    mq.publish_batch(t, [b"slow"] + [b"m%d" % i for i in range(7)])
+    consumer = mq.consume(t, "pool", callback=handle, workers=4, ack_timeout=0.3)
+    deadline = time.monotonic() + 10
+    while len(seen) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a redelivery of "slow", if its lease had run out, would show up now
+    consumer.stop()
+    assert most == 4, f"at most {most} callbacks ran at once"
+    assert sorted(b for b, _ in seen) == sorted([b"slow"] + [b"m%d" % i for i in range(7)])
+    assert all(count == 1 for _, count in seen), seen

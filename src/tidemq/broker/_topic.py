@@ -350,7 +350,7 @@ class Topic:
             # Duplicates answer with their first message's id: confirm them only once that
             # message is durable too (it may still be in its fsync).
             done = set(todo)
-            self.cover([ids[i] for i in range(count) if i not in done and ids[i]], tb)  # type: ignore[misc]
+            self.cover([mid for i, mid in enumerate(ids) if i not in done and mid is not None], tb)
         if has_dedup:
             expires = now_us + int(self.config.dedup_window * 1e6)
             rows = []

@@ -100,6 +100,9 @@ class AsyncSubscription:
                                      _common._seconds("seconds", seconds, positive=True))
 
     async def reject(self, ids: Any, reason: str = "rejected") -> None:
+        """Dead-letter now, with ``reason`` in the dead letter's headers."""
+        if not isinstance(reason, str):
+            raise InvalidArgument("reason must be a str")
         await self._client._t.reject(await self._join(), _ids(ids), reason)
 
     async def close(self) -> None:
@@ -251,27 +254,58 @@ class AsyncClient:
     async def consume(self, topic: str, group: str,
                       callback: Callable[[AsyncMessage], Awaitable[Any]], *, workers: int = 1,
                       **subscribe_options: Any) -> list[asyncio.Task[None]]:
-        """Run ``await callback(msg)`` for each message in ``workers`` tasks: ack on return,
-        nack on exception. The tasks end when the client closes (or are cancelled)."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise InvalidArgument("workers must be an int >= 1")
-        subs = [await self.subscribe(topic, group, **subscribe_options) for _ in range(workers)]
+        """Run ``await callback(msg)`` for each message in ``workers`` tasks at once: ack on
+        return, nack (group backoff) on exception. One group member (prefetch ``2 * workers``
+        unless given) feeds them; every message it holds has its lease extended every third of
+        ``ack_timeout`` while it waits or runs. The tasks end when the client closes (or are
+        cancelled); the member then leaves the group."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
+            raise InvalidArgument("workers must be an int from 1 to 1024")
+        options = dict(subscribe_options)
+        options.setdefault("prefetch", 2 * workers)
+        sub = await self.subscribe(topic, group, **options)
+        extend_every = (await self.describe_group(topic, group)).settings.ack_timeout / 3
+        # Unbounded: the member's prefetch bounds what it is given, and every message taken
+        # here is in `held`, whose leases keep_alive extends.
+        queue: asyncio.Queue[AsyncMessage] = asyncio.Queue()
+        held: set[str] = set()
 
-        async def work(sub: AsyncSubscription) -> None:
+        async def feed() -> None:
             try:
                 async for msg in sub:
-                    try:
-                        await callback(msg)
-                    except Exception:
-                        log.exception("callback failed for %s; nacked", msg.id)
-                        await msg.nack()
-                    else:
-                        await msg.ack()
+                    held.add(msg.id)
+                    await queue.put(msg)
             finally:
                 if self._transport is not None:
                     await sub.close()
 
-        tasks = [asyncio.create_task(work(s)) for s in subs]
+        async def work() -> None:
+            while True:
+                msg = await queue.get()
+                try:
+                    await callback(msg)
+                    ok = True
+                except Exception:
+                    log.exception("callback failed for %s; nacked", msg.id)
+                    ok = False
+                try:
+                    await (msg.ack() if ok else msg.nack())
+                except TideMQError:
+                    pass  # closed meanwhile, or the lease was lost: it comes again
+                finally:
+                    held.discard(msg.id)
+
+        async def keep_alive() -> None:
+            while True:
+                await asyncio.sleep(extend_every)
+                if held:
+                    try:
+                        await sub.extend(list(held), extend_every * 3)
+                    except TideMQError:
+                        pass
+
+        tasks = [asyncio.create_task(feed()), asyncio.create_task(keep_alive())]
+        tasks += [asyncio.create_task(work()) for _ in range(workers)]
         self._tasks.extend(tasks)
         return tasks
 

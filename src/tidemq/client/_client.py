@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -143,82 +145,107 @@ class Subscription:
 class Consumer:
     """Callback consumption in background threads (``Client.consume``).
 
-    Each worker receives messages and calls ``callback(message)``; a return acks, an exception
-    nacks with the group's backoff. While the callback runs, a worker extends the lease every
-    third of ``ack_timeout`` so slow work is not redelivered.
+    One group member (prefetch ``2 * workers`` unless given) feeds ``workers`` threads that
+    call ``callback(message)`` in parallel; a return acks, an exception nacks with the group's
+    backoff. A receiver thread takes every message the member is given into a local queue at
+    once, and every message held — queued or running — has its lease extended every third of
+    ``ack_timeout`` (one batched ``extend``), so slow work is not redelivered. ``stop()`` stops
+    receiving, lets running callbacks finish and leaves the group (queued messages are released
+    to other members at once).
     """
 
     def __init__(self, client: Client, topic: str, group: str, callback: Callable[[Message], Any],
                  workers: int, sub_options: dict[str, Any]) -> None:
         if not callable(callback):
             raise InvalidArgument("callback must be callable")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise InvalidArgument("workers must be an int >= 1")
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
+            raise InvalidArgument("workers must be an int from 1 to 1024")
         self._callback = callback
         self._stop = threading.Event()
         self.processed = 0
         self.failed = 0
-        self._count_lock = threading.Lock()
-        self._subs = [client.subscribe(topic, group, **sub_options) for _ in range(workers)]
-        info = client.describe_group(topic, group)
-        self._extend_every = info.settings.ack_timeout / 3
-        self._threads = [threading.Thread(target=self._work, args=(s,), daemon=True,
+        self._lock = threading.Lock()
+        self._held: set[str] = set()  # ids received and not yet settled
+        self._queue: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        options = dict(sub_options)
+        options.setdefault("prefetch", 2 * workers)
+        self._sub = client.subscribe(topic, group, **options)
+        self._extend_every = client.describe_group(topic, group).settings.ack_timeout / 3
+        self._workers = [threading.Thread(target=self._work, daemon=True,
                                           name=f"tidemq-consume-{group}-{i}")
-                         for i, s in enumerate(self._subs)]
-        for t in self._threads:
+                         for i in range(workers)]
+        self._helpers = [
+            threading.Thread(target=self._receive_loop, daemon=True, name=f"tidemq-recv-{group}"),
+            threading.Thread(target=self._keep_alive, daemon=True, name=f"tidemq-lease-{group}"),
+        ]
+        for t in (*self._workers, *self._helpers):
             t.start()
 
-    def _work(self, sub: Subscription) -> None:
+    def _receive_loop(self) -> None:
+        sub = self._sub
         while not self._stop.is_set():
             try:
-                batch = sub.receive(1, 0.2)
-            except Closed:
-                return
-            for msg in batch:
-                self._handle(sub, msg)
-
-    def _handle(self, sub: Subscription, msg: Message) -> None:
-        done = threading.Event()
-
-        def keep_alive() -> None:
-            while not done.wait(self._extend_every):
-                try:
-                    msg.extend(self._extend_every * 3)
-                except TideMQError:
+                batch = sub.receive(100, 0.2)  # the member's prefetch bounds what it is given
+            except TideMQError:
+                if self._stop.wait(0.2):
                     return
+                continue
+            with self._lock:
+                self._held.update(m.id for m in batch)
+            for msg in batch:
+                self._queue.put(msg)
 
-        keeper = threading.Thread(target=keep_alive, daemon=True)
-        keeper.start()
-        try:
-            self._callback(msg)
-        except Exception:
-            log.exception("callback failed for %s; nacked with the group's backoff", msg.id)
-            ok = False
-        else:
-            ok = True
-        finally:
-            done.set()
-            keeper.join()
-        try:
-            msg.ack() if ok else msg.nack()
-        except Closed:
-            return
-        with self._count_lock:
-            if ok:
-                self.processed += 1
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self._extend_every):
+            with self._lock:
+                held = list(self._held)
+            if held:
+                try:
+                    self._sub.extend(held, self._extend_every * 3)
+                except TideMQError:
+                    pass  # closed, or a lease already lost: its message comes again
+
+    def _work(self) -> None:
+        while True:
+            msg = self._queue.get()
+            if msg is None or self._stop.is_set():
+                return
+            try:
+                self._callback(msg)
+            except Exception:
+                log.exception("callback failed for %s; nacked with the group's backoff", msg.id)
+                ok = False
             else:
-                self.failed += 1
+                ok = True
+            try:
+                msg.ack() if ok else msg.nack()
+            except TideMQError:
+                pass  # closed meanwhile, or the lease was lost: it comes again
+            else:
+                with self._lock:
+                    if ok:
+                        self.processed += 1
+                    else:
+                        self.failed += 1
+            finally:
+                with self._lock:
+                    self._held.discard(msg.id)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop receiving, let running callbacks finish, leave the group."""
+        """Stop receiving, let running callbacks finish (up to ``timeout`` s), leave the group
+        (anything not settled is released to other members at once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout)
-        for s in self._subs:
-            try:
-                s.close()
-            except Closed:
-                pass
+        for _ in self._workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for t in (*self._helpers, *self._workers):
+            t.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self._sub.close()
+        except Closed:
+            pass
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until ``stop`` is called (from another thread) or ``timeout`` passes."""
