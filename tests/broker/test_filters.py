@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidemq.broker._filters import compile_filter
+from tests._hypothesis import examples
+from tidemq.broker._filters import (
+    MAX_FILTER_BYTES,
+    MAX_FILTER_HEADERS,
+    MAX_FILTER_PATTERNS,
+    check_filter,
+    compile_filter,
+)
 from tidemq.errors import InvalidFilter
 from tidemq.storage import Record, encode_batch, encode_bodies, verify
 
@@ -65,7 +72,7 @@ words = st.lists(st.sampled_from(["a", "b", "c"]), max_size=5)
 pattern_words = st.lists(st.sampled_from(["a", "b", "*", "#"]), min_size=1, max_size=5)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(pattern_words, words)
 def test_routing_matcher_agrees_with_reference(pattern: list[str], key: list[str]) -> None:
     f = rk(".".join(pattern))
@@ -181,3 +188,45 @@ def test_match_batch() -> None:
     assert everything.match_batch(plain) is None
     keyed = verify(encode_batch([Record(b"k", key=b"k")]))
     assert trivial.match_batch(keyed) is None
+
+
+def test_check_filter_accepts_filters_at_the_limits() -> None:
+    check_filter(None)
+    check_filter({})
+    check_filter({"routing_key": [f"p{i}.*" for i in range(MAX_FILTER_PATTERNS)]})
+    check_filter({"headers": {f"h{i}": "v" for i in range(MAX_FILTER_HEADERS)}})
+    check_filter({"routing_key": ".".join(["*"] * 128)})
+
+
+@pytest.mark.parametrize(
+    ("spec", "what"),
+    [
+        ({"routing_key": [f"p{i}" for i in range(MAX_FILTER_PATTERNS + 1)]}, "patterns"),
+        ({"routing_key": "a" * 256}, "characters"),
+        ({"routing_key": "." * 128}, "words"),
+        ({"headers": {f"h{i}": "v" for i in range(MAX_FILTER_HEADERS + 1)}}, "header conditions"),
+        ({"headers": {"h": {"any_of": ["x" * 1000] * 70}}}, "bytes"),
+        ({"headers": {"h": {"any_of": [object()]}}}, "plain data"),
+        ({"routing_key": ["a*"]}, "whole words"),
+        ("order.*", "must be a dict"),
+    ],
+)
+def test_check_filter_refuses_oversized_or_malformed(spec: Any, what: str) -> None:
+    with pytest.raises(InvalidFilter, match=what):
+        check_filter(spec)
+
+
+def test_size_limit_counts_the_encoded_spec() -> None:
+    big = {"headers": {"h": {"any_of": ["x" * 100] * (MAX_FILTER_BYTES // 100)}}}
+    with pytest.raises(InvalidFilter, match="bytes"):
+        check_filter(big)
+    compile_filter(big)  # compiling alone (a group restored from disk) checks no size
+
+
+def test_hostile_pattern_filter_is_fast() -> None:
+    import time
+
+    f = compile_filter({"routing_key": [".".join(["#", "*"] * 60) + ".x"] * MAX_FILTER_PATTERNS})
+    t0 = time.perf_counter()
+    assert not f.matches(".".join(["a"] * 128), None)
+    assert time.perf_counter() - t0 < 1.0

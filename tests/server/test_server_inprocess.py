@@ -94,7 +94,7 @@ def test_slow_consumer_slows_only_itself() -> None:
             # A consumer that subscribes with a huge prefetch and then never reads.
             reader, writer, dec = await _raw_session(srv.port)
             writer.write(P.encode(P.Subscribe(request_id=2, topic="big", group="slow",
-                                              prefetch=100_000)))
+                                              prefetch=10_000)))
             await _next_frame(reader, dec, P.SubscribeOk)
             body = b"x" * 4096
             for _ in range(20):
@@ -111,7 +111,7 @@ def test_slow_consumer_slows_only_itself() -> None:
             [slow] = [s for s in srv.members.values() if s.member.startswith("slow")]
             # The server stopped pushing to the stuck reader: its credit is largely unused
             # and its connection is marked unwritable.
-            pushed = 100_000 - slow.credit
+            pushed = 10_000 - slow.credit
             print("pushed to the stuck reader:", pushed)
             assert not slow.conn.writable
             assert pushed < 5_000  # what the socket buffers hold, not the whole topic

@@ -8,27 +8,41 @@ no threads, sockets or clocks here. The drivers call it from one thread at a tim
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from ..errors import (
     Closed,
+    DiskFull,
     GroupSettingsMismatch,
     InvalidArgument,
     InvalidPartitionCount,
+    StorageFailed,
+    TideMQError,
     TopicExists,
     UnknownMessage,
     UnknownTopic,
 )
 from ..storage import LogStore, PartitionLog, Record
-from ._deadletters import dead_letter_records, origin_of, redriven_record
+from ..storage._fileops import is_disk_full
+from ._deadletters import H_PARTITION, dead_letter_records, origin_of, redriven_record
 from ._group import DeadLetter, GroupState
 from ._ids import make_id
 from ._journal import decode, encode
-from ._limits import ID_HEADER
-from ._names import dead_letter_name, topic_key, validate_topic_name
+from ._limits import (
+    ID_HEADER,
+    MAX_GROUPS_PER_TOPIC,
+    MAX_TOPICS,
+    check_extend,
+    check_nack_delay,
+    check_prefetch,
+    check_reason,
+)
+from ._names import dead_letter_name, topic_key, validate_group_name, validate_topic_name
+from ._recover import recover_topic
 from ._sync import EMPTY_TOKEN, SyncToken, TokenBuilder
 from ._topic import (
     SNAPSHOT_EVERY_EVENTS,
@@ -46,11 +60,14 @@ from ._types import (
     PartitionInfo,
     TopicConfig,
     TopicInfo,
+    check_start,
 )
 
 __all__ = ["Broker", "PublishResult"]
 
 CATALOGUE = "topics"
+REDRIVE_BATCH = 10_000  # dead letters moved per redrive call, at most (call again for more)
+REDRIVE_FLUSH_BYTES = 16 << 20  # redriven bodies held before they are appended
 MAINTENANCE_EVERY_US = 1_000_000  # dedup/producer expiry, retention, snapshots
 SNAPSHOT_EVERY_US = 60_000_000
 PRODUCER_IDLE_US = 7 * 24 * 3600 * 1_000_000
@@ -112,7 +129,7 @@ class Broker:
             for key, t in cat["topics"].items():
                 config = msgspec.convert(t["config"], TopicConfig, strict=False)
                 topic = Topic(store, b._meta, t["name"], key, int(t["incarnation"]), config, now_us=now_us)
-                topic.recover(now_us)
+                recover_topic(topic, now_us)
                 b._topics[key] = topic
         return b
 
@@ -236,15 +253,22 @@ class Broker:
 
     # --- catalogue -------------------------------------------------------------------------
 
-    def _save_catalogue(self) -> None:
-        cat = {
+    def _catalogue(self, *, without: str | None = None) -> bytes:
+        return encode({
             "next_incarnation": self._next_incarnation,
             "topics": {
                 k: {"name": t.name, "incarnation": t.incarnation, "config": msgspec.to_builtins(t.config)}
-                for k, t in self._topics.items()
+                for k, t in self._topics.items() if k != without
             },
-        }
-        self._meta.put(CATALOGUE, encode(cat))
+        })
+
+    def _save_catalogue(self) -> None:
+        """Write the catalogue; a failure raises DiskFull or StorageFailed (never OSError).
+        The caller undoes its in-memory change first, then re-raises."""
+        try:
+            self._meta.put(CATALOGUE, self._catalogue())
+        except OSError as exc:
+            raise _storage_error(exc, "cannot write the topic catalogue") from exc
 
     def _topic(self, name: str) -> Topic:
         self._check_open()
@@ -266,46 +290,129 @@ class Broker:
             if not self._auto_create:
                 raise UnknownTopic(f"topic {name!r} does not exist and auto-creation is off; create it")
             validate_topic_name(name)
+            self._require_room(1, name)
             t = self._create(name, self._default, now_us)
             self._by_name[name] = t
         return t
 
+    def _require_room(self, n: int, name: str) -> None:
+        """Room for ``n`` more topics under MAX_TOPICS, else InvalidArgument."""
+        if len(self._topics) + n > MAX_TOPICS:
+            raise InvalidArgument(
+                f"cannot create topic {name!r}: the broker has {len(self._topics)} topics and "
+                f"allows at most {MAX_TOPICS} (dead-letter topics included); delete topics "
+                "that are no longer used")
+
     def _create(self, name: str, config: TopicConfig, now_us: int) -> Topic:
+        """Create a topic (the caller checked the name and the room): its logs, then the
+        catalogue entry. If either fails, nothing of it stays (no ghost topic in memory, its
+        new logs removed) and DiskFull / StorageFailed is raised."""
         inc = self._next_incarnation
+        key = topic_key(name)
+        # Taken even if the creation fails: a number is never given to two incarnations.
         self._next_incarnation += 1
-        t = Topic(self._store, self._meta, name, topic_key(name), inc, config, now_us=now_us)
+        try:
+            t = Topic(self._store, self._meta, name, key, inc, config, now_us=now_us)
+        except (OSError, TideMQError) as exc:
+            self._drop_logs(key, inc, config.partitions)
+            if isinstance(exc, OSError):
+                raise _storage_error(exc, f"cannot create topic {name!r}") from exc
+            raise
         self._topics[t.key] = t
-        self._save_catalogue()
+        try:
+            self._save_catalogue()
+        except TideMQError:
+            del self._topics[t.key]
+            _quietly(t.close)
+            self._drop_logs(key, inc, config.partitions)
+            # The catalogue write may have failed after its rename (at the directory fsync):
+            # put back the one that does not name the topic, as far as the disk lets us.
+            _quietly(lambda: self._meta.put(CATALOGUE, self._catalogue()))
+            raise
         return t
+
+    def _drop_logs(self, key: str, incarnation: int, partitions: int) -> None:
+        """Remove every log of one topic incarnation, quietly (best effort: used to undo)."""
+        names = {partition_log_name(key, incarnation, p)
+                 for p in (*range(partitions), "__delay", "__state")}
+        prefix = partition_log_name(key, incarnation, "")
+        try:
+            names.update(n for n in self._store.list_logs() if n.startswith(prefix))
+        except OSError:
+            pass
+        for log_name in sorted(names):
+            _quietly(partial(self._store.delete_log, log_name))
 
     def create_topic(self, name: str, config: TopicConfig | None = None, *, now_us: int,
                      exist_ok: bool = False) -> TopicInfo:
         self._check_open()
         validate_topic_name(name)
         cfg = config or self._default
+        if not isinstance(cfg, TopicConfig):
+            raise InvalidArgument("config must be a TopicConfig")
         cfg.validate()
         existing = self._topics.get(topic_key(name))
         if existing is not None:
             if exist_ok:
                 return self._info(existing)
             raise TopicExists(f"topic {existing.name!r} already exists")
+        self._require_room(1, name)
         return self._info(self._create(name, cfg, now_us))
 
     def delete_topic(self, name: str, *, now_us: int) -> None:
+        """Delete a topic, its groups and its data.
+
+        Crash safety: the catalogue write without the topic is the moment of deletion; the
+        logs and the snapshot go after it, so a crash leaves the topic either whole (before)
+        or gone (after; files left behind are never read again: a re-created topic is a new
+        incarnation). On a full disk the catalogue write may find no room: then the topic's
+        logs are deleted first, to make room, and the write is tried again. A crash between
+        the two leaves a catalogue entry without logs, which opens as an empty topic (delete
+        it again)."""
         t = self._topic(name)
+        cat = self._catalogue(without=t.key)
+        try:
+            self._meta.put(CATALOGUE, cat)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise _storage_error(exc, f"cannot delete topic {t.name!r}") from exc
+            self._detach(t)
+            self._delete_logs(t)
+            try:
+                self._meta.put(CATALOGUE, cat)
+            except OSError as again:
+                raise _storage_error(
+                    again, f"topic {t.name!r}: its data is deleted but the catalogue could not "
+                    "be written, so after a restart the topic is listed again, empty; delete "
+                    "it again once there is space") from again
+        else:
+            self._detach(t)
+            self._delete_logs(t)
+        try:
+            self._meta.delete(t.snapshot_name)
+        except OSError as exc:
+            raise _storage_error(exc, f"topic {t.name!r} is deleted, but its snapshot "
+                                      "could not be removed") from exc
+
+    def _detach(self, t: Topic) -> None:
+        """Forget a deleted topic in memory and close its logs."""
         for mid in [m for m, (tt, _) in self._members.items() if tt is t]:
             del self._members[mid]
-        del self._topics[t.key]
+            self._prefetch.pop(mid, None)
+        self._topics.pop(t.key, None)
         self._by_name.clear()
+        self._wake.difference_update(t.groups.values())
         for log in (*t.logs, t.delays.log, t.journal.log):
             self._positions.pop(id(log), None)
-        t.close()
-        self._meta.delete(t.snapshot_name)
-        self._save_catalogue()
+        _quietly(t.close)
+
+    def _delete_logs(self, t: Topic) -> None:
+        """The deleted topic's logs. While its catalogue entry and snapshot still exist (a
+        crash, or a full disk), it opens as an empty topic with its groups."""
         prefix = partition_log_name(t.key, t.incarnation, "")
         for name in self._store.list_logs():
             if name.startswith(prefix):
-                self._store.delete_log(name)
+                self._store.delete_log(name)  # StorageFailed: files stay; never read again
 
     def list_topics(self) -> list[TopicInfo]:
         self._check_open()
@@ -331,14 +438,27 @@ class Broker:
             raise InvalidPartitionCount(f"at most {MAX_PARTITIONS} partitions (asked {n})")
         if n == have:
             return self._info(t)
+        # New logs first, then the catalogue, and only then the topic and its groups see the
+        # partitions: a failure undoes the logs and changes nothing else.
         cfg = log_config(t.config)
-        for p in range(have, n):
-            log = self._store.open_log(partition_log_name(t.key, t.incarnation, p), cfg)
+        old = t.config
+        added: list[PartitionLog] = []
+        try:
+            for p in range(have, n):
+                added.append(self._store.open_log(partition_log_name(t.key, t.incarnation, p), cfg))
+            t.config = msgspec.structs.replace(old, partitions=n)
+            self._save_catalogue()
+        except (OSError, TideMQError) as exc:
+            t.config = old
+            for p in range(have, n):
+                _quietly(partial(self._store.delete_log, partition_log_name(t.key, t.incarnation, p)))
+            if isinstance(exc, OSError):
+                raise _storage_error(exc, f"cannot add partitions to {t.name!r}") from exc
+            raise
+        for log in added:
             t.logs.append(log)
             for g in t.groups.values():
                 g.add_partition(log)
-        t.config = msgspec.structs.replace(t.config, partitions=n)
-        self._save_catalogue()
         return self._info(t)
 
     # --- publishing ------------------------------------------------------------------------
@@ -413,17 +533,28 @@ class Broker:
 
     def create_group(self, topic: str, group: str, settings: GroupSettings | None = None, *,
                      now_us: int) -> GroupInfo:
+        """Create ``group`` (or return the existing one with the same settings). Every setting
+        is checked here, before anything is created: bounds, filter, dead-letter topic name,
+        and room for the group and, if it does not exist yet, its dead-letter topic. An
+        existing group is joined as it is (its settings may predate a limit)."""
+        if not isinstance(group, str):
+            validate_group_name(group)  # raises
+        if settings is not None and not isinstance(settings, GroupSettings):
+            raise InvalidArgument("group settings must be a GroupSettings")
         t = self._topic(topic)
-        if not isinstance(group, str) or not group or len(group) > 200:
-            raise InvalidArgument("a group name must be a non-empty str of at most 200 characters")
-        s = settings or GroupSettings()
-        s.validate()
-        if group in t.groups:
-            g = t.groups[group]
-            if settings is not None and g.settings != s:
+        g = t.groups.get(group)
+        if g is not None:
+            if settings is not None and g.settings != settings:
                 raise GroupSettingsMismatch(
                     f"group {group!r} of {t.name!r} exists with other settings; use update_group")
             return g.info()
+        validate_group_name(group)
+        s = _settings(settings)
+        if len(t.groups) >= MAX_GROUPS_PER_TOPIC:
+            raise InvalidArgument(
+                f"topic {t.name!r} has {len(t.groups)} consumer groups, the most allowed "
+                f"({MAX_GROUPS_PER_TOPIC}); delete groups that are no longer used")
+        self._check_dead_letter_topic(t.name, s, extra=0)
         g = GroupState(t.name, t.incarnation, group, s, t.logs, now_us=now_us)
         t.groups[group] = g
         g.drain_journal()  # the creation snapshot below covers it
@@ -435,9 +566,12 @@ class Broker:
 
     def update_group(self, topic: str, group: str, settings: GroupSettings, *, now_us: int,
                      mono_us: int) -> GroupInfo:
+        if settings is None:
+            raise InvalidArgument("update_group needs GroupSettings")
+        _settings(settings)
         t = self._topic(topic)
         old = t.group(group)
-        settings.validate()
+        self._check_dead_letter_topic(t.name, settings, extra=0)
         t.drain_group(old)
         snap = old.snapshot()
         g = GroupState.restore(snap, [], t.name, t.incarnation, group, settings, t.logs, now_us=now_us)
@@ -475,9 +609,25 @@ class Broker:
 
     def subscribe(self, topic: str, group: str, settings: GroupSettings | None = None, *,
                   prefetch: int = 100, now_us: int, mono_us: int) -> str:
-        """Join ``group`` (created with ``settings`` if new); returns a fresh member id."""
-        if not isinstance(prefetch, int) or prefetch < 1:
-            raise InvalidArgument("prefetch must be an integer >= 1")
+        """Join ``group`` (created with ``settings`` if new); returns a fresh member id.
+
+        Everything is checked before anything is created: a bad setting creates neither the
+        topic (when auto-created) nor the group."""
+        check_prefetch(prefetch)
+        if not isinstance(group, str):
+            validate_group_name(group)  # raises
+        known = self._by_name.get(topic)
+        if known is None or self._closed:
+            self._check_open()
+            known = self._topics.get(topic_key(validate_topic_name(topic, derived=True)))
+        if known is None or group not in known.groups:
+            validate_group_name(group)
+            s = _settings(settings)
+            if known is None and self._auto_create:
+                # Auto-created here: the group is new too, so its dead-letter topic needs
+                # room beside it.
+                validate_topic_name(topic)
+                self._check_dead_letter_topic(topic, s, extra=1)
         t = self._topic_for_publish(topic, now_us)
         self.create_group(t.name, group, settings, now_us=now_us)
         g = t.groups[group]
@@ -545,8 +695,7 @@ class Broker:
 
     def nack(self, member_id: str, ids: Sequence[str], delay: float | None, *, now_us: int,
              mono_us: int) -> SyncToken:
-        if delay is not None and delay < 0:
-            raise InvalidArgument("nack delay must be >= 0 seconds or None")
+        delay = check_nack_delay(delay)
         t, g = self._member(member_id)
         g.nack(member_id, list(ids), delay, mono_us=mono_us)
         self._hint_at_mono(g.next_deadline(mono_us))
@@ -554,19 +703,20 @@ class Broker:
 
     def extend(self, member_id: str, ids: Sequence[str], seconds: float, *, now_us: int,
                mono_us: int) -> SyncToken:
-        if seconds <= 0:
-            raise InvalidArgument("extend needs seconds > 0")
+        seconds = check_extend(seconds)
         t, g = self._member(member_id)
         g.extend(member_id, list(ids), seconds, mono_us=mono_us)
         return self._finish(t, g, now_us)
 
     def reject(self, member_id: str, ids: Sequence[str], reason: str, *, now_us: int,
                mono_us: int) -> SyncToken:
+        reason = check_reason(reason)
         t, g = self._member(member_id)
-        g.reject(member_id, list(ids), str(reason))
+        g.reject(member_id, list(ids), reason)
         return self._finish(t, g, now_us)
 
     def reset_group(self, topic: str, group: str, start: Any, *, now_us: int) -> SyncToken:
+        check_start(start)
         t = self._topic(topic)
         g = t.group(group)
         g.reset(start, now_us=now_us)
@@ -586,67 +736,120 @@ class Broker:
 
     # --- dead letters ----------------------------------------------------------------------
 
+    def _check_dead_letter_topic(self, topic: str, s: GroupSettings, *, extra: int) -> None:
+        """The group's dead-letter topic must not be the topic itself, and if it does not
+        exist yet there must be room to create it (with ``extra`` topics about to be created
+        first): a dead letter is never refused, so its topic must be creatable."""
+        dlq = s.dead_letter_topic or dead_letter_name(topic)
+        if topic_key(dlq) == topic_key(topic):
+            raise InvalidArgument(
+                f"dead_letter_topic {dlq!r} is the group's own topic; name another topic")
+        if topic_key(dlq) not in self._topics:
+            validate_topic_name(dlq, derived=True)
+            self._require_room(extra + 1, dlq)
+
     def _dead_letters(self, t: Topic, g: GroupState, now_us: int, tb: TokenBuilder) -> None:
         letters: list[DeadLetter] = g.drain_dead_letters()
         if not letters:
             return
-        ids = []
-        for dl in letters:
-            h = dl.record.headers
-            ids.append(h[ID_HEADER] if h and ID_HEADER in h else
-                       make_id(t.name, t.incarnation, dl.partition, dl.offset))
-        dlq_name = g.settings.dead_letter_topic or dead_letter_name(t.name)
-        dlq = self._topics.get(topic_key(dlq_name))
-        if dlq is None:
-            validate_topic_name(dlq_name, derived=True)
-            dlq = self._create(dlq_name, msgspec.structs.replace(t.config, partitions=1,
-                                                                 backlog_limit=None), now_us)
-        recs = dead_letter_records(t.name, g.name, letters, ids)
-        dlq.publish(recs, now_us, tb, check=False)
+        try:
+            ids = []
+            for dl in letters:
+                h = dl.record.headers
+                ids.append(h[ID_HEADER] if h and ID_HEADER in h else
+                           make_id(t.name, t.incarnation, dl.partition, dl.offset))
+            dlq_name = g.settings.dead_letter_topic or dead_letter_name(t.name)
+            dlq = self._topics.get(topic_key(dlq_name))
+            if dlq is None:
+                # Never refused for the topic count (the group's creation made sure there was
+                # room then; topics created since may take the count past the limit).
+                validate_topic_name(dlq_name, derived=True)
+                dlq = self._create(dlq_name, msgspec.structs.replace(t.config, partitions=1,
+                                                                     backlog_limit=None), now_us)
+            recs = dead_letter_records(t.name, g.name, letters, ids)
+            dlq.publish(recs, now_us, tb, check=False)
+        except BaseException:
+            # Not written: the group hands them out again at its next call (they are done
+            # for the group already, so dropping them here would lose them).
+            g._dead[:0] = letters
+            raise
         dlq.commit(now_us, tb)
         self._after_publish(dlq)
 
-    def redrive(self, topic: str, group: str, *, limit: int | None = None, now_us: int) -> int:
+    def redrive(self, topic: str, group: str, *, limit: int | None = None, now_us: int,
+                max_batch: int = REDRIVE_BATCH) -> int:
         """Move ``group``'s dead letters back to their origin partitions (only that group sees
-        them again); returns how many. Progress is journaled: none is redriven twice."""
+        them again); returns how many moved in this call: at most ``min(limit, max_batch)``.
+        A caller that wants them all calls again until it gets less than ``max_batch``.
+        Reads the dead-letter topic in bounded chunks and appends at least every 16 MiB, so
+        memory stays bounded however long the dead-letter topic is. Progress is journaled:
+        none is redriven twice (a crash between an append and its journal entry may redrive
+        a message again: at-least-once)."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidArgument(f"redrive limit must be None or an int >= 0, got {limit!r}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise InvalidArgument(f"redrive max_batch must be an int >= 1, got {max_batch!r}")
         t = self._topic(topic)
         g = t.group(group)
         dlq = self._topics.get(topic_key(g.settings.dead_letter_topic or dead_letter_name(t.name)))
-        if dlq is None:
+        if dlq is None or dlq is t:
             return 0
+        cap = max_batch if limit is None else min(limit, max_batch)
         tb = TokenBuilder()
         moved = 0
         n = len(t.logs)
         for p, log in enumerate(dlq.logs):
+            if moved >= cap:
+                break
             key = (group, dlq.key, p)
-            off = min(max(t.redrive.get(key, 0), log.start_offset), log.end_offset)
+            start = min(max(t.redrive.get(key, 0), log.start_offset), log.end_offset)
+            off = start
             by_part: dict[int, list[Record]] = {}
-            while off < log.end_offset and (limit is None or moved < limit):
+            held = 0
+            while off < log.end_offset and moved < cap:
                 views = log.read(off, max_records=1000)
                 if not views:
                     break
                 for view in views:
+                    if moved >= cap:
+                        break
+                    if view.last_offset < off:
+                        continue
                     for i, r in enumerate(view.records()):
                         o = view.base_offset + i
                         if o < off:
                             continue
-                        if limit is not None and moved >= limit:
+                        if moved >= cap:
                             break
                         off = o + 1
                         org = origin_of(r)
                         if org is None or topic_key(org[0]) != t.key or org[1] != group:
                             continue
-                        part, rec = redriven_record(r, group)
-                        by_part.setdefault(part if part < n else 0, []).append(rec)
+                        try:
+                            part, rec = redriven_record(r, group)
+                        except ValueError:  # a forged origin partition: use the first
+                            part, rec = redriven_record(msgspec.structs.replace(
+                                r, headers={**(r.headers or {}), H_PARTITION: "0"}), group)
+                        by_part.setdefault(part if 0 <= part < n else 0, []).append(rec)
+                        held += len(rec.body)
                         moved += 1
-            for part, recs in by_part.items():
-                t.append(part, recs, now_us, tb)
-            t.redrive[key] = off
-            t.record_event(["rd", group, dlq.key, p, off])
+                        if held >= REDRIVE_FLUSH_BYTES:
+                            self._redrive_flush(t, by_part, key, off, now_us, tb)
+                            by_part, held = {}, 0
+            if by_part or off != start:
+                self._redrive_flush(t, by_part, key, off, now_us, tb)
         t.commit(now_us, tb)
         self._token(tb)
         self._after_publish(t)
         return moved
+
+    def _redrive_flush(self, t: Topic, by_part: dict[int, list[Record]], key: tuple[str, str, int],
+                       off: int, now_us: int, tb: TokenBuilder) -> None:
+        """Append redriven records, then journal the cursor after them (J1)."""
+        for part, recs in by_part.items():
+            t.append(part, recs, now_us, tb)
+        t.redrive[key] = off
+        t.record_event(["rd", key[0], key[1], key[2], off])
 
     # --- time ------------------------------------------------------------------------------
 
@@ -701,3 +904,28 @@ class Broker:
     def pending_delays(self, topic: str) -> int:
         return len(self._topic(topic).delays)
 
+
+
+def _storage_error(exc: OSError, what: str) -> TideMQError:
+    """The typed error for an OSError of a catalogue or log operation."""
+    if is_disk_full(exc):
+        return DiskFull(f"{what}: the disk is full ({exc.strerror}); free space and try again")
+    return StorageFailed(f"{what}: {exc}; check the data folder and its file system")
+
+
+def _quietly(fn: Callable[[], object]) -> None:
+    """Run a clean-up step whose failure must not hide the error being raised."""
+    try:
+        fn()
+    except (OSError, TideMQError):
+        pass
+
+
+def _settings(settings: GroupSettings | None) -> GroupSettings:
+    """The given settings (or the defaults), validated."""
+    if settings is None:
+        return GroupSettings()
+    if not isinstance(settings, GroupSettings):
+        raise InvalidArgument("group settings must be a GroupSettings")
+    settings.validate()
+    return settings

@@ -25,14 +25,24 @@ unfiltered groups pay nothing per message.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
+import msgspec
+
 from ..errors import InvalidFilter
 from ._limits import GROUP_HEADER
+from ._matcher import PatternSet, check_pattern
 
-__all__ = ["Filter", "compile_filter", "GROUP_HEADER", "topic_pattern_regex"]
+__all__ = [
+    "Filter", "compile_filter", "check_filter", "GROUP_HEADER",
+    "MAX_FILTER_BYTES", "MAX_FILTER_HEADERS", "MAX_FILTER_PATTERNS",
+]
+
+# Limits on a filter a user gives (check_filter); see docs/semantics.md ("Filters").
+MAX_FILTER_BYTES: Final = 64 * 1024  # the spec, msgpack-encoded
+MAX_FILTER_HEADERS: Final = 256  # header conditions (header names)
+MAX_FILTER_PATTERNS: Final = 64  # routing-key patterns
 
 _HAS_EXT: Final = 1 << 3  # storage-format attribute bits (docs/storage-format.md)
 _HAS_HEADERS: Final = 1 << 4
@@ -48,30 +58,6 @@ class _BatchLike(Protocol):
     def extensions(
         self,
     ) -> list[tuple[bytes | None, str | None, dict[str, str] | None, str | None]]: ...
-
-
-def topic_pattern_regex(pattern: str) -> str:
-    """The regex (for ``fullmatch``) of one AMQP topic pattern, matched against ``'.' + key``.
-
-    Prefixing every word with a dot lets ``#`` ("zero or more words") be the plain regex
-    ``(?:\\.[^.]*)*`` without special cases at the start, end or middle of the pattern. A
-    missing or empty routing key is matched as the empty string (zero words).
-    """
-    if not isinstance(pattern, str) or not pattern:
-        raise InvalidFilter(f"routing-key pattern {pattern!r} must be a non-empty string")
-    pieces = []
-    for word in pattern.split("."):
-        if word == "#":
-            pieces.append(r"(?:\.[^.]*)*")
-        elif word == "*":
-            pieces.append(r"\.[^.]*")
-        elif "*" in word or "#" in word:
-            raise InvalidFilter(
-                f"routing-key pattern {pattern!r}: '*' and '#' must be whole words (e.g. 'order.*')"
-            )
-        else:
-            pieces.append(r"\." + re.escape(word))
-    return "".join(pieces)
 
 
 def _number(value: object, what: str) -> float:
@@ -179,7 +165,7 @@ class Filter:
     ``matches`` decides one message; ``match_batch`` a stored batch (``None``: all match).
     """
 
-    __slots__ = ("group", "spec", "_regex", "_headers", "_cache", "trivial")
+    __slots__ = ("group", "spec", "_routes", "_headers", "_cache", "trivial")
 
     _CACHE_LIMIT: Final = 4096
 
@@ -187,25 +173,25 @@ class Filter:
         self,
         group: str | None,
         spec: dict[str, Any] | None,
-        regex: re.Pattern[str] | None,
+        routes: PatternSet | None,
         headers: list[tuple[str, _Check]],
     ) -> None:
         self.group = group
         self.spec = spec
-        self._regex = regex
+        self._routes = routes
         self._headers = headers
         self._cache: dict[str | None, bool] = {}
         # No routing or header condition: only the hidden group header can exclude a message.
-        self.trivial = regex is None and not headers
+        self.trivial = routes is None and not headers
 
     def _routing_ok(self, routing_key: str | None) -> bool:
-        regex = self._regex
-        if regex is None:
+        routes = self._routes
+        if routes is None:
             return True
         cache = self._cache
         hit = cache.get(routing_key)
         if hit is None:
-            hit = regex.fullmatch("." + routing_key if routing_key else "") is not None
+            hit = routes.matches(routing_key)
             if len(cache) >= self._CACHE_LIMIT:
                 cache.clear()
             cache[routing_key] = hit
@@ -263,15 +249,10 @@ def compile_filter(spec: dict[str, Any] | None, *, group: str | None = None) -> 
         raise InvalidFilter(
             f"unknown filter field(s) {sorted(map(str, unknown))}; use 'routing_key' and 'headers'"
         )
-    regex = None
-    patterns = spec.get("routing_key")
+    routes = None
+    patterns = _patterns(spec)
     if patterns is not None:
-        if isinstance(patterns, str):
-            patterns = [patterns]
-        if not isinstance(patterns, list | tuple) or not patterns:
-            raise InvalidFilter("filter 'routing_key' must be a pattern or a non-empty list")
-        alternatives = "|".join(f"(?:{topic_pattern_regex(p)})" for p in patterns)
-        regex = re.compile(alternatives)
+        routes = PatternSet(patterns)
     checks: list[tuple[str, _Check]] = []
     headers = spec.get("headers")
     if headers is not None:
@@ -281,4 +262,51 @@ def compile_filter(spec: dict[str, Any] | None, *, group: str | None = None) -> 
             if not isinstance(name, str) or not name:
                 raise InvalidFilter(f"header name {name!r} must be a non-empty string")
             checks.append((name, _header_check(name, cond)))
-    return Filter(group, spec, regex, checks)
+    return Filter(group, spec, routes, checks)
+
+
+def _patterns(spec: dict[str, Any]) -> list[Any] | None:
+    patterns = spec.get("routing_key")
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return [patterns]
+    if not isinstance(patterns, list | tuple) or not patterns:
+        raise InvalidFilter("filter 'routing_key' must be a pattern or a non-empty list")
+    return list(patterns)
+
+
+def check_filter(spec: object) -> None:
+    """Check a filter a user gives: well formed (as :func:`compile_filter`) and within the
+    limits: at most :data:`MAX_FILTER_BYTES` msgpack-encoded, :data:`MAX_FILTER_PATTERNS`
+    routing-key patterns of at most 255 characters and 128 words each, and
+    :data:`MAX_FILTER_HEADERS` header conditions. Raises :class:`InvalidFilter`.
+
+    Compiling alone (as a group restored from disk does) checks no size: state written before
+    these limits existed still opens.
+    """
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise InvalidFilter(f"a filter must be a dict, got {type(spec).__name__}")
+    try:
+        size = len(msgspec.msgpack.encode(spec))
+    except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
+        raise InvalidFilter(f"a filter must be plain data (dicts, lists, str, numbers): {exc}") from None
+    if size > MAX_FILTER_BYTES:
+        raise InvalidFilter(
+            f"the filter takes {size} bytes encoded; use at most {MAX_FILTER_BYTES} "
+            "(fewer patterns or conditions, or shorter lists)")
+    patterns = _patterns(spec)
+    if patterns is not None:
+        if len(patterns) > MAX_FILTER_PATTERNS:
+            raise InvalidFilter(
+                f"the filter has {len(patterns)} routing-key patterns; use at most "
+                f"{MAX_FILTER_PATTERNS} (a '#' or '*' word can often merge several)")
+        for p in patterns:
+            check_pattern(p)
+    headers = spec.get("headers")
+    if isinstance(headers, dict) and len(headers) > MAX_FILTER_HEADERS:
+        raise InvalidFilter(
+            f"the filter has {len(headers)} header conditions; use at most {MAX_FILTER_HEADERS}")
+    compile_filter(spec)

@@ -24,6 +24,7 @@ from ..errors import InvalidArgument, StaleLease, UnknownMessage
 from ._delivering import SCAN_BUDGET_BYTES, GroupDelivering
 from ._groupcore import KEY_QUEUE_LIMIT, DeadLetter
 from ._ids import DELAY_PARTITION, parse_id
+from ._limits import check_extend, check_nack_delay, check_prefetch, check_reason
 from ._partstate import Lease, Member, PartState
 from ._ranges import runs_of
 from ._start import resolve_start
@@ -64,9 +65,13 @@ class GroupState(GroupDelivering):
         *,
         now_us: int,
         _floors: list[int] | None = None,
+        _restored: bool = False,
     ) -> None:
         """A group positioned at ``settings.start`` (resolved against ``logs`` now)."""
-        settings.validate()
+        if not _restored:
+            # Restored settings were validated when stored; limits added since must not stop
+            # a data folder from opening.
+            settings.validate()
         floors = _floors if _floors is not None else resolve_start(settings.start, logs)
         super().__init__(topic, incarnation, name, settings, logs, floors=floors, now_us=now_us)
         if _floors is None:
@@ -80,8 +85,7 @@ class GroupState(GroupDelivering):
 
     def add_member(self, member_id: str, prefetch: int, *, mono_us: int) -> None:
         """A member joins with ``prefetch`` credit; in ordered mode partitions are rebalanced."""
-        if prefetch < 1:
-            raise InvalidArgument("prefetch must be >= 1")
+        check_prefetch(prefetch)
         if member_id in self._members:
             raise InvalidArgument(f"member {member_id!r} already joined group {self.name!r}")
         self._members[member_id] = Member(member_id, prefetch, mono_us)
@@ -305,8 +309,7 @@ class GroupState(GroupDelivering):
         its delivery count; 0: at once). Counts as a failed delivery (``max_deliveries``).
         Ordered modes redeliver the message and every later unacked one of its partition
         (or key) in order. Messages not held by anyone are ignored."""
-        if delay is not None and delay < 0:
-            raise InvalidArgument("nack delay must be >= 0 seconds")
+        delay = check_nack_delay(delay)
         member = self._member(member_id)
         parsed = self._parse(ids)
         self._check_holder(member, parsed, "nack")
@@ -322,7 +325,7 @@ class GroupState(GroupDelivering):
     def reject(self, member_id: str, ids: Sequence[str], reason: str) -> None:
         """Dead-letter the messages at once; ``reason`` (default ``rejected``) becomes the dead
         letter's reason header."""
-        reason = reason or "rejected"
+        reason = check_reason(reason) or "rejected"
         member = self._member(member_id)
         parsed = self._parse(ids)
         self._check_holder(member, parsed, "reject")
@@ -338,8 +341,7 @@ class GroupState(GroupDelivering):
     def extend(self, member_id: str, ids: Sequence[str], seconds: float, *, mono_us: int) -> None:
         """Renew the member's leases to end ``seconds`` after ``mono_us``. Ids whose lease
         already expired (and nobody holds) are ignored: they will be delivered again."""
-        if seconds <= 0:
-            raise InvalidArgument("extend needs seconds > 0")
+        seconds = check_extend(seconds)
         member = self._member(member_id)
         parsed = self._parse(ids)
         self._check_holder(member, parsed, "extend")
@@ -512,12 +514,13 @@ class GroupState(GroupDelivering):
             else:
                 pending.append(ev)
         if not known:
-            group = cls(topic, incarnation, name, settings, logs, now_us=now_us)
+            group = cls(topic, incarnation, name, settings, logs, now_us=now_us, _restored=True)
         else:
             clamped = [
                 min(max(f, log.start_offset), log.end_offset) for f, log in zip(floors, logs, strict=True)
             ]
-            group = cls(topic, incarnation, name, settings, logs, now_us=now_us, _floors=clamped)
+            group = cls(topic, incarnation, name, settings, logs, now_us=now_us, _floors=clamped,
+                        _restored=True)
         for p, part in enumerate(group._parts):
             if done[p]:
                 part.mark_done(done[p])

@@ -1,19 +1,28 @@
-"""Topic names (SPEC §1).
+"""Topic and group names (SPEC §1).
 
 A name is 1-200 characters of ``[A-Za-z0-9_.-]`` whose dots separate non-empty words. Names that
 differ only in case are the same topic, because file systems may fold case: the broker keys every
 topic by :func:`topic_key` (the lower-cased name) and reports the name as it was first given.
+
+A group name is 1-200 characters of any printable text: no control, format, surrogate or
+unassigned characters (Unicode category ``C*``), which would corrupt logs, the CLI's tables and
+the admin page. Group names are case-sensitive (they are not files).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
-from ..errors import InvalidTopicName
+from ..errors import InvalidArgument, InvalidTopicName
 
-__all__ = ["MAX_TOPIC_NAME", "validate_topic_name", "topic_key", "dead_letter_name"]
+__all__ = [
+    "MAX_TOPIC_NAME", "MAX_GROUP_NAME", "validate_topic_name", "validate_group_name", "topic_key",
+    "dead_letter_name",
+]
 
 MAX_TOPIC_NAME = 200
+MAX_GROUP_NAME = 200
 
 # One or more words of [A-Za-z0-9_-], separated by single dots.
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
@@ -47,3 +56,19 @@ def topic_key(name: str) -> str:
 def dead_letter_name(topic: str) -> str:
     """The default dead-letter topic of ``topic``: ``<topic>.dlq``."""
     return f"{topic}.dlq"
+
+
+def validate_group_name(name: object) -> str:
+    """Return ``name`` if it is a valid group name, else raise :class:`InvalidArgument`."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"a group name must be a str, not {type(name).__name__}")
+    if not 1 <= len(name) <= MAX_GROUP_NAME:
+        raise InvalidArgument(
+            f"group name {name[:40]!r} has {len(name)} characters; use 1-{MAX_GROUP_NAME}")
+    if not (name.isascii() and name.isprintable()):
+        for i, c in enumerate(name):
+            if c < " " or unicodedata.category(c)[0] == "C":
+                raise InvalidArgument(
+                    f"group name {name[:40]!r} has a control or unprintable character "
+                    f"(U+{ord(c):04X} at {i}); use printable characters only")
+    return name

@@ -14,14 +14,14 @@ from typing import Any
 import msgspec
 
 from ..errors import BacklogFull, CorruptRecord, InvalidArgument, UnknownGroup
-from ..storage import BatchView, LogConfig, LogStore, MetaStore, PartitionLog, Record
+from ..storage import LogConfig, LogStore, MetaStore, PartitionLog, Record
 from ..storage._format import HAS_DELAY, HAS_EXT, verify
 from ._delays import DelayStore
 from ._group import GroupState
 from ._hashing import StickyPartitioner, partition_for_key
-from ._idempotence import DedupTable, IdsRepr, ProducerTable, ids_in, ids_out
+from ._idempotence import DedupTable, IdsRepr, ProducerTable, ids_out
 from ._ids import DELAY_PARTITION, make_id, make_ids, parse_id
-from ._journal import Journal, decode, encode
+from ._journal import Journal, encode
 from ._limits import ID_HEADER, check_lengths, check_records
 from ._sync import TokenBuilder
 from ._types import GroupSettings, TopicConfig
@@ -102,13 +102,6 @@ class SnapshotJob:
 
 def settings_out(s: GroupSettings) -> Any:
     return msgspec.to_builtins(s)
-
-
-def settings_in(raw: Any) -> GroupSettings:
-    try:
-        return msgspec.convert(raw, GroupSettings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise CorruptRecord(f"stored group settings do not decode: {exc}") from exc
 
 
 class Topic:
@@ -511,107 +504,6 @@ class Topic:
         """The job failed: nothing is lost (the journal has it all); try again later."""
         self.snapshot_in_flight = False
         self.journal.events_since_snapshot = max(self.journal.events_since_snapshot, 1)
-
-    def recover(self, now_us: int) -> None:
-        """Load the snapshot, replay the journal tail, clamp everything to the logs (J2)."""
-        raw = self.meta.get(self.snapshot_name)
-        snap: dict[str, Any] = decode(raw) if raw else {}
-        group_base: dict[str, tuple[GroupSettings, Any]] = {
-            name: (settings_in(s), gs) for name, (s, gs) in snap.get("groups", {}).items()
-        }
-        group_events: dict[str, list[Any]] = {name: [] for name in group_base}
-        released: list[int] = []
-        self.dedup.load(snap.get("dedup", []))
-        self.producers.load(snap.get("producers", []))
-        for g, d, p, off in snap.get("redrive", []):
-            self.redrive[(g, d, p)] = off
-        # J3: rescan the data from the ends the last surviving journal record (or the
-        # snapshot) names; before them every batch's producer and dedup events are journaled.
-        # Snapshots and records of older versions name no ends: rescan whole logs then.
-        ends_seen: list[int] = list(snap.get("ends", []))
-        for events in self.journal.replay(int(snap.get("journal_offset", 0))):
-            for ev in events:
-                if ev[0] == "ends":
-                    ends_seen = list(ev[1])
-                else:
-                    self._replay(ev, group_base, group_events, released)
-        self._recover_producers(ends_seen)
-        ends = [log.end_offset for log in self.logs]
-        self.delays.recover(snap.get("delays"), released)
-        delay_end = self.delays.log.end_offset
-
-        def lost(mid: str) -> bool:
-            ref = parse_id(mid)
-            end = delay_end if ref.partition == DELAY_PARTITION else (
-                ends[ref.partition] if ref.partition < len(ends) else 0)
-            return ref.offset >= end
-
-        self.dedup.drop_if(lost)
-        self.producers.clamp(ends, delay_end)
-        for name, (settings, gsnap) in group_base.items():
-            self.groups[name] = GroupState.restore(
-                gsnap, group_events[name], self.name, self.incarnation, name, settings,
-                self.logs, now_us=now_us)
-        self.last_snapshot_us = now_us
-
-    def _recover_producers(self, journaled_ends: list[int]) -> None:
-        """Idempotent-producer and dedup state from the data itself (as Kafka rebuilds producer
-        state from batch headers): a batch made durable just before a crash whose journal event
-        was not is still recognised when it is sent again, so it is not stored twice. Reads
-        each partition from the offset up to which the journal covered it (J3)."""
-        for part, log in enumerate(self.logs):
-            offset = max(journaled_ends[part] if part < len(journaled_ends) else 0, log.start_offset)
-            while offset < log.end_offset:
-                views = log.read(offset, max_records=10_000, max_bytes=16 << 20)
-                if not views:
-                    break
-                for v in views:
-                    if v.last_offset < offset:
-                        continue
-                    if v.producer_id >= 0 and v.base_sequence >= 0:
-                        self._recognise(part, v.producer_id, v.producer_epoch, v.base_sequence,
-                                        v.count, v.base_offset, v.first_timestamp_us)
-                    if v.attributes & HAS_EXT:
-                        self._recognise_dedup(part, v)
-                offset = views[-1].last_offset + 1
-
-    def _recognise_dedup(self, part: int, view: BatchView) -> None:
-        window_us = int(self.config.dedup_window * 1_000_000)
-        for i, (_key, _rk, _headers, dedup_id) in enumerate(view.extensions()):
-            if dedup_id is not None and self.dedup.get(dedup_id, view.first_timestamp_us) is None:
-                mid = self.ids(part, view.base_offset + i, 1)[0]
-                self.dedup.put(dedup_id, mid, view.first_timestamp_us + window_us)
-
-    def _recognise(self, part: int, pid: int, epoch: int, seq: int, count: int, base: int,
-                   ts: int) -> None:
-        try:
-            known = self.producers.check(part, pid, epoch, seq, count)
-        except InvalidArgument:
-            return  # older than what the journal holds: nothing to add
-        if known is None:
-            self.producers.record(part, pid, epoch, seq, count, (part, base, count), ts)
-
-    def _replay(self, ev: list[Any], group_base: dict[str, tuple[GroupSettings, Any]],
-                group_events: dict[str, list[Any]], released: list[int]) -> None:
-        kind = ev[0]
-        if kind == "g":
-            if ev[1] in group_events:
-                group_events[ev[1]].extend(ev[2])
-        elif kind in ("gc", "gu"):
-            group_base[ev[1]] = (settings_in(ev[2]), ev[3])
-            group_events[ev[1]] = []
-        elif kind == "gd":
-            group_base.pop(ev[1], None)
-            group_events.pop(ev[1], None)
-        elif kind == "dr":
-            released.extend(ev[1])
-        elif kind == "dd":
-            self.dedup.load(ev[1])
-        elif kind == "pr":
-            _, part, pid, epoch, seq, count, ids, used = ev
-            self.producers.record(part, pid, epoch, seq, count, ids_in(ids), used)
-        elif kind == "rd":
-            self.redrive[(ev[1], ev[2], ev[3])] = ev[4]
 
     # --- groups ----------------------------------------------------------------------------
 

@@ -147,7 +147,7 @@ def _consume(mq: Any, topic: str, count: int, args: argparse.Namespace, report: 
     _fill(mq, topic, count, args, "prefill")
     got = 0
     start = time.perf_counter()
-    with mq.subscribe(topic, "bench", start="earliest", prefetch=args.batch) as sub, \
+    with mq.subscribe(topic, "bench", start="earliest", prefetch=min(args.batch, 10_000)) as sub, \
             _progress(count, "consume") as advance:
         idle = 0
         while got < count and idle < 10:

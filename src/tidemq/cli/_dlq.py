@@ -93,7 +93,7 @@ def _peek(mq: Any, dlq: str, limit: int) -> list[Any]:
     group = f"tidemq-cli-peek-{uuid.uuid4().hex[:12]}"
     out: list[Any] = []
     try:
-        with mq.subscribe(dlq, group, start="earliest", prefetch=limit) as sub:
+        with mq.subscribe(dlq, group, start="earliest", prefetch=min(limit, 10_000)) as sub:
             while len(out) < limit:
                 got = sub.receive(max_messages=limit - len(out), timeout=0.3)
                 if not got:

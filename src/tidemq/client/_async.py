@@ -101,8 +101,7 @@ class AsyncSubscription:
 
     async def reject(self, ids: Any, reason: str = "rejected") -> None:
         """Dead-letter now, with ``reason`` in the dead letter's headers."""
-        if not isinstance(reason, str):
-            raise InvalidArgument("reason must be a str")
+        _common.reject_reason(reason)
         await self._client._t.reject(await self._join(), _ids(ids), reason)
 
     async def close(self) -> None:
@@ -244,8 +243,8 @@ class AsyncClient:
                   max_deliveries: int | None = None, backoff: Any = None,
                   dead_letter_topic: str | None = None) -> AsyncSubscription:
         """A subscription; ``async for`` it directly, or ``await`` it to join now."""
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise InvalidArgument("prefetch must be an int >= 1")
+        _common.prefetch(prefetch)
+        _common.group_name(group)
         explicit = _common.group_settings(dict(
             mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
             max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic))

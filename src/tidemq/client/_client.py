@@ -125,8 +125,7 @@ class Subscription:
 
     def reject(self, ids: Any, reason: str = "rejected") -> None:
         """Dead-letter now, with ``reason`` in the dead letter's headers."""
-        if not isinstance(reason, str):
-            raise InvalidArgument("reason must be a str")
+        _common.reject_reason(reason)
         self._t.reject(self._member, _ids(ids), reason)
 
     def close(self) -> None:
@@ -364,8 +363,8 @@ class Client:
                   dead_letter_topic: str | None = None) -> Subscription:
         """Join ``group`` of ``topic`` (creating it with these settings if new). Settings left
         out are the group's; different ones raise GroupSettingsMismatch."""
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise InvalidArgument("prefetch must be an int >= 1")
+        _common.prefetch(prefetch)
+        _common.group_name(group)
         explicit = _common.group_settings(dict(
             mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
             max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic))

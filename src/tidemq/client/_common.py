@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from ..broker._limits import check_extend, check_nack_delay, check_prefetch, check_reason
+from ..broker._names import validate_group_name
 from ..broker._types import Backoff, GroupSettings, TopicConfig
 from ..errors import InvalidArgument, Unsupported
 from ..storage import Record
@@ -26,6 +28,11 @@ __all__ = [
     "topic_config",
     "group_settings",
     "merge_settings",
+    "nack_delay",
+    "extend_seconds",
+    "prefetch",
+    "reject_reason",
+    "group_name",
 ]
 
 _US = 1_000_000
@@ -68,7 +75,30 @@ def parse_url(url: str) -> Endpoint:
                           "file://PATH or tidemq://host:port")
 
 
+# The broker's own checks, so a client refuses what the broker would refuse before sending
+# (same bounds, same messages; docs/semantics.md, "Limits").
+nack_delay = check_nack_delay  # None or seconds in [0, 24 h]
+extend_seconds = check_extend  # seconds in (0, 12 h]
+prefetch = check_prefetch  # 1 to 10,000
+reject_reason = check_reason  # a str of at most 1,024 characters
+group_name = validate_group_name  # 1-200 printable characters
+
+
 def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
+    """Seconds the clients take: ``"delay"`` is a nack delay and ``"seconds"`` a lease
+    extension, each with the broker's bounds; any other name a finite duration >= 0 (> 0
+    with ``positive``)."""
+    if name == "delay":
+        v = check_nack_delay(value)
+        if v is None:
+            raise InvalidArgument("delay must be a number of seconds")
+        return v
+    if name == "seconds":
+        return check_extend(value)
+    return _duration(name, value, positive=positive)
+
+
+def _duration(name: str, value: Any, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"{name} must be a number of seconds, not {type(value).__name__}")
     v = float(value)
@@ -81,7 +111,7 @@ def _deliver_at_us(delay: Any, deliver_at: Any, now: float) -> int:
     if delay is not None and deliver_at is not None:
         raise InvalidArgument("give either delay or deliver_at, not both")
     if delay is not None:
-        d = _seconds("delay", delay)
+        d = _duration("delay", delay)
         return int((now + d) * _US) if d > 0 else 0
     if deliver_at is None:
         return 0
@@ -90,7 +120,7 @@ def _deliver_at_us(delay: Any, deliver_at: Any, now: float) -> int:
             raise InvalidArgument("deliver_at must be an aware datetime (with tzinfo) or epoch seconds")
         ts = deliver_at.timestamp()
     else:
-        ts = _seconds("deliver_at", deliver_at)
+        ts = _duration("deliver_at", deliver_at)
     return int(ts * _US) if ts > now else 0
 
 
@@ -150,7 +180,7 @@ def make_record(
     at = 0
     if delay is not None or deliver_at is not None:
         at = _deliver_at_us(delay, deliver_at, time.time() if now is None else now)
-    ttl_us = int(_seconds("ttl", ttl, positive=True) * _US) if ttl is not None else 0
+    ttl_us = int(_duration("ttl", ttl, positive=True) * _US) if ttl is not None else 0
     return Record(_body(body), _key(key), routing_key, _headers(headers), priority, at, ttl_us,
                   dedup_id)
 
@@ -216,7 +246,10 @@ def _backoff(value: Any) -> Backoff:
         except msgspec.ValidationError as e:
             raise InvalidArgument(f"bad backoff: {e}") from None
     if isinstance(value, tuple | list) and len(value) == 3:
-        return Backoff(float(value[0]), float(value[1]), float(value[2]))
+        try:
+            return Backoff(float(value[0]), float(value[1]), float(value[2]))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"bad backoff {value!r}: {e}") from None
     raise InvalidArgument("backoff must be a Backoff, a dict(initial, multiplier, max) or a 3-tuple")
 
 
@@ -239,7 +272,7 @@ def merge_settings(base: GroupSettings | None, explicit: dict[str, Any]) -> Grou
         raise InvalidArgument(f"bad group setting: {e}") from None
     try:
         s = msgspec.convert(msgspec.to_builtins(s), GroupSettings)
-    except msgspec.ValidationError as e:
+    except (msgspec.ValidationError, TypeError, ValueError) as e:
         raise InvalidArgument(f"bad group setting: {e}") from None
     s.validate()
     return s

@@ -29,6 +29,8 @@ from ..storage import Record, open_store
 
 __all__ = ["EmbeddedTransport"]
 
+REDRIVE_BATCH = 10_000  # dead letters moved per broker call (bounded work under the lock)
+
 _deliver_at = attrgetter("deliver_at_us")
 _time_ns = time.time_ns
 _monotonic_ns = time.monotonic_ns
@@ -160,10 +162,22 @@ class EmbeddedTransport:
         self._barrier(topic)
 
     def redrive(self, topic: str, group: str, limit: int | None) -> int:
+        """Redrive in bounded steps (the broker moves at most ``REDRIVE_BATCH`` per call), the
+        lock released between them so other callers go on."""
         b = self._broker
-        n = self._driver.call(lambda: b.redrive(topic, group, limit=limit, now_us=now_us()))
+        moved = 0
+        while limit is None or moved < limit:
+            want = None if limit is None else limit - moved
+
+            def step(want: int | None = want) -> int:
+                return b.redrive(topic, group, limit=want, now_us=now_us(), max_batch=REDRIVE_BATCH)
+
+            n = self._driver.call(step)
+            moved += n
+            if n < REDRIVE_BATCH:
+                break
         self._barrier(topic)
-        return n
+        return moved
 
     # -- consuming --------------------------------------------------------------------------
 
