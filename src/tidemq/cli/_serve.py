@@ -3,7 +3,9 @@
 The flags are the server's own (``tidemq.server._main.build_parser``), so ``tidemq serve`` and
 ``python -m tidemq.server`` accept the same ones; this module adds ``--http-port`` (reserved for
 the HTTP API, which is not in this version) and maps failures to the CLI's exit codes.
-Settings come from defaults, then ``--config FILE`` (TOML), then flags.
+Settings come from defaults, then ``--config FILE`` (TOML), then flags; the limit flags
+(``--max-connections``, ``--handshake-timeout``, ``--write-timeout`` ...) are listed in
+docs/server.md, "Limits".
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidArgument
     from ..server import serve
-    from ..server._main import config_from_args
+    from ..server._main import _loop_factory, config_from_args
 
     level = str(args.log_level).upper()
     if not isinstance(logging.getLevelName(level), int):
@@ -62,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         note("the HTTP API is not available in this version; --http-port is ignored")
     try:
-        asyncio.run(serve(config))
+        loop_factory = _loop_factory(config.loop)
+    except ImportError:
+        raise UsageError("--loop uvloop needs the uvloop package (pip install uvloop)",
+                         "tidemq serve") from None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:  # --loop, as python -m
+            runner.run(serve(config))
     except OSError as exc:
         if exc.errno is None:
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -122,10 +122,10 @@ _DECODE_FAILURES: Final = (
 )
 
 
-def _check_limit(max_frame_size: int) -> int:
+def _check_limit(max_frame_size: int, what: str = "max_frame_size") -> int:
     if not MIN_MAX_FRAME_SIZE <= max_frame_size <= MAX_U32:
         raise errors.InvalidArgument(
-            f"max_frame_size {max_frame_size} is outside [{MIN_MAX_FRAME_SIZE}, {MAX_U32}]")
+            f"{what} {max_frame_size} is outside [{MIN_MAX_FRAME_SIZE}, {MAX_U32}]")
     return max_frame_size
 
 
@@ -169,10 +169,21 @@ class Decoder:
     as soon as its 4-byte length has arrived, before its payload is buffered; any malformed
     frame raises ``ProtocolError``. After either error the stream cannot be resynchronised:
     the decoder keeps raising the same error and the connection should be closed.
+
+    ``max_control_frame_size`` (default: no separate limit) bounds every frame but those of
+    ``large_frame_types`` (default ``Publish`` and ``Deliver``, the message batches), checked
+    from the 12-byte header before the payload is buffered: a receiver whose decoding cost
+    grows with the item count of a frame (ack ranges, id lists, msgpack maps) caps that work
+    without capping the size of message batches. (A server takes only ``Publish`` large.)
     """
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, *,
+                 max_control_frame_size: int | None = None,
+                 large_frame_types: Iterable[type[FrameBase]] = (Publish, Deliver)) -> None:
         self._max = _check_limit(max_frame_size)
+        self._max_control = MAX_U32 if max_control_frame_size is None else _check_limit(
+            max_control_frame_size, "max_control_frame_size")
+        self._large = frozenset(t.TYPE for t in large_frame_types)
         self._buf = bytearray()
         self._pos = 0  # start of the first undecoded byte in _buf
         self._error: errors.ProtocolError | None = None
@@ -185,6 +196,16 @@ class Decoder:
     @max_frame_size.setter
     def max_frame_size(self, value: int) -> None:
         self._max = _check_limit(value)
+
+    @property
+    def max_control_frame_size(self) -> int:
+        """The largest frame accepted of any type but ``Publish`` and ``Deliver`` (the smaller
+        of this and :attr:`max_frame_size` applies)."""
+        return self._max_control
+
+    @max_control_frame_size.setter
+    def max_control_frame_size(self, value: int) -> None:
+        self._max_control = _check_limit(value, "max_control_frame_size")
 
     @property
     def buffered(self) -> int:
@@ -216,6 +237,11 @@ class Decoder:
         decode = _DECODERS.get(frame_type)
         if length > self._max or length < HEADER_SIZE or decode is None or flags or reserved:
             self._check_header(length, frame_type, flags, reserved)
+        if length > self._max_control and frame_type not in self._large:
+            self._error = errors.FrameTooLarge(
+                f"peer sent a {_type_name(frame_type)} frame of {length} bytes; this frame "
+                f"type may have at most {self._max_control} bytes")
+            raise self._error
         if available < length:
             return NEED_DATA
         view = memoryview(buf)[pos + HEADER_SIZE:pos + length]

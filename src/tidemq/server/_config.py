@@ -12,14 +12,18 @@ The TOML file holds the same names as :class:`ServerConfig`, either at top level
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from ..driver import BLOCK_TIMEOUT
 from ..errors import InvalidArgument
+from ..protocol import MIN_MAX_FRAME_SIZE
 
 __all__ = ["ServerConfig", "load_config"]
+
+MAX_FRAME_BYTES = 0xFFFF_FFFF  # a frame's length is a u32
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,25 +40,54 @@ class ServerConfig:
     heartbeat_interval: float = 5.0  # we ping an idle connection this often
     heartbeat_timeout: float = 15.0  # silence this long => the peer is dead, leases released
     max_frame_bytes: int = 16 * 1024 * 1024
-    write_high_water: int = 1024 * 1024  # stop pushing deliveries above this many buffered bytes
-    write_low_water: int = 256 * 1024  # resume pushing below this
+    # Output of one connection (our queue + the transport's buffer): above the high-water mark
+    # nothing more is pushed to it and its requests wait unread; below the low one they resume.
+    write_high_water: int = 1024 * 1024
+    write_low_water: int = 256 * 1024
     push_batch: int = 512  # most deliveries fetched for one member per push step
+    push_bytes: int = 1024 * 1024  # about the most body bytes fetched for one member per step
     auto_create_topics: bool = True
     block_timeout: float = BLOCK_TIMEOUT  # longest a publish waits on a full backlog (policy 'block'), as embedded
     shutdown_grace: float = 5.0  # seconds to let in-flight requests finish on SIGTERM
     loop: str = "auto"  # "auto" (uvloop if installed), "asyncio" or "uvloop"; docs/server.md
     fsync_threads: int = 4  # parallel fsyncs of one group-commit phase
 
+    # --- limits: every resource a peer can make the server spend (docs/server.md "Limits") ---
+    max_connections: int = 10_000  # open connections, all peers together
+    max_connections_per_ip: int = 1_000  # open connections from one peer address
+    handshake_timeout: float = 5.0  # a connection without a complete Hello by then is closed
+    max_hello_bytes: int = 16 * 1024  # largest frame accepted before the Hello is accepted
+    max_request_bytes: int = 1024 * 1024  # largest frame but Publish (its decoding cost)
+    write_timeout: float = 30.0  # output above write_high_water this long: slow peer, closed
+    max_held_bytes: int = 8 * 1024 * 1024  # publishes held by a full backlog, then stop reading
+    max_inflight: int = 10_000  # answers of one connection waiting for an fsync, then stop
+    max_subscriptions_per_connection: int = 1_000
+    max_ack_messages: int = 100_000  # messages one Ack/Nack/Extend/Reject may name (see docs)
+    settle_step: int = 2_000  # ids settled per loop iteration; a larger request takes several
+    redrive_batch: int = 10_000  # dead letters moved per loop iteration by DlqRedrive
+
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port must be in 0..65535, got {self.port}")
-        for name in ("sync_interval", "heartbeat_interval", "heartbeat_timeout", "block_timeout"):
-            if getattr(self, name) <= 0:
-                raise InvalidArgument(f"{name} must be > 0 seconds")
+        for name in ("sync_interval", "heartbeat_interval", "heartbeat_timeout", "block_timeout",
+                     "handshake_timeout", "write_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
         if self.heartbeat_timeout < self.heartbeat_interval:
             raise InvalidArgument("heartbeat_timeout must be >= heartbeat_interval")
-        if self.max_frame_bytes < 1024:
-            raise InvalidArgument("max_frame_bytes must be >= 1024")
+        if not MIN_MAX_FRAME_SIZE <= self.max_frame_bytes <= MAX_FRAME_BYTES:
+            raise InvalidArgument(f"max_frame_bytes must be in [{MIN_MAX_FRAME_SIZE}, "
+                                  f"{MAX_FRAME_BYTES}] (the protocol's floor and a u32 length)")
+        if not 1024 <= self.max_hello_bytes <= MIN_MAX_FRAME_SIZE:
+            raise InvalidArgument(f"max_hello_bytes must be in [1024, {MIN_MAX_FRAME_SIZE}]")
+        if self.max_request_bytes < MIN_MAX_FRAME_SIZE:
+            raise InvalidArgument(f"max_request_bytes must be >= {MIN_MAX_FRAME_SIZE}")
+        for name in ("max_connections", "max_connections_per_ip", "max_held_bytes", "max_inflight",
+                     "max_subscriptions_per_connection", "max_ack_messages", "settle_step",
+                     "redrive_batch", "push_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be >= 1")
         if not 0 <= self.write_low_water < self.write_high_water:
             raise InvalidArgument("need 0 <= write_low_water < write_high_water")
         if self.loop not in ("auto", "asyncio", "uvloop"):

@@ -13,6 +13,23 @@ Failure rules (SPEC §9):
 - a request the broker refuses: an ``Error`` frame with the request's id; the connection goes on;
 - a bug (any other exception): logged, answered as ``InternalError``; the connection goes on.
 
+Bounded resources (docs/server.md, "Limits"): until its ``Hello`` is accepted a connection
+may declare frames of at most 64 KiB, have at most ``max_hello_bytes`` waiting undecoded, and
+must complete its Hello within ``handshake_timeout``; afterwards frames other than ``Publish``
+may have at most ``max_request_bytes`` (refused from their header). A connection's frames wait unread in its decoder (and reading pauses, so
+TCP pushes back on the peer) while any of these holds:
+
+- its output — our queue plus the transport's buffer — is above ``write_high_water`` (the
+  transport says so with ``pause_writing`` until it drained to ``write_low_water``); output that
+  does not drain within ``write_timeout`` ends the connection (a slow consumer: its leases are
+  released);
+- ``max_inflight`` of its answers wait for an fsync;
+- one of its requests runs in steps (:meth:`Connection.continue_soon`);
+- (reading only) more than ``max_held_bytes`` of publishes are held by a full backlog.
+
+A connection whose reading we paused is not judged by its silence (heartbeats); the rules
+above end it instead.
+
 Leases: when the connection ends — EOF, a socket error, heartbeat silence or server shutdown —
 :meth:`Connection.release` unsubscribes each of its members at once (through the server's
 subscription registry), which releases their leases: the messages become ready for other members
@@ -27,6 +44,7 @@ request handlers get. The import order is one-way: ``_push`` → ``_registry`` �
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -36,7 +54,15 @@ from typing import Any, cast
 
 from .. import protocol as P
 from ..broker import Broker, SyncToken
-from ..errors import BacklogFull, InternalError, ProtocolError, StorageFailed, TideMQError
+from ..errors import (
+    BacklogFull,
+    FrameTooLarge,
+    InternalError,
+    ProtocolError,
+    StorageFailed,
+    TideMQError,
+    Timeout,
+)
 from ._config import ServerConfig
 from ._dispatch import HANDLERS, Blocked, Handler
 from ._registry import Subscriptions
@@ -45,8 +71,8 @@ __all__ = ["Connection", "Services", "MakeDurable"]
 
 log = logging.getLogger("tidemq.server")
 
-HELD_LIMIT = 8 * 1024 * 1024  # bytes of held publishes before we stop reading the connection
 SERVER_NAME = "tidemq"
+CLOSE_GRACE = 2.0  # seconds a closed connection gets to take its last frames, then aborted
 
 #: ``make_durable(token, done)``: make ``token`` durable off the loop, then call ``done(None)``
 #: (or ``done(exc)``) on the loop. The server decides how (today: its group committer).
@@ -69,12 +95,18 @@ class Services:
     # DriverCore.blocked: seconds to wait before retrying a publish blocked by a full backlog,
     # or BacklogFull once it waited block_timeout (the same rule as embedded).
     blocked: Callable[[str, BacklogFull, int, int], float]
+    # The server admitted this connection's peer address (max_connections_per_ip): called
+    # once when the connection ends, with that address.
+    leave: Callable[[str], None] = lambda ip: None
 
 
 class Connection(asyncio.Protocol):
-    """The server side of one TCP connection. Lives on the server's event loop only."""
+    """The server side of one TCP connection. Lives on the server's event loop only.
 
-    def __init__(self, services: Services) -> None:
+    ``peer_ip`` is the address the server counted the connection under when it admitted it
+    (``Services.leave`` gets it back when the connection ends)."""
+
+    def __init__(self, services: Services, peer_ip: str = "?") -> None:
         self._services = services
         cfg = services.config
         self.config = cfg
@@ -85,15 +117,31 @@ class Connection(asyncio.Protocol):
         self.now_us = services.now_us
         self.mono_us = services.mono_us
         self.want_push = services.want_push
-        self.decoder = P.Decoder(max_frame_size=cfg.max_frame_bytes)
+        # Until the Hello is accepted only the protocol's smallest frame limit applies, and at
+        # most max_hello_bytes may wait undecoded (data_received): a slow-loris peer cannot
+        # make us buffer more. The session's limits apply from then on (_hello).
+        self.decoder = P.Decoder(max_frame_size=P.MIN_MAX_FRAME_SIZE,
+                                 large_frame_types=(P.Publish,))
         self.max_frame_size = cfg.max_frame_bytes
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_ip = peer_ip
+        self._counted = True  # Services.leave not called yet
         self.ready = False  # Hello received and answered
         self.closed = False
-        self.writable = True  # False while the transport's buffer is above the high-water mark
         self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._high = cfg.write_high_water
         self._flush_scheduled = False
+        self._stalled = False  # the transport's buffer is above the high-water mark
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._push_waiting = False  # a push skipped us for lack of room: offer it again
+        self._reading = True
+        self._processing = False
+        self._busy = False  # a request runs in steps: later frames wait (continue_soon)
+        self._inflight = 0  # answers waiting for an fsync
+        self._max_inflight = cfg.max_inflight
         self.last_received = time.monotonic()
         self.last_sent = self.last_received
         self._ping_id = 0
@@ -113,9 +161,11 @@ class Connection(asyncio.Protocol):
         peer = t.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self._services.stopping():
-            t.abort()
+            self.abort()
             return
         self._services.connections.add(self)
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            cfg.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
@@ -126,15 +176,26 @@ class Connection(asyncio.Protocol):
             self.fail(exc)
             return
         self._process()
+        if not self.ready and decoder.buffered > self.config.max_hello_bytes and not self.closed:
+            self.fail(FrameTooLarge(
+                f"more than {self.config.max_hello_bytes} bytes before a complete Hello; a "
+                "client sends Hello first and waits for HelloOk"))
 
     def _process(self) -> None:
-        """Handle every whole frame buffered. While publishes are held by a full backlog, later
+        """Handle the frames buffered, in order, until none is whole or the connection must
+        wait (see the module docstring). While publishes are held by a full backlog, later
         publishes queue behind them (their order is kept); other frames — acks above all, which
         are what frees the backlog — are handled at once."""
+        if self._processing:  # a callback fired by a frame being handled: that loop goes on
+            return
+        self._processing = True
         decoder = self.decoder
         held = self._held
+        high = self._high
         try:
             while not self.closed:
+                if self._busy or self._stalled or self._inflight >= self._max_inflight:
+                    break
                 frame = decoder.next_frame()
                 if frame is P.NEED_DATA:
                     break
@@ -142,21 +203,47 @@ class Connection(asyncio.Protocol):
                     self._hold(frame)
                 else:
                     self._handle(frame)
+                if self._out_bytes > high:
+                    self._flush()  # hands it to the transport, which may stall (pause_writing)
         except ProtocolError as exc:  # the stream cannot be resynchronised: end this connection
             log.info("closing %s: %s", self.peer, exc.message)
             self.fail(exc)
             return
+        finally:
+            self._processing = False
         if self._out:
             self._flush()
+        self._update_reading()
         self.want_push(None)
 
+    def _update_reading(self) -> None:
+        """Read from the socket only while frames read could be handled (TCP pushes back on
+        the peer otherwise: its frames cannot pile up in our buffers)."""
+        t = self.transport
+        if t is None or self.closed:
+            return
+        want = not (self._busy or self._stalled or self._inflight >= self._max_inflight
+                    or self._held_bytes > self.config.max_held_bytes)
+        if want == self._reading:
+            return
+        self._reading = want
+        if want:
+            t.resume_reading()
+            self.last_received = time.monotonic()  # its silence was ours: a fresh window
+        else:
+            t.pause_reading()
+
+    def _unblocked(self) -> None:
+        """Something that held this connection's input back may have ended: go on."""
+        if not self.closed:
+            self._process()
+
     def _hold(self, frame: Any) -> None:
-        """Queue a publish behind a blocked one. Past ``HELD_LIMIT`` bytes held, stop reading
+        """Queue a publish behind a blocked one. Past ``max_held_bytes`` held, stop reading
         the connection: TCP then pushes back on the producer."""
         self._held.append(frame)
         self._held_bytes += len(frame.batch)
-        if self._held_bytes > HELD_LIMIT and self.transport is not None:
-            self.transport.pause_reading()
+        self._update_reading()
 
     def _park(self, frame: Any) -> None:
         """Backlog full under policy 'block': keep ``frame`` first in line and retry it every
@@ -196,9 +283,7 @@ class Connection(asyncio.Protocol):
                 break
         if not held:
             self._held_bytes = 0
-            if self.transport is not None and self.writable:
-                self.transport.resume_reading()
-            self._process()  # frames left in the decoder while reading was paused
+            self._unblocked()  # frames left in the decoder while reading was paused
         elif self._out:
             self._flush()
 
@@ -210,31 +295,74 @@ class Connection(asyncio.Protocol):
         self.release()
 
     def pause_writing(self) -> None:
-        # The peer reads slower than we write: stop pushing to it, and stop reading its
-        # requests so their answers cannot pile up either (TCP pushes back on the peer).
-        self.writable = False
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # The peer reads slower than we write: push nothing more to it, and handle none of its
+        # requests, so their answers cannot pile up either. If it does not drain within
+        # write_timeout it is a slow consumer and is dropped (its leases released).
+        self._stalled = True
+        self._update_reading()
+        if self._stall_timer is None and not self.closed:
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                self.config.write_timeout, self._write_timed_out)
 
     def resume_writing(self) -> None:
-        self.writable = True
-        if self.transport is not None and not self.closed and self._held_bytes <= HELD_LIMIT:
-            self.transport.resume_reading()
+        self._stalled = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self.closed:
+            return
         for sub in self.registry.of_connection(self):
             self.want_push(sub.member)
+        self._push_waiting = False
+        self._unblocked()
+
+    def _write_timed_out(self) -> None:
+        self._stall_timer = None
+        if self.closed or not self._stalled:
+            return
+        log.info("closing %s: its output stayed above %d bytes for %.1f s (a slow consumer; "
+                 "write_timeout)", self.peer, self._high, self.config.write_timeout)
+        self.abort()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self.ready or self.closed:
+            return
+        timeout = self.config.handshake_timeout
+        log.info("closing %s: no Hello within %.1f s (handshake_timeout)", self.peer, timeout)
+        self.fail(Timeout(f"no complete Hello within {timeout:g} s of connecting; a client "
+                          "sends Hello first, at once"))
 
     # --- frames out -------------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        """True while this connection's output is below the high-water mark."""
+        return not self._stalled and self._out_bytes < self._high
+
+    def ready_for_push(self) -> bool:
+        """:attr:`writable`; if not, the connection's members are offered a push again once its
+        output drained (``Peer`` of ``_push``)."""
+        if not self._stalled and self._out_bytes < self._high:
+            return True
+        self._push_waiting = True
+        return False
 
     def send(self, frame: Any) -> None:
         """Queue ``frame`` for the next flush (same loop iteration). Dropped once closed."""
         if self.closed:
             return
         try:
-            self._out += P.encode_buffers(frame, max_frame_size=self.max_frame_size)
+            parts = P.encode_buffers(frame, max_frame_size=self.max_frame_size)
         except TideMQError as exc:
-            # An answer too large for the session (a huge describe): say so instead.
             rid = getattr(frame, "request_id", 0)
-            self._out += P.encode_buffers(P.Error.from_exception(exc, rid))
+            if not rid:  # a push: nothing to answer (the push splits to fit: a bug)
+                log.error("cannot send %s to %s: %s", type(frame).__name__, self.peer, exc)
+                return
+            # An answer too large for the session (a huge describe): say so instead.
+            parts = P.encode_buffers(P.Error.from_exception(exc, rid))
+        self._out += parts
+        self._out_bytes += sum(map(len, parts))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -245,21 +373,51 @@ class Connection(asyncio.Protocol):
     def after_sync(self, token: SyncToken, answer: Callable[[], Any]) -> None:
         """Send ``answer()`` now, or once ``token`` is durable when its topic needs that (the
         server's ``make_durable`` decides how). A failed sync answers with the error instead;
-        ``answer`` may carry the ``request_id`` that error answers."""
+        ``answer`` may carry the ``request_id`` that error answers. At most ``max_inflight``
+        answers of a connection wait so; then its input waits too."""
         if not self.broker.needs_sync(token):
             self.send(answer())
             return
         rid = getattr(answer, "request_id", 0)
+        self._inflight += 1
 
         def done(exc: BaseException | None) -> None:
+            self._inflight -= 1
             if exc is None:
                 self.send(answer())
             elif isinstance(exc, TideMQError):
                 self.send_error(rid, exc)
             else:
                 self.send_error(rid, StorageFailed(f"fsync failed: {exc}"))
+            if self._inflight == self._max_inflight - 1:
+                self._unblocked()
 
         self._services.make_durable(token, done)
+
+    def continue_soon(self, request_id: int, step: Callable[[], bool]) -> None:
+        """Run ``step`` on the next loop iteration, and again until it returns True; later
+        frames of this connection wait meanwhile (``_dispatch.Context.continue_soon``)."""
+        self._busy = True
+        asyncio.get_running_loop().call_soon(self._run_step, request_id, step)
+
+    def _run_step(self, request_id: int, step: Callable[[], bool]) -> None:
+        if self.closed:
+            self._busy = False
+            return
+        try:
+            done = step()
+        except TideMQError as exc:
+            self.send_error(request_id, exc)
+            done = True
+        except Exception as exc:  # a bug: report it, keep the connection
+            log.exception("a request step for %s failed", self.peer)
+            self.send_error(request_id, InternalError(f"{type(exc).__name__}: {exc}"))
+            done = True
+        if not done:
+            asyncio.get_running_loop().call_soon(self._run_step, request_id, step)
+            return
+        self._busy = False
+        self._unblocked()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -267,9 +425,14 @@ class Connection(asyncio.Protocol):
         if not out:
             return
         self._out = []
+        self._out_bytes = 0
         if self.transport is not None and not self.closed:
-            self.transport.writelines(out)
+            self.transport.writelines(out)  # may call pause_writing
             self.last_sent = time.monotonic()
+            if self._push_waiting and not self._stalled:
+                self._push_waiting = False
+                for sub in self.registry.of_connection(self):
+                    self.want_push(sub.member)
 
     # --- frames in --------------------------------------------------------------------------
 
@@ -305,15 +468,22 @@ class Connection(asyncio.Protocol):
         if isinstance(answer, P.Error):  # no common version: fatal, then close
             self._fail_with(answer)
             return
-        self.max_frame_size = self.decoder.max_frame_size = answer.max_frame_size
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        session = answer.max_frame_size
+        self.max_frame_size = self.decoder.max_frame_size = session
+        self.decoder.max_control_frame_size = min(session, self.config.max_request_bytes)
         self.ready = True
         self.send(answer)
 
     # --- heartbeats and ending --------------------------------------------------------------
 
     def check_heartbeat(self, now: float, interval: float, timeout: float) -> None:
-        """Called every ``interval/2`` s: ping a quiet peer, drop a silent one."""
-        if self.closed:
+        """Called every ``interval/2`` s: ping a quiet peer, drop a silent one. A connection
+        before its Hello (handshake_timeout) or whose reading we paused (write_timeout ...) is
+        judged by those rules instead."""
+        if self.closed or not self.ready or not self._reading:
             return
         silent = now - self.last_received
         if silent >= timeout:
@@ -337,10 +507,14 @@ class Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
-        """Flush, release every lease, close the socket."""
-        if self.transport is not None and not self.closed:
+        """Flush, release every lease, close the socket. A peer that does not take the last
+        frames within ``CLOSE_GRACE`` s is cut off."""
+        t = self.transport
+        if t is not None and not self.closed:
             self._flush()
-            self.transport.close()
+            t.close()
+            if t.get_write_buffer_size():
+                asyncio.get_running_loop().call_later(CLOSE_GRACE, _abort_quietly, t)
         self.release()
 
     def abort(self) -> None:
@@ -355,5 +529,20 @@ class Connection(asyncio.Protocol):
             return
         self.closed = True
         self._out = []
+        self._out_bytes = 0
+        for timer in (self._handshake_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._handshake_timer = self._stall_timer = None
+        self._held.clear()
+        self._held_bytes = 0
         self._services.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            self._services.leave(self.peer_ip)
         self.registry.close_connection(self)
+
+
+def _abort_quietly(transport: asyncio.Transport) -> None:
+    with contextlib.suppress(Exception):
+        transport.abort()

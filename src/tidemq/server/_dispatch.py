@@ -7,11 +7,25 @@ frames out). Each runs on the event loop inside ``Connection.data_received``; a
 ``TideMQError`` it raises becomes an ``Error`` frame answering that request (see
 ``_connection``). Writes whose topic has durability ``always`` are answered only once the
 server made them durable (:meth:`Context.after_sync`).
+
+Bounded work per request (docs/server.md, "Limits"): no handler spends more than a few ms of
+the loop on one step. Settlement requests (``Ack`` ranges, ``Nack``/``Extend``/``Reject`` id
+lists) may name at most :meth:`Subscription.ack_limit` messages and are applied
+``settle_step`` ids per loop iteration; ``DlqRedrive`` moves ``redrive_batch`` dead letters per
+iteration. Meanwhile the connection handles none of its later frames, so its requests keep
+their order (:meth:`Context.continue_soon`). Numbers from the wire are checked to be finite
+before the broker sees them, so a NaN or an infinity is an ``InvalidArgument``, never an
+``InternalError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import msgspec
@@ -20,9 +34,13 @@ from .. import protocol as P
 from ..broker import Broker, GroupSettings, PublishResult, SyncToken, TopicConfig, parse_id
 from ..errors import BacklogFull, InvalidArgument, TideMQError, Unsupported
 from ..storage import verify
+from ._config import ServerConfig
+from ._push import DELIVER_OVERHEAD, Subscription
 from ._registry import Subscriptions
 
 __all__ = ["HANDLERS", "Blocked", "Context", "Handler"]
+
+log = logging.getLogger("tidemq.server")
 
 
 class Blocked(Exception):
@@ -33,7 +51,7 @@ class Context(Protocol):
     """What a handler may use: one connection's session (``Connection`` is one).
 
     It is also the connection's key in the registry (``ctx.registry.get(ctx, sub_id)``) and the
-    peer its subscriptions push to, hence ``writable``.
+    peer its subscriptions push to (``_push.Peer``: ``max_frame_size``, ``ready_for_push``).
     """
 
     @property
@@ -42,7 +60,15 @@ class Context(Protocol):
     @property
     def registry(self) -> Subscriptions: ...
 
-    writable: bool
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def max_frame_size(self) -> int:
+        """The session's frame limit (the smaller of both peers')."""
+
+    def ready_for_push(self) -> bool:
+        """True if the connection takes more output now (see ``_push.Peer``)."""
 
     def now_us(self) -> int:
         """Wall clock, µs since the epoch."""
@@ -65,6 +91,11 @@ class Context(Protocol):
     def close(self) -> None:
         """Flush, release every lease of this connection, close it."""
 
+    def continue_soon(self, request_id: int, step: Callable[[], bool], /) -> None:
+        """Call ``step`` on the next loop iteration, and again on later ones until it returns
+        True (it has answered ``request_id``). Until then the connection handles none of its
+        later frames. A ``TideMQError`` raised by ``step`` answers ``request_id`` and ends it."""
+
 
 Handler = Callable[[Context, Any], None]
 HANDLERS: dict[type[Any], Handler] = {}
@@ -83,10 +114,35 @@ def _builtins(value: Any) -> Any:
 
 
 def _convert(value: Any, typ: type[Any], what: str) -> Any:
+    _finite(value, what)
     try:
         return msgspec.convert(value, typ)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgument(f"bad {what}: {exc}") from None
+
+
+def _finite(value: Any, what: str) -> Any:
+    """``value`` if no float in it (a number, or maps and lists of them, as msgpack decodes
+    them) is NaN or infinite; else ``InvalidArgument``. The walk is bounded by the frame size."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is float:
+            if not math.isfinite(v):
+                raise InvalidArgument(f"{what}: numbers must be finite, got {v!r}")
+        elif type(v) is dict:
+            stack += v.keys()
+            stack += v.values()
+        elif type(v) is list or type(v) is tuple:
+            stack += v
+    return value
+
+
+def _str_arg(args: dict[str, Any], name: str, method: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{method} needs argument {name!r} as a string")
+    return value
 
 
 class _Answer:
@@ -165,9 +221,20 @@ def _subscribe(ctx: Context, f: P.Subscribe) -> None:
         settings.validate()
     if f.prefetch < 1:
         raise InvalidArgument("prefetch must be >= 1")
+    most = ctx.config.max_subscriptions_per_connection
+    if ctx.registry.count(ctx) >= most:
+        raise InvalidArgument(
+            f"this connection has {most} subscriptions open, the most allowed "
+            "(max_subscriptions_per_connection); close some, or open another connection")
     member = broker.subscribe(f.topic, f.group, settings, prefetch=f.prefetch,
                               now_us=ctx.now_us(), mono_us=ctx.mono_us())
     info = broker.describe_topic(f.topic)
+    if info.config.max_message_bytes + DELIVER_OVERHEAD > ctx.max_frame_size:
+        # Not refused: most topics never hold a message near their limit. One that does not
+        # fit a Deliver frame of this session is nacked by the push (others may take it).
+        log.warning("subscription to %r: messages of up to %d bytes may not fit this session's "
+                    "frame limit of %d bytes; raise the client's max_frame_size", info.name,
+                    info.config.max_message_bytes, ctx.max_frame_size)
     group = broker.describe_group(f.topic, f.group)
     sub = ctx.registry.open(ctx, member, info.name, info.incarnation, f.prefetch)
     # Answer once the group's state is durable at the topic's level (a group created under
@@ -199,38 +266,96 @@ def _settle(ctx: Context, rid: int, token: SyncToken, settled: int) -> None:
     ctx.after_sync(token, _Answer(rid, lambda: P.AckOk(request_id=rid, settled=settled)))
 
 
+def _check_count(sub: Subscription, ctx: Context, n: int, what: str) -> None:
+    limit = sub.ack_limit(ctx.config.max_ack_messages)
+    if n > limit:
+        raise InvalidArgument(
+            f"one {what} may name at most {limit} messages on this subscription (10 x prefetch, "
+            f"at most max_ack_messages), got {n}; split it")
+
+
+def _chunks(ids: list[str], step: int) -> Iterator[list[str]]:
+    for i in range(0, len(ids), step):
+        yield ids[i:i + step]
+
+
+def _settle_steps(ctx: Context, rid: int, chunks: Iterator[list[str]],
+                  apply: Callable[[list[str]], SyncToken]) -> None:
+    """Apply ``chunks`` of ids one per loop iteration, then answer with their merged token.
+    A chunk that fails answers with its error; the chunks before it stay applied (each
+    settlement is idempotent, so the client may simply retry)."""
+    token = SyncToken()
+    settled = 0
+
+    def step() -> bool:
+        nonlocal token, settled
+        ids = next(chunks, None)
+        if ids is None:
+            _settle(ctx, rid, token, settled)
+            return True
+        token = token.merge(apply(ids))
+        settled += len(ids)
+        return False
+
+    if not step():
+        ctx.continue_soon(rid, step)
+
+
 @_handles(P.Ack)
 def _ack(ctx: Context, f: P.Ack) -> None:
     sub = ctx.registry.require(ctx, f.subscription_id)
-    ids = sub.ids_for_ranges(f.ranges) if f.ranges else []
-    if f.ids:
-        ids += f.ids
-    token = ctx.broker.ack(sub.member, ids, now_us=ctx.now_us(), mono_us=ctx.mono_us())
-    _settle(ctx, f.request_id, token, len(ids))
+    ranges = f.ranges
+    # Each range names at least one message: a frame of many ranges fails before any sum.
+    _check_count(sub, ctx, len(ranges) + len(f.ids), "Ack")
+    total = len(f.ids)
+    if ranges:
+        total += sum(last - first for _, first, last in ranges) + len(ranges)
+        _check_count(sub, ctx, total, "Ack")
+    broker, member = ctx.broker, sub.member
+    step = ctx.config.settle_step
+    if total <= step:  # the common case: one broker call, now
+        ids = next(sub.iter_ids(ranges, step), []) if ranges else []
+        if f.ids:
+            ids += f.ids
+        token = broker.ack(member, ids, now_us=ctx.now_us(), mono_us=ctx.mono_us())
+        _settle(ctx, f.request_id, token, len(ids))
+        return
+    _settle_steps(ctx, f.request_id,
+                  itertools.chain(sub.iter_ids(ranges, step), _chunks(f.ids, step)),
+                  lambda ids: broker.ack(member, ids, now_us=ctx.now_us(), mono_us=ctx.mono_us()))
+
+
+def _settle_ids(ctx: Context, f: Any, what: str, apply: Callable[[str, list[str]], SyncToken]) -> None:
+    """Nack, Extend and Reject: ``apply(member, ids)`` in steps of ``settle_step`` ids."""
+    sub = ctx.registry.require(ctx, f.subscription_id)
+    _check_count(sub, ctx, len(f.ids), what)
+    member = sub.member
+    step = ctx.config.settle_step
+    if len(f.ids) <= step:
+        _settle(ctx, f.request_id, apply(member, f.ids), len(f.ids))
+        return
+    _settle_steps(ctx, f.request_id, _chunks(f.ids, step), lambda ids: apply(member, ids))
 
 
 @_handles(P.Nack)
 def _nack(ctx: Context, f: P.Nack) -> None:
-    sub = ctx.registry.require(ctx, f.subscription_id)
-    token = ctx.broker.nack(sub.member, f.ids, f.delay, now_us=ctx.now_us(),
-                            mono_us=ctx.mono_us())
-    _settle(ctx, f.request_id, token, len(f.ids))
+    if f.delay is not None:
+        _finite(f.delay, "nack delay")
+    _settle_ids(ctx, f, "Nack", lambda member, ids: ctx.broker.nack(
+        member, ids, f.delay, now_us=ctx.now_us(), mono_us=ctx.mono_us()))
 
 
 @_handles(P.Reject)
 def _reject(ctx: Context, f: P.Reject) -> None:
-    sub = ctx.registry.require(ctx, f.subscription_id)
-    token = ctx.broker.reject(sub.member, f.ids, f.reason, now_us=ctx.now_us(),
-                              mono_us=ctx.mono_us())
-    _settle(ctx, f.request_id, token, len(f.ids))
+    _settle_ids(ctx, f, "Reject", lambda member, ids: ctx.broker.reject(
+        member, ids, f.reason, now_us=ctx.now_us(), mono_us=ctx.mono_us()))
 
 
 @_handles(P.Extend)
 def _extend(ctx: Context, f: P.Extend) -> None:
-    sub = ctx.registry.require(ctx, f.subscription_id)
-    token = ctx.broker.extend(sub.member, f.ids, f.seconds, mono_us=ctx.mono_us(),
-                              now_us=ctx.now_us())
-    _settle(ctx, f.request_id, token, len(f.ids))
+    _finite(f.seconds, "extend seconds")
+    _settle_ids(ctx, f, "Extend", lambda member, ids: ctx.broker.extend(
+        member, ids, f.seconds, mono_us=ctx.mono_us(), now_us=ctx.now_us()))
 
 
 @_handles(P.CloseSubscription)
@@ -289,7 +414,7 @@ def _group_describe(ctx: Context, f: P.GroupDescribe) -> None:
 
 @_handles(P.GroupReset)
 def _group_reset(ctx: Context, f: P.GroupReset) -> None:
-    ctx.broker.reset_group(f.topic, f.group, f.start, now_us=ctx.now_us())
+    ctx.broker.reset_group(f.topic, f.group, _finite(f.start, "start"), now_us=ctx.now_us())
     rid = f.request_id
     ctx.after_sync(ctx.broker.barrier(f.topic), _Answer(rid, lambda: P.Result(request_id=rid)))
 
@@ -298,8 +423,38 @@ def _group_reset(ctx: Context, f: P.GroupReset) -> None:
 def _dlq_redrive(ctx: Context, f: P.DlqRedrive) -> None:
     if f.filter:
         raise Unsupported("redrive by filter is not supported by this server yet; omit the filter")
-    n = ctx.broker.redrive(f.topic, f.group, limit=f.limit, now_us=ctx.now_us())
-    _result(ctx, f.request_id, n)
+    broker, rid, limit = ctx.broker, f.request_id, f.limit
+    batch = ctx.config.redrive_batch
+    batched = _takes_max_batch(type(broker).__qualname__, type(broker).redrive)
+    moved = 0
+
+    def step() -> bool:
+        nonlocal moved
+        if not batched:  # a broker that moves everything in one call
+            moved = broker.redrive(f.topic, f.group, limit=limit, now_us=ctx.now_us())
+            _result(ctx, rid, moved)
+            return True
+        want = batch if limit is None else min(batch, limit - moved)
+        n = broker.redrive(f.topic, f.group, limit=want, now_us=ctx.now_us(),
+                           max_batch=batch) if want > 0 else 0
+        moved += n
+        if n < want or want == 0 or (limit is not None and moved >= limit):
+            _result(ctx, rid, moved)
+            return True
+        return False
+
+    if not step():
+        ctx.continue_soon(rid, step)
+
+
+@functools.cache
+def _takes_max_batch(name: str, redrive: Callable[..., int]) -> bool:
+    """Whether ``redrive`` (of broker class ``name``) moves at most ``max_batch`` dead letters
+    per call (newer brokers); older ones move everything in one call."""
+    try:
+        return "max_batch" in inspect.signature(redrive).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @_handles(P.DlqList)
@@ -309,21 +464,23 @@ def _dlq_list(ctx: Context, f: P.DlqList) -> None:
 
 
 def _call_create_group(ctx: Context, args: dict[str, Any]) -> Any:
+    topic, group = _str_arg(args, "topic", "create_group"), _str_arg(args, "group", "create_group")
     settings = _convert(args.get("settings") or {}, GroupSettings, "group settings")
     settings.validate()
-    return ctx.broker.create_group(args["topic"], args["group"], settings, now_us=ctx.now_us())
+    return ctx.broker.create_group(topic, group, settings, now_us=ctx.now_us())
 
 
 def _call_update_group(ctx: Context, args: dict[str, Any]) -> Any:
+    topic, group = _str_arg(args, "topic", "update_group"), _str_arg(args, "group", "update_group")
     settings = _convert(args.get("settings") or {}, GroupSettings, "group settings")
     settings.validate()
-    ctx.broker.update_group(args["topic"], args["group"], settings, now_us=ctx.now_us(),
-                            mono_us=ctx.mono_us())
-    return ctx.broker.describe_group(args["topic"], args["group"])
+    ctx.broker.update_group(topic, group, settings, now_us=ctx.now_us(), mono_us=ctx.mono_us())
+    return ctx.broker.describe_group(topic, group)
 
 
 def _call_delete_group(ctx: Context, args: dict[str, Any]) -> Any:
-    ctx.broker.delete_group(args["topic"], args["group"], now_us=ctx.now_us())
+    topic, group = _str_arg(args, "topic", "delete_group"), _str_arg(args, "group", "delete_group")
+    ctx.broker.delete_group(topic, group, now_us=ctx.now_us())
     return None
 
 
@@ -339,11 +496,8 @@ def _call(ctx: Context, f: P.Call) -> None:
     fn = _CALLS.get(f.method)
     if fn is None:
         raise Unsupported(f"unknown admin call {f.method!r}; this server knows {sorted(_CALLS)}")
-    try:
-        value = fn(ctx, f.args)
-        topic = f.args["topic"]
-    except KeyError as exc:
-        raise InvalidArgument(f"{f.method} needs argument {exc.args[0]!r}") from None
+    value = fn(ctx, f.args)
+    topic = f.args["topic"]  # checked by fn
     rid = f.request_id
     # Group changes answer once durable at the topic's level (see _subscribe).
     ctx.after_sync(ctx.broker.barrier(topic),

@@ -58,7 +58,30 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-auto-create", action="store_true",
                    help="refuse publishes to topics that do not exist")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ...")
+    limits = p.add_argument_group("limits", "what one peer may make the server spend "
+                                            "(docs/server.md, 'Limits')")
+    for name, kind, text in _LIMIT_FLAGS:
+        limits.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
+                            metavar="SECONDS" if kind is float else "N", help=text)
     return p
+
+
+_LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("max_connections", int, "open connections in all (default 10000)"),
+    ("max_connections_per_ip", int, "open connections from one address (default 1000)"),
+    ("handshake_timeout", float, "seconds a new connection has to complete its Hello (default 5)"),
+    ("write_timeout", float, "seconds a peer's output may stay above the high-water mark "
+                             "before it is dropped as a slow consumer (default 30)"),
+    ("write_high_water", int, "bytes of output per connection before it is paused (default 1 MiB)"),
+    ("write_low_water", int, "bytes of output at which a paused connection resumes "
+                             "(default 256 KiB)"),
+    ("max_request_bytes", int, "largest frame but Publish, in bytes (default 1 MiB)"),
+    ("push_bytes", int, "about the most bytes pushed to one member per step (default 1 MiB)"),
+    ("max_subscriptions_per_connection", int, "open subscriptions per connection (default 1000)"),
+    ("max_inflight", int, "answers of one connection waiting for an fsync before its input "
+                          "waits too (default 10000)"),
+    ("max_ack_messages", int, "messages one Ack/Nack/Extend/Reject may name (default 100000)"),
+)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -68,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "heartbeat_timeout": args.heartbeat_timeout, "max_frame_bytes": args.max_frame_bytes,
         "auto_create_topics": False if args.no_auto_create else None,
         "loop": args.loop,
+        **{name: getattr(args, name, None) for name, _, _ in _LIMIT_FLAGS},
     }
     cfg = load_config(args.config, **overrides)
     if args.memory:

@@ -76,6 +76,11 @@ class Subscriptions:
     def by_member(self, member: str) -> Subscription | None:
         return self._by_member.get(member)
 
+    def count(self, conn: Peer) -> int:
+        """How many subscriptions ``conn`` has open (``max_subscriptions_per_connection``)."""
+        opened = self._by_conn.get(conn)
+        return 0 if opened is None else len(opened.by_id)
+
     def of_connection(self, conn: Peer) -> list[Subscription]:
         """The open subscriptions of ``conn``, oldest first."""
         opened = self._by_conn.get(conn)

@@ -9,25 +9,36 @@ What runs where:
   the periodic ``sync_all`` for ``interval``, and snapshot writes.
 
 Clocks are read here only: ``now_us`` (wall) and ``mono_us`` (monotonic) go into each broker call.
+
+Connections are accepted by :class:`_Listener` (not ``loop.create_server``): it admits a peer
+only under ``max_connections`` and ``max_connections_per_ip`` (others get a fatal ``Error``
+frame and are closed at once, before any protocol object exists), and it survives running out
+of file descriptors the same way on asyncio and uvloop: it logs that once a minute, stops
+accepting for ``ACCEPT_RETRY`` s, keeps serving the connections it has, and accepts again when
+descriptors are free. (uvloop's own server closes its listening socket for good when libuv
+reports EMFILE past its reserve-descriptor trick; asyncio's logs a traceback every second.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import protocol as P
 from ..broker import Broker
 from ..driver import DriverConfig
-from ..errors import InvalidArgument
+from ..errors import ConnectionLost, InvalidArgument, TideMQError
 from ..storage import open_store
 from ._config import ServerConfig
 from ._connection import Connection, Services
 from ._driver import LoopDriver
-from ._push import Subscription
+from ._push import Subscription, delivery_bytes
 from ._registry import Subscriptions
 
 __all__ = ["Server", "now_us", "mono_us"]
@@ -46,6 +57,11 @@ def mono_us() -> int:
 
 
 BrokerFactory = Callable[[ServerConfig], "Broker"]
+
+ACCEPT_RETRY = 0.1  # seconds between accept attempts while out of file descriptors
+ACCEPT_BATCH = 64  # connections accepted per readiness callback (others wait their turn)
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_STARVED_LOG_EVERY = 60.0  # seconds between "cannot accept" log lines
 
 
 def default_broker_factory(config: ServerConfig) -> Broker:
@@ -75,9 +91,14 @@ class Server:
         self._factory = broker_factory or default_broker_factory
         self._broker: Broker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: _Listener | None = None
+        self._services: Services | None = None
         self.driver: LoopDriver | None = None
         self.connections: set[Connection] = set()
+        # Admitted connections (made or being made) by peer address, and all together.
+        self._per_ip: dict[str, int] = {}
+        self._admitted = 0
+        self._attaching: set[asyncio.Task[None]] = set()
         # Every open subscription, by member and by (connection, id); ending one unsubscribes.
         self.subscriptions = Subscriptions(self.end_member)
         self._wanting: set[str] = set()  # members to try pushing to on the next pass
@@ -97,9 +118,14 @@ class Server:
     @property
     def port(self) -> int:
         """The bound TCP port (useful with ``port=0``)."""
-        if self._listener is None or not self._listener.sockets:
+        if self._listener is None or self._listener.closed:
             raise InvalidArgument("the server is not listening")
-        return int(self._listener.sockets[0].getsockname()[1])
+        return self._listener.port
+
+    @property
+    def admitted(self) -> int:
+        """Connections admitted and not yet ended (``max_connections`` counts these)."""
+        return self._admitted
 
     async def start(self) -> None:
         """Open the broker (recovering its store) and start listening."""
@@ -112,17 +138,16 @@ class Server:
                          block_timeout=self.config.block_timeout),
             fsync_threads=self.config.fsync_threads, on_tick=self.want_push)
         # All a connection may use of the server (it never sees the Server itself).
-        services = Services(
+        self._services = Services(
             config=self.config, broker=self._broker, registry=self.subscriptions,
             now_us=now_us, mono_us=mono_us, make_durable=driver.after_sync,
             blocked=driver.core.blocked,
             want_push=self.want_push, connections=self.connections,
-            stopping=lambda: self._stopping,
+            stopping=lambda: self._stopping, leave=self._leave,
         )
-        self._listener = await loop.create_server(
-            lambda: Connection(services), self.config.host, self.config.port,
-            reuse_address=True, backlog=512,
-        )
+        socks = await _bind(loop, self.config.host, self.config.port)
+        self._listener = _Listener(loop, socks, self._accepted)
+        self._listener.start()
         driver.start()
         self._tasks = [loop.create_task(self._heartbeat_loop(), name="tidemq-heartbeat")]
         log.info("tidemq server listening on %s:%d (data: %s)", self.config.host, self.port,
@@ -142,6 +167,8 @@ class Server:
         self._stopping = True
         if self._listener is not None:
             self._listener.close()
+        for task in list(self._attaching):
+            task.cancel()
         for conn in list(self.connections):
             conn.go_away()
         if self.driver is not None:
@@ -154,9 +181,6 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._listener is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._listener.wait_closed(), 1.0)
         if self.driver is not None:
             try:
                 await self.driver.close()  # sync, last snapshot and close, on the worker
@@ -171,6 +195,61 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def _admission(self, ip: str) -> TideMQError | None:
+        """Why a new connection from ``ip`` is refused, or None to admit it."""
+        cfg = self.config
+        if self._admitted >= cfg.max_connections:
+            return ConnectionLost(
+                f"the server has {self._admitted} connections, its limit (max_connections); "
+                "retry later")
+        if self._per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
+            return ConnectionLost(
+                f"{ip} has {cfg.max_connections_per_ip} connections to this server, the most "
+                "one address may have (max_connections_per_ip); close some, retry later")
+        return None
+
+    def _accepted(self, sock: socket.socket, ip: str) -> None:
+        """A connection was accepted: admit it (make its protocol) or refuse it."""
+        refusal: TideMQError | None = ConnectionLost("the server is shutting down")
+        if not self._stopping:
+            refusal = self._admission(ip)
+        if refusal is not None:
+            log.debug("refusing a connection from %s: %s", ip, refusal.message)
+            _refuse(sock, refusal)
+            return
+        assert self._loop is not None and self._services is not None
+        self._admitted += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        conn = Connection(self._services, ip)
+        task = self._loop.create_task(self._attach(conn, sock))
+        self._attaching.add(task)
+        task.add_done_callback(self._attaching.discard)
+
+    async def _attach(self, conn: Connection, sock: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: conn, sock)
+        except BaseException as exc:  # cancelled at shutdown, or the socket died at once
+            if conn.transport is not None:
+                with contextlib.suppress(Exception):
+                    conn.abort()
+            else:
+                sock.close()
+                conn.release()  # never made: give its admission back
+            if not isinstance(exc, (OSError, asyncio.CancelledError)):
+                log.exception("setting up a connection failed")
+
+    def _leave(self, ip: str) -> None:
+        """A connection admitted under ``ip`` ended."""
+        self._admitted -= 1
+        left = self._per_ip.get(ip, 0) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
 
     # --- clocks and members -----------------------------------------------------------------
 
@@ -228,25 +307,64 @@ class Server:
         self._wanting = set()
         again = False
         now, mono = now_us(), mono_us()
-        limit = self.config.push_batch
         members = self.subscriptions.members
         for member in wanting:
             sub = members.get(member)
-            if sub is None or sub.credit <= 0 or not sub.conn.writable:
+            if sub is None or sub.credit <= 0 or not sub.conn.ready_for_push():
                 continue
-            n = min(sub.credit, limit)
             try:
-                deliveries = broker.fetch(member, n, now_us=now, mono_us=mono)
+                more = self._push_member(broker, sub, now, mono)
             except Exception:  # a member that vanished under us: nothing to push
                 log.exception("fetch for member %s failed", member)
                 continue
-            if deliveries:
-                sub.push(deliveries)
-                if len(deliveries) == n:  # maybe more ready: come back after others had a turn
-                    self._wanting.add(member)
-                    again = True
+            if more:  # maybe more ready: come back after the others had a turn
+                self._wanting.add(member)
+                again = True
         if again:
             self.want_push()
+
+    def _push_member(self, broker: Broker, sub: Subscription, now: int, mono: int) -> bool:
+        """One push step for ``sub``: at most ``push_batch`` messages and about ``push_bytes``
+        of them (each fetch is sized on the member's recent message sizes, so a step may pass
+        ``push_bytes`` by one fetch when messages suddenly grow). Returns whether more may be
+        ready (the step stopped at a limit, not for lack of messages)."""
+        cfg = self.config
+        left = min(sub.credit, cfg.push_batch)
+        budget = cfg.push_bytes
+        got: list[Any] = []
+        exhausted = False
+        while left > 0 and budget > 0:
+            # The first fetch of a subscription takes one message: its size sizes the next.
+            k = min(left, max(1, budget // sub.size_hint)) if sub.size_hint else 1
+            deliveries = broker.fetch(sub.member, k, now_us=now, mono_us=mono)
+            if deliveries:
+                got += deliveries
+                left -= len(deliveries)
+                nbytes = delivery_bytes(deliveries)
+                budget -= nbytes
+                # Grow at once, shrink by halves: a mix of sizes is sized on the large ones.
+                sub.size_hint = max(nbytes // len(deliveries), sub.size_hint // 2)
+            if len(deliveries) < k:
+                exhausted = True
+                break
+        if got:
+            too_large = sub.push(got)
+            if too_large:
+                self._undeliverable(broker, sub, too_large, now, mono)
+        return bool(got) and not exhausted
+
+    def _undeliverable(self, broker: Broker, sub: Subscription, deliveries: list[Any],
+                       now: int, mono: int) -> None:
+        """Messages too large for the member's session frame limit (a topic whose
+        ``max_message_bytes`` is near or above it): nacked, so a member with a larger limit
+        may take them; after ``max_deliveries`` they are dead letters."""
+        log.warning("%d message(s) of %s too large for a Deliver frame of at most %d bytes; "
+                    "nacked (the client should raise max_frame_size)", len(deliveries),
+                    sub.topic, sub.conn.max_frame_size)
+        try:
+            broker.nack(sub.member, [d.id for d in deliveries], None, now_us=now, mono_us=mono)
+        except TideMQError:
+            log.debug("nack of undeliverable messages failed", exc_info=True)
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -263,3 +381,121 @@ class Server:
             now = time.monotonic()
             for conn in list(self.connections):
                 conn.check_heartbeat(now, cfg.heartbeat_interval, cfg.heartbeat_timeout)
+
+
+# --- accepting connections -----------------------------------------------------------------
+
+
+async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` (every address the name resolves to), non-blocking.
+    Raises ``OSError`` naming the address when one cannot be bound."""
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    seen: set[Any] = set()
+    try:
+        for family, kind, proto, _, addr in infos:
+            if addr in seen:
+                continue
+            seen.add(addr)
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{exc.strerror} (binding {host}:{port})") from None
+            sock.listen(512)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _refuse(sock: socket.socket, exc: TideMQError) -> None:
+    """Tell a refused peer why (a fatal Error frame, if the socket takes it now), then close."""
+    try:
+        sock.setblocking(False)
+        sock.send(P.encode(P.Error.from_exception(exc, 0, fatal=True)))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class _Listener:
+    """Accepts connections on ``socks`` and hands each to ``on_accept(sock, peer_ip)``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, socks: list[socket.socket],
+                 on_accept: Callable[[socket.socket, str], None]) -> None:
+        self._loop = loop
+        self.sockets = socks
+        self._on_accept = on_accept
+        self.port = int(socks[0].getsockname()[1])
+        self._retries: dict[int, asyncio.TimerHandle] = {}
+        self._last_starved_log = -_STARVED_LOG_EVERY
+        self._starved_count = 0
+        self.closed = False
+
+    def start(self) -> None:
+        for sock in self.sockets:
+            self._loop.add_reader(sock.fileno(), self._ready, sock)
+
+    def _ready(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._starved(sock, exc)
+                else:
+                    log.warning("accepting a connection failed: %s", exc)
+                return
+            ip = addr[0] if isinstance(addr, tuple) else str(addr)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            self._on_accept(conn, ip)
+
+    def _starved(self, sock: socket.socket, exc: OSError) -> None:
+        """Out of descriptors (or buffers): pause accepting on ``sock`` for ACCEPT_RETRY s,
+        logging it at most once a minute. Connections already open go on being served."""
+        self._starved_count += 1
+        now = time.monotonic()
+        if now - self._last_starved_log >= _STARVED_LOG_EVERY:
+            self._last_starved_log = now
+            log.error("cannot accept connections: %s (%d time(s) since the last report); "
+                      "serving the open ones and retrying every %.1f s; raise the open-file "
+                      "limit (ulimit -n) or lower max_connections", exc.strerror,
+                      self._starved_count, ACCEPT_RETRY)
+            self._starved_count = 0
+        fd = sock.fileno()
+        self._loop.remove_reader(fd)
+        self._retries[fd] = self._loop.call_later(ACCEPT_RETRY, self._resume, sock)
+
+    def _resume(self, sock: socket.socket) -> None:
+        self._retries.pop(sock.fileno(), None)
+        if not self.closed:
+            self._loop.add_reader(sock.fileno(), self._ready, sock)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for timer in self._retries.values():
+            timer.cancel()
+        self._retries.clear()
+        for sock in self.sockets:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
