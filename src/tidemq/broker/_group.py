@@ -255,6 +255,8 @@ class GroupState(GroupDelivering):
             return
         parsed = self._parse(ids)
         self._check_holder(member, parsed, "ack")
+        if self._mode != "shared":
+            self._check_in_line(parsed)
         for part, offs in parsed.items():
             inflight = part.inflight
             prev = part.prev
@@ -269,6 +271,22 @@ class GroupState(GroupDelivering):
                 ended.sort()
                 self._end(part, ended)
                 self._done(part, runs_of(ended))
+
+    def _check_in_line(self, parsed: dict[PartState, list[int]]) -> None:
+        """Ordered modes: a message taken back (head-of-line release or lease expiry) and not
+        leased again waits for its turn; acking it now would end it before an earlier failed
+        message of its partition (key) is done. Refused as stale, the whole call unchanged; it
+        is delivered again in order (SPEC §3). Keyless messages in key_ordered mode are as in
+        shared mode."""
+        keyed = self._mode == "key_ordered"
+        for part, offs in parsed.items():
+            for off in offs:
+                if (off not in part.inflight and off in part.prev and not part.is_done(off)
+                        and (not keyed or off in part.keyof)):
+                    raise StaleLease(
+                        f"cannot ack {self.topic}:{part.index}:{off}: it was taken back "
+                        f"(an earlier message of its {'key' if keyed else 'partition'} failed, or "
+                        f"its lease ran out) and will be delivered again in order; nothing changed")
 
     def _ack_head(self, member: Member, mid: str) -> bool:
         """The common single ack: the partition's first unfinished offset, held by ``member``,

@@ -621,8 +621,12 @@ class TcpTransport:
 
     async def nack(self, member: str, ids: Sequence[str], delay: float | None) -> None:
         sub = self._sub(member)
+        held = sub.hold_back(ids)  # ordered modes: nothing behind the head until it comes again
         sub.settle(ids)
-        await self._settle_now(sub, P.Nack(subscription_id=0, ids=list(ids), delay=delay))
+        try:
+            await self._settle_now(sub, P.Nack(subscription_id=0, ids=list(ids), delay=delay))
+        finally:
+            sub.release(held)
 
     async def reject(self, member: str, ids: Sequence[str], reason: str) -> None:
         sub = self._sub(member)

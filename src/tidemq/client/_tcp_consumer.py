@@ -11,6 +11,13 @@ acked, nacked or rejected, so that:
   below it is safe); past that margin the ack waits for the server's answer, so a stale lease
   raises ``StaleLease`` as the SPEC says.
 
+Ordered modes (SPEC §3): a nack of message N in ``ordered`` mode makes the server take back N
+and every later unacked message of its partition (``key_ordered``: of its key) and deliver them
+again in order. Messages of that partition (key) already pushed into the local queue are
+dropped at the nack, and so are those that arrive until the server has answered it (they were
+pushed before it took them back); their credit goes back to the server. So the consumer never
+sees, or acks, a later message before the failed head comes again.
+
 A subscription outlives connections: after a reconnect the transport subscribes again under the
 same member handle; deliveries of the old session are dropped (the server released their leases
 when the old connection died, so they come again: at-least-once).
@@ -69,6 +76,15 @@ class ClientSubscription:
         self.pending_credit = 0
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.mode = "shared"
+        # Ordered modes: partition (ordered) or key (key_ordered) -> (partition, offset) of a
+        # nacked head whose answer is pending; later messages of it are dropped meanwhile.
+        self.holds: dict[Any, tuple[int, int]] = {}
+        # Ordered modes: id -> (hold key, (partition, offset)) of messages handed out, unsettled.
+        self.taken: dict[str, tuple[Any, tuple[int, int]]] = {}
+        # Taken messages behind a nacked head: the server took them back, so their acks wait
+        # for its verdict (StaleLease) instead of leaving as fire-and-forget ranges.
+        self.released: set[str] = set()
 
     def opened(self, sub_id: int, group_settings: dict[str, Any]) -> None:
         """A (re)subscribe succeeded: a fresh session with full prefetch credit."""
@@ -76,6 +92,11 @@ class ClientSubscription:
         timeout = group_settings.get("ack_timeout")
         if isinstance(timeout, int | float) and timeout > 0:
             self.ack_timeout = float(timeout)
+        mode = group_settings.get("mode")
+        self.mode = mode if mode in ("ordered", "key_ordered") else "shared"
+        self.holds.clear()
+        self.taken.clear()
+        self.released.clear()
         self.queue.clear()
         self.outstanding.clear()
         self.pending_acks.clear()
@@ -83,6 +104,9 @@ class ClientSubscription:
 
     def session_lost(self) -> None:
         self.sub_id = None
+        self.holds.clear()
+        self.taken.clear()
+        self.released.clear()
         self.queue.clear()
         self.outstanding.clear()
         self.pending_acks.clear()
@@ -91,6 +115,7 @@ class ClientSubscription:
     def deliver(self, frame: Any) -> None:
         """Queue a ``Deliver`` frame's messages."""
         deadline = time.monotonic() + self.ack_timeout * (1 - LEASE_MARGIN) - 0.5
+        first_new = len(self.queue)
         topic = self.topic
         outstanding = self.outstanding
         append = self.queue.append
@@ -120,16 +145,74 @@ class ClientSubscription:
                     outstanding[mid] = (p, off, deadline)  # acks name the wire partition
                 append(Delivery(mid, topic, -1 if p == WIRE_DELAY_PARTITION else p, off, ts,
                                 body, key, rk, h or {}, pr, cnt))
+        if self.holds:
+            self._drop_held(first_new)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    def _hold_key(self, d: Delivery) -> Any:
+        return d.partition if self.mode == "ordered" else d.key
+
+    def _drop_held(self, start: int) -> None:
+        """Drop queued messages (from index ``start``) that are behind a held head."""
+        holds = self.holds
+        kept: list[Delivery] = []
+        dropped = 0
+        q = self.queue
+        for i, d in enumerate(q):
+            if i >= start:
+                head = holds.get(self._hold_key(d))
+                if head is not None and (d.partition, d.offset) > head:
+                    self.outstanding.pop(d.id, None)
+                    dropped += 1
+                    continue
+            kept.append(d)
+        if dropped:
+            q.clear()
+            q.extend(kept)
+            self.pending_credit += dropped
+
+    def hold_back(self, ids: Sequence[str]) -> list[Any]:
+        """Before a nack of ``ids`` in an ordered mode: hold their partitions (keys), drop
+        what is queued behind them. Returns the hold keys, for :meth:`release`."""
+        if self.mode == "shared":
+            return []
+        keys: list[Any] = []
+        for mid in ids:
+            hit = self.taken.get(mid)
+            if hit is None:
+                continue
+            k, head = hit
+            if k is None:
+                continue  # key_ordered: a keyless message behaves as in shared mode
+            if k not in self.holds or head < self.holds[k]:
+                self.holds[k] = head
+            keys.append(k)
+        if keys:
+            self._drop_held(0)
+            holds = self.holds
+            for mid, (k, pos) in self.taken.items():
+                head = holds.get(k)
+                if head is not None and pos > head:
+                    self.released.add(mid)
+        return keys
+
+    def release(self, keys: list[Any]) -> None:
+        """The server answered the nack: what it pushes from now on is in the new order."""
+        for k in keys:
+            self.holds.pop(k, None)
 
     def take(self, max_messages: int) -> list[Delivery]:
         q = self.queue
         if len(q) <= max_messages:
             out = list(q)
             q.clear()
-            return out
-        return [q.popleft() for _ in range(max_messages)]
+        else:
+            out = [q.popleft() for _ in range(max_messages)]
+        if self.mode != "shared":
+            hold_key = self._hold_key
+            self.taken.update((d.id, (hold_key(d), (d.partition, d.offset))) for d in out)
+        return out
 
     def settle(self, ids: Sequence[str]) -> tuple[list[tuple[int, int]], list[str], bool]:
         """Forget ``ids`` as outstanding and count the freed credit.
@@ -142,6 +225,13 @@ class ClientSubscription:
         maybe_stale = False
         now = time.monotonic()
         pop = self.outstanding.pop
+        if self.taken:
+            released = self.released
+            for mid in ids:
+                self.taken.pop(mid, None)
+                if released and mid in released:
+                    released.discard(mid)
+                    maybe_stale = True
         for mid in ids:
             ref = pop(mid, None)
             if ref is None:
