@@ -433,3 +433,26 @@ def test_ordered_ack_of_a_message_taken_back_is_refused(mq: tidemq.Client) -> No
     with pytest.raises(errors.StaleLease):
         sub.ack(got[1].id)
     sub.close()
+
+
+def test_flush_waits_for_acks_and_reports_what_was_refused(mq: tidemq.Client) -> None:
+    """``flush()`` returns once every ack sent before it is applied (after a restart none of
+    them comes again), and an ack refused by the broker is reported by ``ack(wait=True)``."""
+    t = unique("flush")
+    mq.create_topic(t, durability="always")
+    mq.publish_batch(t, [b"%d" % i for i in range(20)])
+    sub = mq.subscribe(t, "g")
+    got = drain(sub, 20, ack=False)
+    for m in got:
+        m.ack()  # over tidemq:// these leave without waiting
+    sub.flush()
+    assert mq.describe_group(t, "g").lag == 0  # applied by the time flush returned
+    sub.close()
+
+    other = mq.subscribe(t, "o", mode="ordered", backoff={"initial": 5.0, "multiplier": 1.0,
+                                                          "max": 5.0})
+    a, b = drain(other, 2, ack=False)
+    a.nack()
+    with pytest.raises(errors.StaleLease):
+        b.ack(wait=True)
+    other.close()

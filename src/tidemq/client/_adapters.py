@@ -93,6 +93,9 @@ class AsyncOverEmbedded:
     async def ack(self, member: str, ids: Sequence[str]) -> None:
         await self._durable(self.inner.ack_nowait(member, ids))
 
+    async def flush(self, member: str) -> None:
+        self.inner.flush(member)
+
     async def nack(self, member: str, ids: Sequence[str], delay: float | None) -> None:
         await self._durable(self.inner.nack_nowait(member, ids, delay))
 

@@ -28,8 +28,8 @@ class AsyncMessage(MessageFields):
         self._d = delivery
         self._sub = sub
 
-    async def ack(self) -> None:
-        await self._sub.ack(self._d.id)
+    async def ack(self, *, wait: bool = False) -> None:
+        await self._sub.ack(self._d.id, wait=wait)
 
     async def nack(self, delay: float | None = None) -> None:
         await self._sub.nack(self._d.id, delay=delay)
@@ -87,8 +87,16 @@ class AsyncSubscription:
             for m in batch:
                 yield m
 
-    async def ack(self, ids: Any) -> None:
-        await self._client._t.ack(await self._join(), _ids(ids))
+    async def ack(self, ids: Any, *, wait: bool = False) -> None:
+        """As :meth:`tidemq.Subscription.ack`."""
+        member = await self._join()
+        await self._client._t.ack(member, _ids(ids))
+        if wait:
+            await self._client._t.flush(member)
+
+    async def flush(self) -> None:
+        """As :meth:`tidemq.Subscription.flush`."""
+        await self._client._t.flush(await self._join())
 
     async def nack(self, ids: Any, delay: float | None = None) -> None:
         if delay is not None:

@@ -70,8 +70,8 @@ class Message(MessageFields):
         self._d = delivery
         self._sub = sub
 
-    def ack(self) -> None:
-        self._sub.ack(self._d.id)
+    def ack(self, *, wait: bool = False) -> None:
+        self._sub.ack(self._d.id, wait=wait)
 
     def nack(self, delay: float | None = None) -> None:
         self._sub.nack(self._d.id, delay=delay)
@@ -110,9 +110,21 @@ class Subscription:
                 return
             yield from batch
 
-    def ack(self, ids: Any) -> None:
-        """Acknowledge one id/Message or a list of them (one call: the batched path)."""
+    def ack(self, ids: Any, *, wait: bool = False) -> None:
+        """Acknowledge one id/Message or a list of them (one call: the batched path).
+
+        Over ``tidemq://`` an ack whose lease is surely still held returns at once and travels
+        with the next write; ``wait=True`` (or a later :meth:`flush`) returns once the server
+        applied it — durable under ``always`` — and raises what it refused. Embedded, an ack is
+        applied and durable before it returns."""
         self._t.ack(self._member, [ids] if type(ids) is str else _ids(ids))
+        if wait:
+            self._t.flush(self._member)
+
+    def flush(self) -> None:
+        """Return once every ack sent before this call is applied by the broker (and durable
+        under ``always``); raise the first failure of an ack sent without waiting."""
+        self._t.flush(self._member)
 
     def nack(self, ids: Any, delay: float | None = None) -> None:
         """Give back; ``delay=None`` applies the group's backoff, ``0`` makes it ready now."""

@@ -243,6 +243,11 @@ class EmbeddedTransport:
         if token.always and token.entries:
             self._broker.sync(token)
 
+    def flush(self, member: str) -> None:
+        """Nothing to wait for: an embedded ack is applied, and durable at the topic's level,
+        before ``ack`` returns (errors are raised by ``ack`` itself)."""
+        self._driver.check()
+
     def nack(self, member: str, ids: Sequence[str], delay: float | None) -> None:
         self._driver.durable(self.nack_nowait(member, ids, delay))
 

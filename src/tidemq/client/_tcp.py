@@ -55,7 +55,17 @@ log = logging.getLogger("tidemq.client")
 
 T = TypeVar("T")
 _METADATA_TTL = 30.0  # seconds a topic's partition count is trusted before a background refresh
-_IGNORED = object()  # pending entry whose answer nobody awaits (fire-and-forget acks, pings)
+_IGNORED = object()  # pending entry whose answer nobody awaits (pings)
+
+
+class _AckSent:
+    """Pending entry of an ack frame sent without waiting: its answer goes to the
+    subscription (``flush`` reports failures)."""
+
+    __slots__ = ("sub",)
+
+    def __init__(self, sub: ClientSubscription) -> None:
+        self.sub = sub
 
 
 class _Subscribing:
@@ -217,7 +227,10 @@ class TcpTransport:
             if isinstance(entry, asyncio.Future) and not entry.done():
                 entry.set_exception(lost)
         self._by_sub_id.clear()
+        stale = StaleLease("the connection was lost before the server answered these acks; "
+                           "the messages may be delivered again (at-least-once)")
         for sub in self._subs.values():
+            sub.acks_lost(stale)
             sub.session_lost()
         self._dirty.clear()
         if not self._closing and self._fatal is None and self._reconnecting is None:
@@ -387,6 +400,15 @@ class TcpTransport:
                 entry.sub.opened(frame.subscription_id, frame.settings)
                 self._by_sub_id[frame.subscription_id] = entry.sub
             entry = entry.fut
+        elif type(entry) is _AckSent:
+            err: BaseException | None = None
+            if kind is P.Error:
+                err = frame.to_exception()
+            elif kind is P.AckOk and frame.failures:
+                _, code, message = frame.failures[0]
+                err = _error(code, message)
+            entry.sub.ack_answered(frame.request_id, err)
+            return
         elif entry is _IGNORED:
             if kind is P.Error:
                 log.warning("request failed: %s", frame.message)
@@ -572,7 +594,8 @@ class TcpTransport:
             return
         if sub.pending_acks:
             rid = self._rid()
-            self._pending[rid] = _IGNORED
+            self._pending[rid] = _AckSent(sub)
+            sub.acks_out.add(rid)
             self._out += P.encode_buffers(P.Ack(request_id=rid, subscription_id=sub.sub_id,
                                                 ranges=ack_ranges(sub.pending_acks)))
             sub.pending_acks = []
@@ -599,6 +622,27 @@ class TcpTransport:
             return
         await self._settle_now(sub, P.Ack(subscription_id=0, ranges=ack_ranges(refs),
                                           ids=unknown))
+
+    async def flush(self, member: str) -> None:
+        """Return once the server has answered every ack of this subscription sent before
+        the call — applied, and durable under ``always`` — and raise the first failure of an
+        ack sent without waiting (``StaleLease`` …), once. An ack still coalescing goes out now.
+        """
+        sub = self._sub(member)
+        self._flush_acks(sub)
+        self._send_nothing()
+        if sub.acks_out:
+            fut: asyncio.Future[None] = self._loop.create_future()
+            sub.ack_waiters.append((set(sub.acks_out), fut))
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    await fut
+            except TimeoutError:
+                raise Timeout(f"acks not answered by tidemq://{self.host}:{self.port} within "
+                              f"{self.request_timeout} s") from None
+        err, sub.ack_error = sub.ack_error, None
+        if err is not None:
+            raise err
 
     async def _settle_now(self, sub: ClientSubscription, frame: Any) -> None:
         """Send ``frame`` (after the acks queued before it) and raise what the server says."""

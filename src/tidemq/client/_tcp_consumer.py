@@ -85,6 +85,11 @@ class ClientSubscription:
         # Taken messages behind a nacked head: the server took them back, so their acks wait
         # for its verdict (StaleLease) instead of leaving as fire-and-forget ranges.
         self.released: set[str] = set()
+        # Acks sent without waiting (see TcpTransport.flush): request ids still unanswered,
+        # flush() waiters with the ids they wait for, and the first failure to report.
+        self.acks_out: set[int] = set()
+        self.ack_waiters: list[tuple[set[int], asyncio.Future[None]]] = []
+        self.ack_error: BaseException | None = None
 
     def opened(self, sub_id: int, group_settings: dict[str, Any]) -> None:
         """A (re)subscribe succeeded: a fresh session with full prefetch credit."""
@@ -101,6 +106,31 @@ class ClientSubscription:
         self.outstanding.clear()
         self.pending_acks.clear()
         self.pending_credit = 0
+
+    def ack_answered(self, rid: int, error: BaseException | None) -> None:
+        """The server answered the ack frame ``rid`` (``error``: what it refused)."""
+        self.acks_out.discard(rid)
+        if error is not None and self.ack_error is None:
+            self.ack_error = error
+        if self.ack_waiters:
+            still = []
+            for rids, fut in self.ack_waiters:
+                rids.discard(rid)
+                if rids:
+                    still.append((rids, fut))
+                elif not fut.done():
+                    fut.set_result(None)
+            self.ack_waiters = still
+
+    def acks_lost(self, error: BaseException) -> None:
+        """The connection ended with acks unanswered: they may not have been applied."""
+        if self.acks_out and self.ack_error is None:
+            self.ack_error = error
+        self.acks_out.clear()
+        for _rids, fut in self.ack_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.ack_waiters = []
 
     def session_lost(self) -> None:
         self.sub_id = None
@@ -192,8 +222,8 @@ class ClientSubscription:
             self._drop_held(0)
             holds = self.holds
             for mid, (k, pos) in self.taken.items():
-                head = holds.get(k)
-                if head is not None and pos > head:
+                held = holds.get(k)
+                if held is not None and pos > held:
                     self.released.add(mid)
         return keys
 
