@@ -31,12 +31,18 @@ The model (kept simple on purpose; each point is a choice, not a law of every fi
   folder (``fsync_dir``) was fsynced. On ``"drop"`` a file whose existence is not durable is
   deleted; on ``"prefix"``/``"tear"`` it survives or not at random (its name may have been
   written back), holding a prefix of its writes if it survives.
+- Folders. A folder created with ``mkdir`` through this double exists durably only once its
+  parent was fsynced (``fsync_dir`` of the parent; fsyncing a file inside does not count). On
+  ``"drop"`` one that is not durable vanishes with everything in it, durable or not; on
+  ``"prefix"``/``"tear"`` it does so or not at random. Folders are decided before files,
+  outermost first.
 - What this double does not see is treated as durable: files that existed before their first
   ``open`` through it (their content then is their durable image), files written with
   ``atomic_write`` (checkpoints, index files, broker snapshots and catalogue: they never go
   through ``FileOps``; durable ones are fsynced and renamed before ``atomic_write`` returns, and
-  index files are self-checking and rebuilt when stale, D4), folders, and deletions and renames
-  done with plain ``os`` calls (a file deleted before the crash stays deleted).
+  index files are self-checking and rebuilt when stale, D4), folders made with plain ``os``
+  calls, and deletions and renames done with plain ``os`` calls (a file deleted before the
+  crash stays deleted).
 
 Holding fsyncs: :meth:`PowerLossOps.hold_fsync` returns an :class:`FsyncGate`; until its
 ``release()``, every ``fsync`` blocks in its calling thread (``fsync_waiting`` counts them), so a
@@ -48,6 +54,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -138,6 +145,7 @@ class PowerLossOps(FileOps):
         self._cond = threading.Condition(self._lock)
         self._paths: dict[int, str] = {}  # open fd -> path
         self._files: dict[str, _File] = {}
+        self._dirs: dict[str, bool] = {}  # folder made through mkdir -> exists durably
         self._gate: FsyncGate | None = None
         self._waiting = 0
         self.fsyncs = 0  # fsyncs completed through this double
@@ -208,6 +216,25 @@ class PowerLossOps(FileOps):
             for p, f in self._files.items():
                 if os.path.dirname(p) == folder:
                     f.exists_durably = True
+            for d in self._dirs:
+                if os.path.dirname(d) == folder:
+                    self._dirs[d] = True
+
+    def mkdir(self, path: str) -> None:
+        super().mkdir(path)
+        with self._lock:
+            self._dirs[os.path.abspath(path)] = False
+
+    def _in_volatile_dir(self, key: str) -> bool:
+        # Called with the lock held: is some folder above ``key`` not durable yet?
+        at = os.path.dirname(key)
+        while True:
+            if self._dirs.get(at) is False:
+                return True
+            up = os.path.dirname(at)
+            if up == at:
+                return False
+            at = up
 
     # --- holding fsyncs --------------------------------------------------------------------
 
@@ -243,35 +270,52 @@ class PowerLossOps(FileOps):
         A file this double never opened counts as durable as it is."""
         key = os.path.abspath(os.fspath(path))
         with self._lock:
+            if self._in_volatile_dir(key):
+                return None
             f = self._files.get(key)
             if f is None:
                 return _read_file(key) if os.path.exists(key) else None
             return bytes(f.durable) if f.exists_durably else None
 
-    def unsynced_paths(self) -> list[str]:
-        """Files with writes, truncates or an existence not yet made durable, sorted."""
+    def dir_is_durable(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the folder would survive ``crash("drop")`` (folders this double did not
+        create count as durable, unless one above them is not)."""
+        key = os.path.abspath(os.fspath(path))
         with self._lock:
-            return sorted(
-                p for p, f in self._files.items() if f.pending or not f.exists_durably
-            )
+            return self._dirs.get(key, True) and not self._in_volatile_dir(key)
+
+    def unsynced_paths(self) -> list[str]:
+        """Files with writes, truncates or an existence not yet made durable, and folders not
+        yet made durable, sorted."""
+        with self._lock:
+            files = [p for p, f in self._files.items() if f.pending or not f.exists_durably]
+            return sorted(files + [d for d, durable in self._dirs.items() if not durable])
 
     # --- the power cut ---------------------------------------------------------------------
 
-    def crash(self, mode: CrashMode) -> None:
+    def crash(self, mode: CrashMode, *, seed: int | None = None) -> None:
         """Rewrite every file touched since its last fsync as a power cut could leave it.
 
         Call it after the store is closed or abandoned (no descriptor may be open). Afterwards
         the files on disk are the new truth and the double starts afresh, so it can be used
-        again (by a new store) for the next round.
+        again (by a new store) for the next round. ``seed`` reseeds the random choices of this
+        cut (e.g. one drawn by hypothesis); by default the double's own sequence goes on.
         """
         if mode not in ("drop", "prefix", "tear"):
             raise ValueError(f"crash mode {mode!r}: use 'drop', 'prefix' or 'tear'")
+        if seed is not None:
+            self._rng = random.Random(seed)
         with self._lock:
             if self._paths:
                 raise RuntimeError(
                     f"crash() with {len(self._paths)} descriptors open: close or abandon the "
                     "store first"
                 )
+            for folder in sorted(self._dirs):  # parents sort before their children
+                if self._dirs[folder] or not os.path.isdir(folder):
+                    continue
+                if mode == "drop" or self._rng.random() < 0.5:
+                    shutil.rmtree(folder)  # its entry never reached the disk: all of it goes
             for path in sorted(self._files):
                 f = self._files[path]
                 if not os.path.exists(path):
@@ -289,6 +333,7 @@ class PowerLossOps(FileOps):
                     out.truncate(0)
                     out.write(content)
             self._files.clear()
+            self._dirs.clear()
             self.crashes += 1
 
     def _after_cut(self, f: _File, *, tear: bool) -> bytes:

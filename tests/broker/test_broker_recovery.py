@@ -9,8 +9,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from tests.powerloss import PowerLossOps, abandon
 from tidemq.broker import Broker, TopicConfig
-from tidemq.storage import Record, open_store
+from tidemq.storage import FileStore, Record, open_store
 
 from ._support import Harness
 
@@ -80,3 +83,141 @@ def test_kill_9_keeps_acks_and_confirmed_messages(tmp_path: Path) -> None:
         assert len(seen) == len(set(seen))
     finally:
         store.close()
+
+
+# --- power cuts after writes that no token covered (broker bugs, J1) ---------------------------
+#
+# Each test below cuts the power after a call that wrote data without handing out a token (a
+# tick releasing a delayed message, a fetch dead-lettering an expired one), once a later token
+# (an ack) or the OS's own writeback made the journal durable. The journal then says the work
+# was done while the data it describes is gone: the message is lost for every group (or, the
+# other way round, the data survived and the journal did not: a delayed message is released
+# twice). They fail today (xfail, strict: an XPASS means the broker was fixed; then remove the
+# marker and set SYNC_UNTOKENED_WRITES = False in test_model.py).
+
+_J1_BUG = (
+    "broker bug: a token syncs the topic's journal but not the data that earlier, untokened "
+    "writes (tick's delay releases, fetch's dead letters) appended before it (J1)"
+)
+NOW = 1_700_000_000_000_000
+S = 1_000_000
+
+
+class _Cut:
+    """A broker on a power-loss double, with a clock; ``cut`` abandons it, cuts the power and
+    reopens on a plain store."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ops = PowerLossOps()
+        self.store = FileStore(path, ops=self.ops)
+        self.now, self.mono = NOW, S
+        self.b = Broker.open(self.store, **self.t)
+
+    @property
+    def t(self) -> dict[str, int]:
+        return {"now_us": self.now, "mono_us": self.mono}
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * S)
+        self.mono += int(seconds * S)
+        self.b.tick(**self.t)
+
+    def cut(self, mode: str = "drop") -> Broker:
+        abandon(self.store)
+        self.ops.crash(mode)  # type: ignore[arg-type]
+        self.store = FileStore(self.path)
+        self.b = Broker.open(self.store, **self.t)
+        return self.b
+
+    def drain(self, topic: str, group: str) -> list[bytes]:
+        m = self.b.subscribe(topic, group, None, **self.t)
+        out: list[bytes] = []
+        while got := self.b.fetch(m, 100, **self.t):
+            out += [d.body for d in got]
+            self.b.ack(m, [d.id for d in got], **self.t)
+        return out
+
+    def close(self) -> None:
+        self.b.close()
+        self.store.close()
+
+
+def _released_then_acked(tmp_path: Path, journal_written_back: bool) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        b = c.b
+        b.create_topic("t", TopicConfig(durability="always", partitions=1), now_us=c.now)
+        g = b.subscribe("t", "g", None, **c.t)
+        b.subscribe("t", "h", None, **c.t)  # a second group that never reads before the cut
+        b.sync(b.barrier("t"))
+        b.sync(b.publish("t", [Record(b"late", deliver_at_us=c.now + 2 * S)], now_us=c.now).token)
+        c.advance(3)  # releases "late" into partition 0: appended, journaled, nothing synced
+        if journal_written_back:
+            # The OS writes the journal back before the partition (files have no mutual order).
+            b._topics["t"].journal.log.sync()
+        else:
+            [d] = b.fetch(g, 10, **c.t)
+            b.sync(b.ack(g, [d.id], **c.t))  # the ack's token: the journal only
+        c.cut("drop")
+        assert c.drain("t", "h") == [b"late"], "a confirmed delayed message was lost"
+    finally:
+        c.close()
+
+
+@pytest.mark.xfail(strict=True, reason=_J1_BUG)
+def test_a_released_delayed_message_survives_a_power_cut_after_another_groups_ack(
+    tmp_path: Path,
+) -> None:
+    _released_then_acked(tmp_path, journal_written_back=False)
+
+
+@pytest.mark.xfail(strict=True, reason=_J1_BUG + "; recovery trusts a 'dr' event whose data is gone")
+def test_a_released_delayed_message_survives_the_journal_being_written_back_first(
+    tmp_path: Path,
+) -> None:
+    _released_then_acked(tmp_path, journal_written_back=True)
+
+
+@pytest.mark.xfail(strict=True, reason=_J1_BUG)
+def test_an_expired_message_dead_lettered_by_a_fetch_survives_a_power_cut(tmp_path: Path) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        b = c.b
+        b.create_topic("t", TopicConfig(durability="always", partitions=1), now_us=c.now)
+        g = b.subscribe("t", "g", None, **c.t)
+        b.sync(b.barrier("t"))
+        b.sync(b.publish("t", [Record(b"short", ttl_us=1 * S)], now_us=c.now).token)
+        b.sync(b.publish("t", [Record(b"keep")], now_us=c.now).token)
+        c.advance(2)
+        got = b.fetch(g, 10, **c.t)  # "short" expired: dead-lettered to t.dlq, unsynced
+        assert [d.body for d in got] == [b"keep"]
+        b.sync(b.ack(g, [d.id for d in got], **c.t))  # syncs t's journal: "short" is done
+        c.cut("drop")
+        assert c.drain("t", "g") == []
+        assert c.drain("t.dlq", "check") == [b"short"], "an expired message vanished"
+    finally:
+        c.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "broker bug: a release whose data became durable (synced by a later publish to the same "
+    "partition) but whose 'dr' journal event did not is released again after a power cut: two "
+    "copies with one id, the second delivered even after the first was acked"))
+def test_a_delayed_message_released_before_a_power_cut_is_not_released_twice(
+    tmp_path: Path,
+) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        b = c.b
+        b.create_topic("t", TopicConfig(durability="always", partitions=1), now_us=c.now)
+        b.subscribe("t", "g", None, **c.t)
+        b.sync(b.barrier("t"))
+        b.sync(b.publish("t", [Record(b"late", deliver_at_us=c.now + 2 * S)], now_us=c.now).token)
+        c.advance(3)  # "late" released into partition 0 and journaled; nothing synced
+        b.sync(b.publish("t", [Record(b"now")], now_us=c.now).token)  # syncs partition 0 only
+        c.cut("drop")  # the copy of "late" survives (synced), its 'dr' event does not
+        c.advance(1)
+        assert c.drain("t", "g") == [b"late", b"now"]
+    finally:
+        c.close()

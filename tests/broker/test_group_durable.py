@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from tests.powerloss import PowerLossOps, abandon
+from tidemq.broker import Broker, TopicConfig
 from tidemq.broker._group import GroupState, resolve_start
 from tidemq.broker._types import GroupSettings
 from tidemq.errors import InvalidArgument
-from tidemq.storage import MemoryLog, Record, encode_batch, encode_bodies
+from tidemq.storage import FileStore, MemoryLog, Record, encode_batch, encode_bodies
 
 T0 = 1_700_000_000_000_000
 S = 1_000_000
@@ -268,3 +271,54 @@ def test_no_restatement_when_nothing_was_ahead() -> None:
     fetch_all(g)
     r = restored(g.snapshot(), g.drain_journal(), logs)
     assert r.drain_journal() == []
+
+
+# --- a really torn tail, through the broker ------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "seed"), [("tear", 0), ("tear", 1), ("tear", 2), ("drop", 0)])
+def test_group_is_clamped_after_a_power_cut_tears_the_data_tail(
+    tmp_path: Path, mode: str, seed: int
+) -> None:
+    """The journal may be durable while the data tail is not: the acks of 'c' and 'd' are synced
+    (an ack's token is the journal), their data never was; 'b' is still in flight. A power cut tears the partition's
+    unsynced tail; recovery cuts it, and the group must be clamped to what is stored: nothing
+    past the end counts as done, and new messages at the reused offsets are delivered."""
+    path = tmp_path / "data"
+    t = {"now_us": T0, "mono_us": S}
+    ops = PowerLossOps()
+    store = FileStore(path, ops=ops)
+    b = Broker.open(store, **t)
+    b.create_topic("t", TopicConfig(durability="always", partitions=1), now_us=T0)
+    m = b.subscribe("t", "g", None, **t)
+    b.sync(b.barrier("t"))
+    b.sync(b.publish("t", [Record(b"a"), Record(b"b")], now_us=T0).token)  # confirmed
+    b.publish("t", [Record(b"c")], now_us=T0)  # appended, never synced, never confirmed
+    b.publish("t", [Record(b"d")], now_us=T0)
+    got = b.fetch(m, 10, **t)
+    assert [d.body for d in got] == [b"a", b"b", b"c", b"d"]
+    # 'b' stays in flight; the journal says offsets 0, 2 and 3 are done (ranges past a gap).
+    b.sync(b.ack(m, [got[0].id, got[2].id, got[3].id], **t))
+    abandon(store)
+    ops.crash(mode, seed=seed)  # type: ignore[arg-type]
+
+    store = FileStore(path)
+    try:
+        b = Broker.open(store, **t)
+        log = store.open_log("t/1/0")
+        if mode == "tear":  # a garbled sector in the unsynced tail: recovery had to cut it
+            assert log.recovery.bytes_truncated > 0 and log.recovery.first_lost_offset in (2, 3)
+        end = b.describe_topic("t").partitions[0].end_offset
+        assert 2 <= end < 4
+        assert b.describe_group("t", "g").partitions[0].committed <= end  # clamped
+        b.sync(b.publish("t", [Record(b"e"), Record(b"f")], now_us=T0).token)  # reuse offsets
+        m = b.subscribe("t", "g", None, **t)
+        again = b.fetch(m, 10, **t)
+        # 'a' (and 'c' if it survived whole) stay done, 'b' comes again, and the new messages
+        # at the offsets the cut freed are delivered, not taken for the acked 'c'/'d'.
+        assert [d.body for d in again] == [b"b", b"e", b"f"]
+        assert [d.offset for d in again] == [1, end, end + 1]
+        assert again[0].delivery_count >= 2 and again[1].delivery_count == 1
+        b.close()
+    finally:
+        store.close()

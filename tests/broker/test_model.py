@@ -1,20 +1,32 @@
-"""Model-based test: the broker against a tiny reference model, with crashes (SPEC §3, §4, §6).
+"""Model-based test: the broker against a tiny reference model, with power cuts (SPEC §3, §4, §6).
 
 Drives one topic (2 partitions, durability ``always``) and one shared group through publish
-(keys, priorities, delays, TTLs), fetch, ack, nack, extend, clock advances and crash-and-reopen
-on a data folder, and checks:
+(keys, priorities, delays, TTLs), fetch, ack, nack, extend, clock advances and power cuts on a
+data folder, and checks:
 
 * no message acked (and synced, as ``always`` requires) is delivered again;
-* no message is lost: at the end every published message was acked or dead-lettered;
+* no message is lost: every published (and synced) message is in a partition log exactly once,
+  or, if delayed, pending in the delay store or in a partition log (a release is at-least-once
+  across a crash); at the end every published message was acked or dead-lettered;
 * FIFO per partition within a priority level for first deliveries;
 * a delayed message is never delivered before its time; an expired one (TTL) never at all;
 * delivery counts never exceed ``max_deliveries`` (beyond it: the dead-letter topic).
+
+The broker runs on ``FileStore(dir, ops=PowerLossOps())``; a crash abandons the store (no
+close, no final sync or snapshot) and cuts the power (``drop``, ``prefix`` or ``tear``: what
+was not fsynced is lost, partly kept, or torn), then reopens on a fresh double. The model syncs
+every token a call returns, as a driver does before answering under ``always``, and syncs the
+writes of calls that return none (fetch, tick) as a driver's periodic sync would (see
+``SYNC_UNTOKENED_WRITES``). What a call only changes in memory (deliveries, leases) may be
+lost, so messages in flight may come again.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+from collections import Counter
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -22,12 +34,22 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests._hypothesis import examples
+from tests.powerloss import PowerLossOps, abandon
 from tidemq.broker import Broker, GroupSettings, TopicConfig
+from tidemq.broker._names import topic_key
+from tidemq.broker._topic import partition_log_name
 from tidemq.broker._types import Backoff
-from tidemq.storage import Record, open_store
+from tidemq.storage import FileStore, Record
 
 T0 = 1_700_000_000_000_000
 MAX_DELIVERIES = 3
+# Calls that return no token (fetch, tick) still write: a tick releases delayed messages and
+# dead-letters, a fetch dead-letters expired messages. A driver fsyncs those writes within its
+# sync interval (Broker.sync_all); the model does so at once after each such call. Without
+# it a power cut loses messages or releases a delayed one twice: see the xfail tests in
+# test_broker_recovery.py (broker bugs), and set this False once they pass
+# (TIDEMQ_MODEL_UNSYNCED_TICKS=1 runs the model without it meanwhile).
+SYNC_UNTOKENED_WRITES = os.environ.get("TIDEMQ_MODEL_UNSYNCED_TICKS") != "1"
 GROUP = GroupSettings(ack_timeout=5.0, max_deliveries=MAX_DELIVERIES,
                       backoff=Backoff(initial=1.0, multiplier=2.0, max=4.0))
 
@@ -38,10 +60,15 @@ class BrokerModel(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="tidemq-model-")
         self.now = T0
         self.mono = 1_000_000
-        self.store: Any = open_store(self.dir)
+        self.ops = PowerLossOps()
+        self.store: Any = FileStore(self.dir, ops=self.ops)
         self.broker = Broker.open(self.store, now_us=self.now, mono_us=self.mono)
         self.broker.create_topic("t", TopicConfig(partitions=2, durability="always"), now_us=self.now)
         self.member = self.broker.subscribe("t", "g", GROUP, now_us=self.now, mono_us=self.mono)
+        # A driver syncs an admin change under always before answering it (Broker.barrier).
+        self.broker.sync(self.broker.barrier("t"))
+        self.crashes = 0
+        self.ticked = False  # a tick has run since the last crash: every due delay released
         self.seq = 0
         # tag -> (ready_at_us, ttl_us, priority)
         self.published: dict[bytes, tuple[int, int, int]] = {}
@@ -88,6 +115,8 @@ class BrokerModel(RuleBasedStateMachine):
     @rule(k=st.integers(1, 6))
     def fetch(self, k: int) -> None:
         got = self.broker.fetch(self.member, k, **self.t)
+        if SYNC_UNTOKENED_WRITES:
+            self.broker.sync_all()
         deadline = self.mono + int(GROUP.ack_timeout * 1e6)
         for d in got:
             tag = d.body
@@ -138,7 +167,8 @@ class BrokerModel(RuleBasedStateMachine):
         mid, deadline = self.in_hand[tag]
         if deadline <= self.mono:
             return
-        self.broker.extend(self.member, [mid], 5.0, mono_us=self.mono, now_us=self.now)
+        self.broker.sync(self.broker.extend(self.member, [mid], 5.0, mono_us=self.mono,
+                                            now_us=self.now))
         self.in_hand[tag] = (mid, self.mono + 5_000_000)
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 6.0]))
@@ -149,22 +179,64 @@ class BrokerModel(RuleBasedStateMachine):
             if ready > T0 and tag not in self.released_at and ready <= self.now and self._delayed(tag):
                 self.released_at[tag] = self.now
         self.broker.tick(**self.t)
+        if SYNC_UNTOKENED_WRITES:
+            self.broker.sync_all()
+        self.ticked = True
         self.in_hand = {t: v for t, v in self.in_hand.items() if v[1] > self.mono}
 
-    @rule()
-    def crash(self) -> None:
-        self.store.close()  # no clean broker shutdown: no snapshot, state from the journal
-        self.store = open_store(self.dir)
+    @rule(mode=st.sampled_from(["drop", "prefix", "tear"]), seed=st.integers(0, 2**32 - 1))
+    def crash(self, mode: str, seed: int) -> None:
+        # A power cut: no clean broker shutdown (no snapshot, state from the journal), no
+        # final sync; what was not fsynced is dropped, partly kept or torn.
+        abandon(self.store)
+        self.ops.crash(mode, seed=seed)  # type: ignore[arg-type]
+        self.crashes += 1
+        self.ops = PowerLossOps()
+        self.store = FileStore(self.dir, ops=self.ops)
         self.broker = Broker.open(self.store, **self.t)
         self.member = self.broker.subscribe("t", "g", None, **self.t)
         self.in_hand.clear()
+        # Deliveries not yet journaled durably may be forgotten: a message delivered before
+        # may come again as a first delivery, so FIFO is checked afresh from here.
+        self.first_seen.clear()
+        self.ticked = False
+
+    def _stored_tags(self) -> Counter[bytes]:
+        """Every message body in the topic's partition logs (all kept: no retention)."""
+        info = self.broker.describe_topic("t")
+        out: Counter[bytes] = Counter()
+        for p in info.partitions:
+            log = self.store.open_log(partition_log_name(topic_key("t"), info.incarnation, p.partition))
+            assert log.start_offset == 0, "the broker deleted partition data"
+            offset = 0
+            while offset < log.end_offset:
+                views = log.read(offset, max_records=1000)
+                assert views, f"partition {p.partition}: nothing readable at offset {offset}"
+                for v in views:
+                    out.update(v.bodies())
+                    offset = v.last_offset + 1
+        return out
 
     @invariant()
-    def counts_agree(self) -> None:
+    def nothing_lost_nothing_made_up(self) -> None:
+        # The broker never deletes unacked data (no retention here), so every published
+        # message is in a partition log, or, if delayed, still pending in the delay store.
         info = self.broker.describe_topic("t")
-        stored = sum(p.end_offset for p in info.partitions) + info.delayed
-        assert stored >= len(self.published) - len(self.published)  # never negative
-        assert info.delayed <= len(self.published)
+        stored = self._stored_tags()
+        assert set(stored) <= set(self.published), "a message nobody published"
+        for tag in self.published:
+            if tag not in self.delayed:
+                assert stored[tag] == 1, f"{tag!r} stored {stored[tag]} times (published once)"
+        pending = {tag for tag in self.delayed if not stored[tag]}
+        assert len(pending) <= info.delayed <= len(self.delayed), (
+            f"a delayed message is neither released nor pending: {sorted(pending)[:5]}, "
+            f"{info.delayed} pending")
+        if self.ticked:
+            # Since the last tick every due message was released, each at least once.
+            not_due = {tag for tag in self.delayed if self.published[tag][0] > self.now}
+            assert pending == not_due, f"released: {sorted(not_due - pending)[:5]}, " \
+                f"lost: {sorted(pending - not_due)[:5]}"
+            assert info.delayed == len(not_due)
 
     # --- the end: nothing lost ---------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +261,37 @@ def test_all_segments_gone_restarts_at_the_checkpoint_end(tmp_path: Path) -> Non
     log = FileLog(tmp_path, config)
     assert log.end_offset == 4 * PER  # offsets are never reused (D8)
     log.close()
+
+
+_DIE_IN_ATOMIC_WRITE = """
+import os, sys
+from tidemq.storage import FileLog, LogConfig, encode_bodies
+log = FileLog(sys.argv[1], LogConfig())
+log.append(encode_bodies([b"a", b"b"]), 1)
+os.replace = lambda *a, **k: os._exit(9)  # die between the temp file and its rename
+log.close()  # saves the index, then the checkpoint, each with atomic_write
+"""
+
+
+def test_leftover_temp_files_of_interrupted_atomic_writes_are_removed_at_open(
+    tmp_path: Path,
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", _DIE_IN_ATOMIC_WRITE, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert child.returncode == 9, child.stderr
+    left = sorted(p.name for p in tmp_path.glob("*.tmp"))
+    assert len(left) == 1 and left[0].startswith(f"{SEG0}.index.")  # died in the first one
+    (tmp_path / f"checkpoint.{os.getpid()}.1234.tmp").write_bytes(b'{"version": 1, "trunc')
+    log = FileLog(tmp_path, LogConfig())
+    try:
+        assert list(tmp_path.glob("*.tmp")) == []
+        assert all_bodies(log) == [b"a", b"b"]
+    finally:
+        log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{SEG0}.index", f"{SEG0}.log", f"{SEG0}.timeindex", "checkpoint"
+    ]

@@ -14,6 +14,7 @@ Durability invariants. The code cites them as ``# D<n>``; ``docs/durability.md``
 
 (D2) Small metadata files (the checkpoint) are replaced atomically: temp file, fsync, rename,
      fsync of the folder (``atomic_write``). A reader finds the old or the new file, never a mix.
+     A temp file left by a process that died mid-write is removed when the log is opened.
 
 (D3) A checkpoint names a position (segment, byte, end offset) that was fsynced *before* the
      checkpoint was written. On open everything before it is trusted without reading it;
@@ -30,10 +31,17 @@ Durability invariants. The code cites them as ``# D<n>``; ``docs/durability.md``
      were created). The log never blocks on its own or starts threads: under ``always`` the
      driver calls ``sync`` before confirming (concurrent callers share one fsync: group commit);
      under ``interval`` the driver calls it on its timer; under ``never`` it need not call it.
+     Besides ``sync``, ``close`` (its final sync and checkpoint) and, under ``always`` and
+     ``interval``, opening (new folders, recovery's cut, the checkpoint after a scan) fsync. A
+     ``never`` log is fsynced by ``sync`` and ``close`` only: what its open would have fsynced
+     waits for the first of them, and ``synced_position`` says what is known durable.
 
 (D6) A new segment is created (empty) before any batch refers to it and its base offset is the
      previous segment's end; its folder entry becomes durable at the next ``sync``. A sealed
-     segment's unsynced bytes are fsynced by the next ``sync`` before it reports success.
+     segment's unsynced bytes are fsynced by the next ``sync`` before it reports success. A new
+     folder (the data folder, ``logs/``, each level of a log's ``<topic>/<incarnation>/<part>``)
+     is an entry in its parent: the parent is fsynced when the folder is created (for a
+     ``never`` log: at its first ``sync`` or ``close``), before anything in it is confirmed.
 
 (D7) No damaged batch is ever served. Every read verifies both checksums. Recovery cuts the log
      at the first batch after the checkpoint that is torn, fails its checks, or whose base offset
@@ -48,7 +56,10 @@ Durability invariants. The code cites them as ``# D<n>``; ``docs/durability.md``
 (D9) A write or fsync error other than "disk full" puts the log into a failed state that stays
      set: every later append and sync raises ``StorageFailed``. Nothing is assumed about what
      reached the disk (an fsync error may have dropped dirty pages); reopening recovers from the
-     last checkpoint, which only ever names data that was fsynced.
+     last checkpoint, which only ever names data that was fsynced. Running out of descriptors
+     (EMFILE, ENFILE, ENOMEM from an *open*) is not such an error: nothing was written. The
+     descriptor cache closes its idle descriptors and tries once more; if that fails too the
+     call raises ``StorageFailed`` without the failed state, and works again later.
 
 (D10) A write that fails with ENOSPC/EDQUOT is cut back (ftruncate) to the previous batch
       boundary and raises ``DiskFull``; the log stays usable: reads go on and appends succeed

@@ -3,17 +3,31 @@
 However many segments and partitions exist, at most ``max_open`` descriptors stay open while
 idle; a descriptor in use (pinned by ``acquire`` until ``release``) is never closed under its
 user, so the cache may exceed the bound briefly while many are pinned at once.
+
+Running out of descriptors (EMFILE/ENFILE, or ENOMEM, on an open) is transient: the cache
+closes its idle descriptors and tries once more (``with_descriptor``); if that fails too it
+raises ``DescriptorsExhausted``, which the log turns into a retriable error without entering
+its failed state (D9 is for errors that may have lost data; a failed open loses nothing).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from tidemq.storage._fileops import DEFAULT_OPS, FileOps
+from tidemq.storage._fileops import DEFAULT_OPS, FileOps, is_out_of_descriptors
 
-__all__ = ["FdCache"]
+__all__ = ["FdCache", "DescriptorsExhausted"]
+
+T = TypeVar("T")
+
+
+class DescriptorsExhausted(OSError):
+    """An open failed for want of a descriptor (or kernel memory) even after the cache closed
+    its idle ones. Nothing was written; the same call can succeed later."""
 
 
 @dataclass(slots=True)
@@ -26,7 +40,8 @@ class _Entry:
 class FdCache:
     """``acquire(path) -> fd`` opens lazily and pins; ``release(path)`` unpins.
 
-    All methods are thread-safe. ``OSError`` from opening propagates to the caller.
+    All methods are thread-safe. ``OSError`` from opening propagates to the caller; running out
+    of descriptors is retried once after closing idle ones, then ``DescriptorsExhausted``.
     """
 
     def __init__(self, max_open: int = 256, ops: FileOps = DEFAULT_OPS) -> None:
@@ -38,6 +53,7 @@ class FdCache:
         self._open: OrderedDict[str, _Entry] = OrderedDict()
         self._pinned_doomed: dict[int, _Entry] = {}
         self.opens = 0
+        self.sheds = 0  # times a shortage of descriptors made the cache close its idle ones
 
     def acquire(self, path: str) -> int:
         with self._lock:
@@ -46,7 +62,7 @@ class FdCache:
                 self._open.move_to_end(path)
                 entry.pins += 1
                 return entry.fd
-        fd = self.ops.open(path)
+        fd = self.with_descriptor(lambda: self.ops.open(path))
         with self._lock:
             raced = self._open.get(path)
             if raced is not None:  # another thread opened it meanwhile: keep theirs
@@ -58,6 +74,41 @@ class FdCache:
             self._open[path] = _Entry(fd, pins=1)
             self._evict()
             return fd
+
+    def with_descriptor(self, call: Callable[[], T]) -> T:
+        """``call()``, which opens something (a file, a folder to fsync, a temp file): if it
+        runs out of descriptors, close every idle cached one and call it once more. Raises
+        ``DescriptorsExhausted`` if the second call runs out too; other errors propagate.
+        ``call`` must be safe to repeat after it failed (an open, ``atomic_write``)."""
+        try:
+            return call()
+        except OSError as exc:
+            if not is_out_of_descriptors(exc):
+                raise
+            self.shed_idle()
+        try:
+            return call()
+        except OSError as exc:
+            if not is_out_of_descriptors(exc):
+                raise
+            raise DescriptorsExhausted(
+                exc.errno, f"{exc.strerror} (even after closing idle descriptors)", exc.filename
+            ) from exc
+
+    def open_new(self, path: str) -> int:
+        """Create ``path`` (``FileExistsError`` if it exists) and return an uncached descriptor,
+        the caller's to close; out of descriptors: as ``with_descriptor``."""
+        return self.with_descriptor(lambda: self.ops.open(path, create=True))
+
+    def shed_idle(self) -> int:
+        """Close every descriptor nobody is using; returns how many. They reopen lazily."""
+        with self._lock:
+            idle = [p for p, e in self._open.items() if e.pins == 0]
+            entries = [self._open.pop(p) for p in idle]
+            self.sheds += 1
+        for e in entries:
+            self._close_quietly(e.fd)
+        return len(entries)
 
     def release(self, path: str, fd: int) -> None:
         with self._lock:

@@ -4,6 +4,11 @@ Threading: the driver calls everything from one thread, except ``sync``, which m
 other threads at the same time as ``append``. ``_lock`` guards only bookkeeping (sizes,
 offsets, lists) and is never held across an fsync; ``_sync_lock`` lets one thread fsync at a
 time while the others wait and then find their position already covered: group commit (D5).
+
+A ``never`` log fsyncs only in ``sync`` and ``close``: opening one writes no fsync, even when
+it creates the log's folders or recovery cuts a torn tail; that work waits for the first
+``sync``/``close`` (D5, D6). Running out of descriptors raises ``StorageFailed`` without the
+failed state: nothing was written, and the same call succeeds once descriptors are free.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 
 from tidemq.errors import Closed, CorruptRecord, DiskFull, InvalidArgument, StorageFailed
 from tidemq.storage._atomic import atomic_write
-from tidemq.storage._fdcache import FdCache
-from tidemq.storage._fileops import DEFAULT_OPS, FileOps, is_disk_full, write_all
+from tidemq.storage._fdcache import DescriptorsExhausted, FdCache
+from tidemq.storage._fileops import DEFAULT_OPS, FileOps, is_disk_full, make_dirs, write_all
 from tidemq.storage._format import (
     HEADER_SIZE,
     BatchView,
@@ -53,13 +59,15 @@ log = logging.getLogger("tidemq.storage")
 _READ_SLACK = 64 << 10
 _tuple_new = tuple.__new__
 _MAX_EVENTS = 100
+_BUSY_WARN_EVERY_S = 10.0
 
 
 class FileLog:
     """A partition log in ``directory`` (created if missing); recovers on construction.
 
     ``recovery`` says what opening found and cut. Public methods raise only TideMQ errors:
-    ``StorageFailed`` once a write or fsync failed (the failed state stays set, D9),
+    ``StorageFailed`` once a write or fsync failed (the failed state stays set, D9), or when
+    no file descriptor was free (no failed state: retry later; ``failed`` stays False),
     ``DiskFull`` when an append found no space (nothing of it kept; retry later, D10),
     ``CorruptRecord`` from reads when ``on_corruption="fail"``, ``Closed`` after ``close``.
     """
@@ -86,9 +94,20 @@ class FileLog:
         self._checkpoints = 0
         self._events: list[CorruptionEvent] = []
         self._seen_damage: set[tuple[int, int]] = set()
+        self._busy_warned = -_BUSY_WARN_EVERY_S
+        # D5: a never log is fsynced by sync() and close() only. What opening would fsync
+        # (new folders' entries, recovery's cut, the scanned tail) waits for the first of them.
+        lazy = self._config.durability == "never"
         try:
-            os.makedirs(self._dir, exist_ok=True)
-            rec = recover(self._dir, self._config, ops, self._fds)
+            # D6: each folder created here is an entry in its parent; the parent is fsynced
+            # so the folder, and the log in it, survive a power cut.
+            parents = [os.path.dirname(d) for d in make_dirs(ops, self._dir)]
+            if not lazy:
+                for parent in parents:
+                    self._fsync_dir(parent)
+            rec = recover(self._dir, self._config, ops, self._fds, durable=not lazy)
+        except DescriptorsExhausted as exc:
+            raise self._busy(f"cannot open log {self._dir}", exc) from exc
         except OSError as exc:
             raise StorageFailed(f"cannot open log {self._dir}: {exc}") from exc
         self._segments: list[Segment] = rec.segments
@@ -98,6 +117,9 @@ class FileLog:
         self._recovery: RecoveryReport = rec.report
         self._unsynced_sealed: list[Segment] = []
         self._dir_dirty = False
+        # Folders whose entries a lazy open left unsynced, and whether it left anything.
+        self._pending_dirs: list[str] = []
+        self._deferred = False
         self._active_index()  # the active segment's index is always in memory
         self._synced = self._end_offset
         cp = rec.checkpoint
@@ -108,14 +130,27 @@ class FileLog:
             or self._recovery.reason
             or not os.path.exists(os.path.join(self._dir, CHECKPOINT))
         ):
-            # The scanned tail came from the page cache: make it durable, then vouch for it
-            # with a checkpoint so the next open need not scan it again (D3).
-            try:
-                for s in rec.dirty:
-                    self._fsync_segment(s)
-                self._write_checkpoint()
-            except OSError as exc:
-                raise StorageFailed(f"cannot open log {self._dir}: {exc}") from exc
+            if lazy:
+                # Only what the checkpoint vouched for is known durable; the first sync or
+                # close fsyncs the rest, the folders and the cut, then checkpoints (D3, D5).
+                self._synced = min(rec.trusted_offset, self._end_offset)
+                active = self._segments[-1]
+                self._unsynced_sealed = [s for s in rec.dirty if s is not active]
+                self._pending_dirs = parents
+                self._dir_dirty = True
+                self._deferred = True
+                self._cp_segment = -1
+            else:
+                # The scanned tail came from the page cache: make it durable, then vouch for
+                # it with a checkpoint so the next open need not scan it again (D3).
+                try:
+                    for s in rec.dirty:
+                        self._fsync_segment(s)
+                    self._write_checkpoint()
+                except DescriptorsExhausted as exc:
+                    raise self._busy(f"cannot open log {self._dir}", exc) from exc
+                except OSError as exc:
+                    raise StorageFailed(f"cannot open log {self._dir}: {exc}") from exc
 
     # --- properties ------------------------------------------------------------------------
 
@@ -186,6 +221,20 @@ class FileLog:
         log.error("log %s entered the failed state: %s", self._dir, self._failed)
         return StorageFailed(
             f"log {self._dir}: {what} failed ({exc}); the log refuses writes until reopened"
+        )
+
+    def _busy(self, what: str, exc: OSError) -> StorageFailed:
+        # Not D9: an open that found no free descriptor (or kernel memory) wrote nothing, so
+        # the log knows exactly what is on disk and stays usable. The error is retriable in
+        # all but its type (the catalogue has no retriable storage error yet).
+        now = time.monotonic()
+        if now - self._busy_warned >= _BUSY_WARN_EVERY_S:
+            self._busy_warned = now
+            log.warning("log %s: %s: out of file descriptors: %s", self._dir, what, exc)
+        return StorageFailed(
+            f"log {self._dir}: {what}: out of file descriptors ({exc.strerror}); nothing was "
+            "written and the log stays usable: retry shortly. If this persists, raise the "
+            "open-files limit (ulimit -n) or lower max_open_files"
         )
 
     def append(self, batch: bytes | bytearray | memoryview, now_us: int) -> AppendResult:
@@ -272,6 +321,8 @@ class FileLog:
         fds = self._fds
         try:
             fd = fds.acquire(path)  # self._acquire, inlined
+        except DescriptorsExhausted as exc:
+            raise self._busy(f"appending to segment {path}", exc) from None
         except OSError as exc:
             raise StorageFailed(f"log {self._dir}: cannot open segment {path}: {exc}") from None
         try:
@@ -323,7 +374,9 @@ class FileLog:
         base = self._end_offset
         stem = os.path.join(self._dir, segment_name(base))
         try:
-            self._ops.close(self._ops.open(stem + ".log", create=True))
+            self._ops.close(self._fds.open_new(stem + ".log"))
+        except DescriptorsExhausted as exc:
+            raise self._busy("starting a new segment", exc) from None
         except FileExistsError:
             # Only an empty file may be taken over; anything else would reuse offsets (D8).
             if os.path.getsize(stem + ".log") != 0:
@@ -376,7 +429,8 @@ class FileLog:
             self._check_writable()
             with self._lock:
                 target = self._end_offset
-                if target <= self._synced:
+                deferred = self._deferred
+                if target <= self._synced and not deferred:
                     return
                 active = self._active
                 todo = [*self._unsynced_sealed, active]
@@ -384,16 +438,26 @@ class FileLog:
                 max_ts = self._last_ts
                 dir_dirty = self._dir_dirty
                 self._dir_dirty = False
+                pending_dirs = list(self._pending_dirs)
             try:
                 for s in todo:
                     self._fsync_segment(s)
+                for folder in pending_dirs:
+                    self._fsync_dir(folder)  # D6: a lazily opened log's new folders
                 if dir_dirty:
-                    self._ops.fsync_dir(self._dir)  # D6: new segment files survive power loss
+                    self._fsync_dir(self._dir)  # D6: new segment files survive power loss
+            except DescriptorsExhausted as exc:
+                with self._lock:
+                    self._dir_dirty = self._dir_dirty or dir_dirty
+                raise self._busy("sync", exc) from None
             except OSError as exc:
                 raise self._fail("fsync", exc) from None
             with self._lock:
-                self._synced = target
+                self._synced = max(self._synced, target)
                 self._unsynced_sealed = [s for s in self._unsynced_sealed if s not in todo]
+                if deferred:
+                    self._deferred = False
+                    self._pending_dirs = []
             if (
                 active.base_offset != self._cp_segment
                 or size - self._cp_position >= self._config.checkpoint_bytes
@@ -401,6 +465,8 @@ class FileLog:
                 self._checkpoint(active, size, target, max_ts)
 
     def _fsync_segment(self, seg: Segment) -> None:
+        """fsync one segment. ``DescriptorsExhausted`` if it cannot be opened (nothing done);
+        any other ``OSError`` is the fsync's own (D9 for the caller)."""
         try:
             fd = self._fds.acquire(seg.path)
         except FileNotFoundError:
@@ -410,6 +476,10 @@ class FileLog:
             self._fsyncs += 1
         finally:
             self._fds.release(seg.path, fd)
+
+    def _fsync_dir(self, folder: str) -> None:
+        # Opening the folder can run out of descriptors like any open: see FdCache.
+        self._fds.with_descriptor(lambda: self._ops.fsync_dir(folder))
 
     def _checkpoint(self, seg: Segment, size: int, end: int, max_ts: int) -> None:
         """Record that [0, size) of ``seg`` is synced (D3), with its index as of then."""
@@ -421,11 +491,15 @@ class FileLog:
                 snap.save(seg.stem)
             except OSError as exc:
                 log.warning("log %s: could not save an index: %s", self._dir, exc)
+        path = os.path.join(self._dir, CHECKPOINT)
+        data = encode_checkpoint(Checkpoint(1, seg.base_offset, size, end, max_ts))
         try:
-            atomic_write(
-                os.path.join(self._dir, CHECKPOINT),
-                encode_checkpoint(Checkpoint(1, seg.base_offset, size, end, max_ts)),
-            )
+            self._fds.with_descriptor(lambda: atomic_write(path, data, ops=self._ops))
+        except DescriptorsExhausted as exc:
+            # Like a full disk: the data is synced, only the shortcut is missing; the next
+            # sync or close writes it (and an open meanwhile just scans more).
+            log.warning("log %s: no descriptor for a checkpoint (%s); will retry", self._dir, exc)
+            return
         except OSError as exc:
             if is_disk_full(exc):
                 # The data is synced; only the shortcut for the next recovery is missing.
@@ -438,7 +512,7 @@ class FileLog:
 
     def _write_checkpoint(self) -> None:
         active = self._active
-        self._ops.fsync_dir(self._dir)
+        self._fsync_dir(self._dir)
         self._checkpoint(active, active.size, self._end_offset, self._last_ts)
 
     # --- read ------------------------------------------------------------------------------
@@ -446,6 +520,8 @@ class FileLog:
     def _acquire(self, seg: Segment) -> int:
         try:
             return self._fds.acquire(seg.path)
+        except DescriptorsExhausted as exc:
+            raise self._busy(f"reading segment {seg.path}", exc) from None
         except OSError as exc:
             raise StorageFailed(f"log {self._dir}: cannot open segment {seg.path}: {exc}") from None
 
@@ -700,9 +776,11 @@ class FileLog:
     def close(self) -> None:
         """Sync, save the active index and a final checkpoint, release descriptors.
 
-        After a clean close the next open scans nothing (D3). In the failed state nothing is
-        written; the next open recovers. Idempotent. Raises ``StorageFailed`` if the final
-        sync fails (the log is closed anyway).
+        After a clean close the next open scans nothing (D3). This is done under every
+        durability level, ``never`` included: a clean close is the one moment a ``never`` log
+        is fsynced without being asked (D5). In the failed state nothing is written; the next
+        open recovers. Idempotent. Raises ``StorageFailed`` if the final sync fails (the log
+        is closed anyway).
         """
         if self._closed:
             return
@@ -723,6 +801,14 @@ class FileLog:
                 self._fds.forget(s.path)
             if self._own_fds:
                 self._fds.close_all()
+
+    def _discard(self) -> None:
+        """Close without writing anything (the store is deleting the log's folder)."""
+        self._closed = True
+        for s in self._segments:
+            self._fds.forget(s.path)
+        if self._own_fds:
+            self._fds.close_all()
 
     def __enter__(self) -> FileLog:
         return self

@@ -11,7 +11,14 @@ import errno
 import os
 from collections.abc import Sequence
 
-__all__ = ["FileOps", "DEFAULT_OPS", "is_disk_full", "write_all"]
+__all__ = [
+    "FileOps",
+    "DEFAULT_OPS",
+    "is_disk_full",
+    "is_out_of_descriptors",
+    "make_dirs",
+    "write_all",
+]
 
 _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
 
@@ -40,11 +47,17 @@ class FileOps:
         os.ftruncate(fd, size)
 
     def fsync_dir(self, path: str) -> None:
+        """Make the folder's entries (files and folders created, renamed or deleted in it)
+        durable. Opens the folder, so it can fail like ``open`` (EMFILE) as well as ``fsync``."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def mkdir(self, path: str) -> None:
+        """Create one folder (its parent must exist); ``FileExistsError`` if it does."""
+        os.mkdir(path, 0o755)
 
 
 DEFAULT_OPS = FileOps()
@@ -53,6 +66,42 @@ DEFAULT_OPS = FileOps()
 def is_disk_full(exc: OSError) -> bool:
     """True for the errors that mean 'no space now, maybe later' (ENOSPC, EDQUOT)."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# Opening a file needs a free descriptor (EMFILE: this process's limit, ENFILE: the system's)
+# and a little kernel memory (ENOMEM). All three pass when descriptors are closed or memory
+# is freed: nothing is wrong with the disk or the file, so they never mean the failed state.
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def is_out_of_descriptors(exc: OSError) -> bool:
+    """True for the errors of an *open* that mean 'no descriptor now, maybe later'."""
+    return exc.errno in _OUT_OF_DESCRIPTORS
+
+
+def make_dirs(ops: FileOps, path: str) -> list[str]:
+    """Create ``path`` and its missing parents through ``ops``; returns the folders created,
+    outermost first. Each one's entry lives in its parent, so a caller that wants them to
+    survive a power cut fsyncs the parent of each (``ops.fsync_dir``)."""
+    missing: list[str] = []
+    at = os.path.abspath(path)
+    while not os.path.isdir(at):
+        missing.append(at)
+        parent = os.path.dirname(at)
+        if parent == at:
+            break
+        at = parent
+    created: list[str] = []
+    for folder in reversed(missing):
+        try:
+            ops.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+            # Made meanwhile by another thread: its parent may not be fsynced yet, so this
+            # caller makes it durable too (one fsync too many at worst).
+        created.append(folder)
+    return created
 
 
 def write_all(

@@ -4,6 +4,9 @@ Recovery reads only what the last checkpoint does not vouch for (D3): after a cl
 checkpoint covers everything and nothing is scanned; after a crash only the bytes after it are
 checksummed, batch by batch, and the log is cut at the first batch that is torn, corrupt or out
 of place (D7). Older segments are left alone: their indexes load lazily on first use (D4).
+
+Under ``durable=False`` (a ``never`` log) recovery fsyncs nothing: the cut and the folder
+changes it makes stay in the page cache until the log's first ``sync`` or ``close`` (D5).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from tidemq.storage._atomic import fsync_dir
+from tidemq.storage._atomic import TMP_SUFFIX
 from tidemq.storage._fdcache import FdCache
-from tidemq.storage._fileops import FileOps
+from tidemq.storage._fileops import FileOps, is_out_of_descriptors
 from tidemq.storage._index import SegmentIndex
 from tidemq.storage._scan import Damage, iter_batches
 from tidemq.storage._types import LogConfig, RecoveryReport
@@ -48,10 +51,16 @@ _CP_DECODER = msgspec.json.Decoder(Checkpoint)
 
 
 def load_checkpoint(directory: str) -> Checkpoint | None:
+    """The checkpoint, or None if missing or unreadable. Raises ``OSError`` only when no
+    descriptor was free to read it: taking that for "no checkpoint" could reuse offsets (D8)."""
     try:
         with open(os.path.join(directory, CHECKPOINT), "rb") as f:
             cp = _CP_DECODER.decode(f.read())
-    except (OSError, msgspec.DecodeError):
+    except OSError as exc:
+        if is_out_of_descriptors(exc):
+            raise
+        return None
+    except msgspec.DecodeError:
         return None
     if cp.version != 1 or cp.position < 0 or cp.end_offset < cp.segment:
         return None
@@ -82,13 +91,16 @@ class Recovered:
     report: RecoveryReport
     dirty: list[Segment] = field(default_factory=list)  # scanned or cut: fsync, then checkpoint
     checkpoint: Checkpoint | None = None
+    trusted_offset: int = 0  # offsets below it were vouched for by the checkpoint (D3)
+    unsynced: bool = False  # durable=False and recovery changed files it did not fsync
 
 
 def _list_segments(directory: str) -> list[int]:
     bases = []
     for name in os.listdir(directory):
-        if name.endswith(".tmp"):
-            # A temporary file of an interrupted atomic_write: never the live copy.
+        if name.endswith(TMP_SUFFIX):
+            # A temporary file of an interrupted atomic_write (a checkpoint, an index): never
+            # the live copy, and nothing else in a log folder ends so (D2).
             try:
                 os.unlink(os.path.join(directory, name))
             except OSError:
@@ -105,10 +117,15 @@ def _list_segments(directory: str) -> list[int]:
     return sorted(bases)
 
 
-def recover(directory: str, config: LogConfig, ops: FileOps, fds: FdCache) -> Recovered:
-    """Open the segments of ``directory``; ``OSError`` propagates to the caller."""
-    bases = _list_segments(directory)
-    cp = load_checkpoint(directory)
+def recover(
+    directory: str, config: LogConfig, ops: FileOps, fds: FdCache, *, durable: bool = True
+) -> Recovered:
+    """Open the segments of ``directory``; ``OSError`` propagates to the caller.
+
+    ``durable``: fsync what recovery creates or cuts (and the folder) before returning; if
+    False, nothing is fsynced and ``Recovered.unsynced`` says whether anything was changed."""
+    bases = fds.with_descriptor(lambda: _list_segments(directory))
+    cp = fds.with_descriptor(lambda: load_checkpoint(directory))
 
     def seg(base: int) -> Segment:
         stem = os.path.join(directory, segment_name(base))
@@ -117,12 +134,16 @@ def recover(directory: str, config: LogConfig, ops: FileOps, fds: FdCache) -> Re
     if not bases:
         base = cp.end_offset if cp is not None else 0  # never reuse an offset (D8)
         stem = os.path.join(directory, segment_name(base))
-        ops.close(ops.open(stem + ".log", create=True))
-        fsync_dir(directory)
+        ops.close(fds.open_new(stem + ".log"))
+        if durable:
+            fds.with_descriptor(lambda: ops.fsync_dir(directory))  # D6: the segment's name
         first = Segment(
             base, stem + ".log", stem, 0, SegmentIndex(base, config.index_interval_bytes)
         )
-        return Recovered([first], base, cp.max_ts if cp else -1, RecoveryReport(), [first], cp)
+        return Recovered(
+            [first], base, cp.max_ts if cp else -1, RecoveryReport(), [first], cp, base,
+            unsynced=not durable,
+        )
 
     segments = [seg(b) for b in bases]
     interval = config.index_interval_bytes
@@ -165,6 +186,7 @@ def recover(directory: str, config: LogConfig, ops: FileOps, fds: FdCache) -> Re
             if prev_idx is not None:
                 max_ts = prev_idx.max_ts
 
+    trusted = offset
     scanned = 0
     cut_at: tuple[int, int, str] | None = None  # (segment list index, position, reason)
     rebuilt: list[int] = []
@@ -210,13 +232,18 @@ def recover(directory: str, config: LogConfig, ops: FileOps, fds: FdCache) -> Re
     )
     if cut_at is not None:
         j, position, reason = cut_at
-        report = _cut(directory, segments, j, position, reason, offset, ops, fds, report)
+        report = _cut(
+            directory, segments, j, position, reason, offset, ops, fds, report, durable=durable
+        )
         # Cutting a later segment at byte 0 deletes it; otherwise it stays, shortened.
         segments = segments[:j] if position == 0 and j > 0 else segments[: j + 1]
         dirty = [d for d in dirty if d in segments]
         if segments[-1] not in dirty:
             dirty.append(segments[-1])
-    return Recovered(segments, offset, max_ts, report, dirty, cp)
+    return Recovered(
+        segments, offset, max_ts, report, dirty, cp, trusted,
+        unsynced=not durable and cut_at is not None,
+    )
 
 
 def _cut(
@@ -229,8 +256,11 @@ def _cut(
     ops: FileOps,
     fds: FdCache,
     report: RecoveryReport,
+    *,
+    durable: bool,
 ) -> RecoveryReport:
-    """Truncate segment ``j`` at ``position`` and delete every later segment; report it."""
+    """Truncate segment ``j`` at ``position`` and delete every later segment; report it.
+    ``durable``: fsync the cut segment and the folder before returning."""
     touched = []
     cut_bytes = 0
     s = segments[j]
@@ -239,7 +269,8 @@ def _cut(
         fd = fds.acquire(s.path)
         try:
             ops.ftruncate(fd, position)
-            ops.fsync(fd)
+            if durable:
+                ops.fsync(fd)
         finally:
             fds.release(s.path, fd)
         cut_bytes += s.size - position
@@ -254,7 +285,8 @@ def _cut(
         SegmentIndex.remove(t.stem)
         cut_bytes += t.size
         touched.append(t.base_offset)
-    fsync_dir(directory)
+    if durable:
+        fds.with_descriptor(lambda: ops.fsync_dir(directory))
     log.warning(
         "log %s: recovery cut %d bytes from offset %d on (%s)",
         directory,

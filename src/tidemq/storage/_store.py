@@ -16,10 +16,9 @@ import threading
 from typing import Protocol, runtime_checkable
 
 from tidemq.errors import Closed, DataDirLocked, InvalidArgument, StorageFailed
-from tidemq.storage._atomic import fsync_dir
 from tidemq.storage._fdcache import FdCache
 from tidemq.storage._filelog import FileLog
-from tidemq.storage._fileops import DEFAULT_OPS, FileOps
+from tidemq.storage._fileops import DEFAULT_OPS, FileOps, make_dirs
 from tidemq.storage._memlog import MemoryLog
 from tidemq.storage._meta import FileMeta, MemoryMeta, MetaStore
 from tidemq.storage._recovery import CHECKPOINT
@@ -62,7 +61,10 @@ class LogStore(Protocol):
 class FileStore:
     """Logs in a data folder, locked against other openers (``DataDirLocked``).
 
-    ``max_open_files`` bounds the segment descriptors kept open across all logs.
+    ``max_open_files`` bounds the segment descriptors kept open across all logs. Folders the
+    store creates (the data folder, ``logs/``, each log's folders) are made durable by an fsync
+    of their parent before anything in them is (D6); ``ops`` is the file-system interface
+    (tests pass doubles).
     """
 
     def __init__(
@@ -70,7 +72,8 @@ class FileStore:
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         try:
-            os.makedirs(os.path.join(self.path, LOGS_DIR), exist_ok=True)
+            for folder in make_dirs(ops, os.path.join(self.path, LOGS_DIR)):
+                ops.fsync_dir(os.path.dirname(folder))  # D6: the new folder's entry
             self._lock_fd = os.open(
                 os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
             )
@@ -141,10 +144,7 @@ class FileStore:
         with self._mutex:
             log = self._logs.pop(name, None)
         if log is not None:
-            try:
-                log.close()
-            except StorageFailed:
-                pass  # its data is being deleted anyway
+            log._discard()  # no final sync or checkpoint: its data is being deleted
         self._fds.forget_under(directory + os.sep)
         if not os.path.isdir(directory):
             return
@@ -152,7 +152,7 @@ class FileStore:
         doomed = f"{directory}.deleted-{os.getpid()}-{threading.get_ident()}"
         try:
             os.replace(directory, doomed)
-            fsync_dir(os.path.dirname(directory))
+            self._ops.fsync_dir(os.path.dirname(directory))  # the deletion is durable
             shutil.rmtree(doomed)
         except OSError as exc:
             raise StorageFailed(f"cannot delete log {name!r}: {exc}") from exc

@@ -35,6 +35,8 @@ class LogConfig:
     """How one partition log rolls, retains and syncs. Checked on construction (InvalidArgument).
 
     ``durability`` is advisory for the driver: the log itself never syncs on its own (D5).
+    The log honours one part of it: a ``never`` log fsyncs nothing when it is opened (new
+    folders, recovery's cut), leaving that to its first ``sync`` or ``close``.
     ``checkpoint_bytes`` bounds crash recovery: a checkpoint is written by ``sync`` whenever
     that many bytes were synced since the last one (and whenever a segment rolled), so after a
     crash only the bytes after the last checkpoint are scanned.
