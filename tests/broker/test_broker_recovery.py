@@ -89,11 +89,12 @@ def test_kill_9_keeps_acks_and_confirmed_messages(tmp_path: Path) -> None:
 #
 # Each test below cuts the power after a call that wrote data without handing out a token (a
 # tick releasing a delayed message, a fetch dead-lettering an expired one), once a later token
-# (an ack) or the OS's own writeback made the journal durable. The journal then says the work
-# was done while the data it describes is gone: the message is lost for every group (or, the
-# other way round, the data survived and the journal did not: a delayed message is released
-# twice). They fail today (xfail, strict: an XPASS means the broker was fixed; then remove the
-# marker and set SYNC_UNTOKENED_WRITES = False in test_model.py).
+# (an ack) or the OS's own writeback made the journal durable. Before the fixes the journal
+# then said the work was done while the data it describes was gone: the message was lost for
+# every group (or, the other way round, the data survived and the journal did not: a delayed
+# message was released twice). Fixed by completing 'always' tokens with every unsynced data
+# log (J1, Broker._complete), by checking each journaled release's copy at recovery, and by
+# counting copies found in the rescanned data tail as released (J3).
 
 _J1_BUG = (
     "broker bug: a token syncs the topic's journal but not the data that earlier, untokened "
@@ -160,26 +161,26 @@ def _released_then_acked(tmp_path: Path, journal_written_back: bool) -> None:
             [d] = b.fetch(g, 10, **c.t)
             b.sync(b.ack(g, [d.id], **c.t))  # the ack's token: the journal only
         c.cut("drop")
+        c.advance(0.1)  # a driver ticks at once: a release whose copy was lost happens again
         assert c.drain("t", "h") == [b"late"], "a confirmed delayed message was lost"
     finally:
         c.close()
 
 
-@pytest.mark.xfail(strict=True, reason=_J1_BUG)
+
 def test_a_released_delayed_message_survives_a_power_cut_after_another_groups_ack(
     tmp_path: Path,
 ) -> None:
     _released_then_acked(tmp_path, journal_written_back=False)
 
 
-@pytest.mark.xfail(strict=True, reason=_J1_BUG + "; recovery trusts a 'dr' event whose data is gone")
 def test_a_released_delayed_message_survives_the_journal_being_written_back_first(
     tmp_path: Path,
 ) -> None:
     _released_then_acked(tmp_path, journal_written_back=True)
 
 
-@pytest.mark.xfail(strict=True, reason=_J1_BUG)
+
 def test_an_expired_message_dead_lettered_by_a_fetch_survives_a_power_cut(tmp_path: Path) -> None:
     c = _Cut(tmp_path / "data")
     try:
@@ -200,10 +201,6 @@ def test_an_expired_message_dead_lettered_by_a_fetch_survives_a_power_cut(tmp_pa
         c.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "broker bug: a release whose data became durable (synced by a later publish to the same "
-    "partition) but whose 'dr' journal event did not is released again after a power cut: two "
-    "copies with one id, the second delivered even after the first was acked"))
 def test_a_delayed_message_released_before_a_power_cut_is_not_released_twice(
     tmp_path: Path,
 ) -> None:

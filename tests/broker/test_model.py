@@ -15,9 +15,8 @@ data folder, and checks:
 The broker runs on ``FileStore(dir, ops=PowerLossOps())``; a crash abandons the store (no
 close, no final sync or snapshot) and cuts the power (``drop``, ``prefix`` or ``tear``: what
 was not fsynced is lost, partly kept, or torn), then reopens on a fresh double. The model syncs
-every token a call returns, as a driver does before answering under ``always``, and syncs the
-writes of calls that return none (fetch, tick) as a driver's periodic sync would (see
-``SYNC_UNTOKENED_WRITES``). What a call only changes in memory (deliveries, leases) may be
+every token a call returns, as a driver does before answering under ``always``; the writes of
+calls that return none (fetch, tick) are left unsynced (see ``SYNC_UNTOKENED_WRITES``). What a call only changes in memory (deliveries, leases) may be
 lost, so messages in flight may come again.
 """
 
@@ -44,12 +43,11 @@ from tidemq.storage import FileStore, Record
 T0 = 1_700_000_000_000_000
 MAX_DELIVERIES = 3
 # Calls that return no token (fetch, tick) still write: a tick releases delayed messages and
-# dead-letters, a fetch dead-letters expired messages. A driver fsyncs those writes within its
-# sync interval (Broker.sync_all); the model does so at once after each such call. Without
-# it a power cut loses messages or releases a delayed one twice: see the xfail tests in
-# test_broker_recovery.py (broker bugs), and set this False once they pass
-# (TIDEMQ_MODEL_UNSYNCED_TICKS=1 runs the model without it meanwhile).
-SYNC_UNTOKENED_WRITES = os.environ.get("TIDEMQ_MODEL_UNSYNCED_TICKS") != "1"
+# dead-letters, a fetch dead-letters expired messages. The broker keeps J1 for them (a later
+# token syncs their data first; recovery checks journaled releases against the data), so the
+# model does NOT sync them by itself. TIDEMQ_MODEL_SYNC_TICKS=1 syncs them at once after each
+# such call, as a driver's periodic sync eventually does.
+SYNC_UNTOKENED_WRITES = os.environ.get("TIDEMQ_MODEL_SYNC_TICKS") == "1"
 GROUP = GroupSettings(ack_timeout=5.0, max_deliveries=MAX_DELIVERIES,
                       backoff=Backoff(initial=1.0, multiplier=2.0, max=4.0))
 

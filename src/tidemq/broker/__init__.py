@@ -10,8 +10,12 @@ Durable-state invariants, cited in the code as ``J<n>``:
 (J2) Recovery clamps every piece of state to each log's end, so an offset is never reused for a
      different message.
 (J3) Every journal record begins with the data logs' end offsets when it was appended; producer
-     and dedup state are rebuilt from the data after the last surviving record's ends (offsets,
-     never timestamps).
+     and dedup state, and releases of delayed messages, are rebuilt from the data after the last
+     surviving record's ends (offsets, never timestamps), and what is rebuilt so is journaled
+     again at once. A journaled release counts only if its copy is in its partition.
+(J1') An ``always`` token syncs every data log with unsynced appends before its journals: writes
+     that handed out no token (a tick's releases, a fetch's dead letters) may be described by
+     the journal record it makes durable.
 (J4) The broker performs no snapshot I/O itself: ``Topic.plan_snapshot`` journals the pending
      events and encodes the state, the driver runs the returned job off its loop, and the
      journal is trimmed only after the snapshot is durable; a failed job loses nothing.

@@ -110,6 +110,7 @@ class Broker:
         # pending journal append).
         self._hint_mono: int | None = None
         self._hint_wall: int | None = None
+        self._journal_ids: set[int] = set()  # id() of every topic's journal log (see _complete)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class Broker:
                 topic = Topic(store, b._meta, t["name"], key, int(t["incarnation"]), config, now_us=now_us)
                 recover_topic(topic, now_us)
                 b._topics[key] = topic
+                b._journal_ids.add(id(topic.journal.log))
         return b
 
     def close(self) -> None:
@@ -247,9 +249,27 @@ class Broker:
 
     def _token(self, tb: TokenBuilder) -> SyncToken:
         token = tb.build()
+        if token.always:
+            token = self._complete(token)
         for log, pos in token.entries:
             self._positions[id(log)] = (log, pos)
         return token
+
+    def _complete(self, token: SyncToken) -> SyncToken:
+        """J1 for writes that handed out no token of their own (a tick's delay releases, a
+        fetch's dead letters): a journal record synced by this token may describe them, so
+        every data log with unsynced appends is synced first, then this token's journals.
+        Costs a pass over the logs written so far, only for tokens the driver must sync."""
+        journals = self._journal_ids
+        mine = {id(log) for log, _ in token.entries}
+        extra = [(log, pos) for key, (log, pos) in self._positions.items()
+                 if key not in mine and key not in journals and pos > log.synced_position
+                 and log.durability != "never"]
+        if not extra:
+            return token
+        data = [e for e in token.entries if id(e[0]) not in journals]
+        tail = [e for e in token.entries if id(e[0]) in journals]
+        return SyncToken(tuple(extra + data + tail), True)
 
     # --- catalogue -------------------------------------------------------------------------
 
@@ -319,6 +339,7 @@ class Broker:
                 raise _storage_error(exc, f"cannot create topic {name!r}") from exc
             raise
         self._topics[t.key] = t
+        self._journal_ids.add(id(t.journal.log))
         try:
             self._save_catalogue()
         except TideMQError:
@@ -404,6 +425,7 @@ class Broker:
         self._wake.difference_update(t.groups.values())
         for log in (*t.logs, t.delays.log, t.journal.log):
             self._positions.pop(id(log), None)
+        self._journal_ids.discard(id(t.journal.log))
         _quietly(t.close)
 
     def _delete_logs(self, t: Topic) -> None:

@@ -455,11 +455,16 @@ class Topic:
                     keyless_p = self.sticky.next_partition(n)
                 p = keyless_p
             by_part.setdefault(p, []).append(msgspec.structs.replace(r, headers=headers))
+        seqs: list[int] = []
+        locs: list[int] = []  # per seq: partition, offset of its copy (recovery checks it)
         for p, recs in by_part.items():
-            self.append(p, recs, now_us, tb)
-        seqs = [s for s, _ in due]
+            base = self.append(p, recs, now_us, tb)
+            for j, r in enumerate(recs):
+                assert r.headers is not None
+                seqs.append(int(r.headers[ID_HEADER].rsplit(":", 1)[1]))
+                locs += (p, base + j)
         self.delays.released(seqs)
-        self.events.append(["dr", seqs])
+        self.events.append(["dr", seqs, locs])
         return len(due)
 
     # --- durable state ---------------------------------------------------------------------
