@@ -9,8 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from tests.powerloss import PowerLossOps, abandon
 from tidemq.broker import Broker, TopicConfig
 from tidemq.storage import FileStore, Record, open_store
@@ -96,10 +94,6 @@ def test_kill_9_keeps_acks_and_confirmed_messages(tmp_path: Path) -> None:
 # log (J1, Broker._complete), by checking each journaled release's copy at recovery, and by
 # counting copies found in the rescanned data tail as released (J3).
 
-_J1_BUG = (
-    "broker bug: a token syncs the topic's journal but not the data that earlier, untokened "
-    "writes (tick's delay releases, fetch's dead letters) appended before it (J1)"
-)
 NOW = 1_700_000_000_000_000
 S = 1_000_000
 
