@@ -50,27 +50,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import cpu_ticks, free_port, tidemq_command  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the server process ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tidemq_command() -> list[str]:
-    """``tidemq`` of this virtualenv (next to sys.executable), else on PATH, else the module."""
-    here = Path(sys.executable).parent / "tidemq"
-    if here.exists():
-        return [str(here)]
-    found = shutil.which("tidemq")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "import sys, tidemq.cli; sys.exit(tidemq.cli.main())"]
 
 
 def _die_with_parent() -> None:
@@ -90,8 +78,8 @@ class Server:
                  start_timeout: float = 30.0) -> None:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.log_path = log_path
-        cmd = [*_tidemq_command(), "serve", "--data", data, "--host", "127.0.0.1",
-               "--port", "0", "--http-port", str(_free_port()), "--loop", loop,
+        cmd = [*tidemq_command(), "serve", "--data", data, "--host", "127.0.0.1",
+               "--port", "0", "--http-port", str(free_port()), "--loop", loop,
                "--log-level", "WARNING"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self._log, start_new_session=True,
@@ -163,12 +151,6 @@ class Server:
 # --- CPU accounting ---------------------------------------------------------------------------
 
 
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of the whole process (every thread, living or exited), in clock ticks."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()  # the command name may hold spaces
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
 
 def _sched(pid: int) -> tuple[int, int, int]:
     """(on-CPU ns summed over living threads, context switches of living threads, threads)."""
@@ -208,9 +190,9 @@ def one_run(run: int, args: argparse.Namespace) -> dict[str, Any]:
         _setup(server.url, args.durability)  # the client is closed when this returns
         time.sleep(args.settle)
         t0 = time.monotonic()
-        c0, (s0, w0, _) = _cpu_ticks(server.pid), _sched(server.pid)
+        c0, (s0, w0, _) = cpu_ticks(server.pid), _sched(server.pid)
         time.sleep(args.seconds)
-        c1, (s1, w1, threads) = _cpu_ticks(server.pid), _sched(server.pid)
+        c1, (s1, w1, threads) = cpu_ticks(server.pid), _sched(server.pid)
         dt = time.monotonic() - t0
         if server.proc.poll() is not None:
             raise RuntimeError(f"server died during the window: {server.log_tail()}")

@@ -83,6 +83,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import cpu_ticks, free_port, tidemq_command  # noqa: E402
+
 BODY = b"x" * 100
 TOPIC, GROUP = "storm", "g"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -92,21 +95,6 @@ NEAR_NS = 25_000_000  # a round trip within this of a snapshot's mtime is "near"
 # --- child processes ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tidemq_command() -> list[str]:
-    """``tidemq`` of this virtualenv (next to sys.executable), else on PATH, else the module."""
-    here = Path(sys.executable).parent / "tidemq"
-    if here.exists():
-        return [str(here)]
-    found = shutil.which("tidemq")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "import sys, tidemq.cli; sys.exit(tidemq.cli.main())"]
 
 
 def _preexec(nice: int = 0) -> Any:
@@ -196,8 +184,8 @@ class Child:
 
 
 def start_server(tmp: str, loop: str) -> tuple[Child, int]:
-    cmd = [*_tidemq_command(), "serve", "--data", os.path.join(tmp, "data"),
-           "--host", "127.0.0.1", "--port", "0", "--http-port", str(_free_port()),
+    cmd = [*tidemq_command(), "serve", "--data", os.path.join(tmp, "data"),
+           "--host", "127.0.0.1", "--port", "0", "--http-port", str(free_port()),
            "--loop", loop, "--log-level", "WARNING"]
     server = Child("server", cmd, os.path.join(tmp, "server.log"))
     try:
@@ -217,11 +205,6 @@ def start_server(tmp: str, loop: str) -> tuple[Child, int]:
         raise
     return server, port
 
-
-def _cpu_ticks(pid: int) -> int:
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime, all threads
 
 
 # --- the snapshot watcher ------------------------------------------------------------------------
@@ -449,7 +432,7 @@ def one_run(run: int, durability: str, a: argparse.Namespace) -> dict[str, Any]:
             c.expect(r"^ready$", deadline)
         watcher = SnapshotWatcher(os.path.join(tmp, "data"))
         watcher.arm()
-        cpu0, t0, go_wall_ns = _cpu_ticks(server.proc.pid), time.monotonic(), time.time_ns()
+        cpu0, t0, go_wall_ns = cpu_ticks(server.proc.pid), time.monotonic(), time.time_ns()
         for c in children:
             c.send("go\n")
         results: dict[str, list[dict[str, Any]]] = {}
@@ -457,7 +440,7 @@ def one_run(run: int, durability: str, a: argparse.Namespace) -> dict[str, Any]:
         for c in children:
             m = c.expect(r"^result (.*)$", deadline)
             results.setdefault(c.name.split("-")[0], []).append(json.loads(m.group(1)))
-        cpu1, dt = _cpu_ticks(server.proc.pid), time.monotonic() - t0
+        cpu1, dt = cpu_ticks(server.proc.pid), time.monotonic() - t0
         watcher.stop()
         if server.proc.poll() is not None:
             raise RuntimeError(f"the server died during the run: {server.log_tail()}")
