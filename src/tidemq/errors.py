@@ -149,6 +149,16 @@ class DataDirLocked(TideMQError):
     http_status = 423
 
 
+class ResourceExhausted(TideMQError):
+    """The process ran out of a system resource (file descriptors, kernel memory) for a
+    moment; nothing of this call was stored and the store stays healthy. Retry shortly; if it
+    persists, raise the open-files limit (``ulimit -n``)."""
+
+    code = 35
+    retriable = True
+    http_status = 503
+
+
 class Closed(TideMQError):
     """The client, subscription or broker was closed by this program; open a new one."""
 

@@ -78,8 +78,10 @@ def test_acked_under_always_never_redelivered_unacked_come_again(fh: Harness) ->
     assert all(d.delivery_count >= 2 for d in again)
 
 
-def test_state_clamped_to_the_log_after_a_torn_tail(fh: Harness) -> None:
-    # The journal may be durable while the data tail is not (power loss): recovery clamps.
+def test_state_never_ahead_of_the_log_after_a_crash(fh: Harness) -> None:
+    # A crash (the page cache survives): the group is never ahead of the log. The power-cut
+    # case, with a really torn data tail, is test_group_durable.py::
+    # test_group_is_clamped_after_a_power_cut_tears_the_data_tail.
     b, c = fh.broker, fh.clock
     b.create_topic("t", TopicConfig(durability="always"), now_us=c.now_us)
     m = b.subscribe("t", "g", None, **c.t)

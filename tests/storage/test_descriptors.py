@@ -1,5 +1,5 @@
 """Running out of file descriptors (EMFILE/ENFILE) is transient: the log never enters its
-failed state for it, answers a clear ``StorageFailed``, and works again once descriptors are free.
+failed state for it, answers a clear, retriable ``ResourceExhausted``, and works again once descriptors are free.
 
 A ``FileOps`` double limits the descriptors open through it or refuses every open (a flood);
 a child process lowers its real ``RLIMIT_NOFILE`` and fills it.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.storage.helpers import all_bodies, batch, bodies
-from tidemq.errors import StorageFailed
+from tidemq.errors import ResourceExhausted
 from tidemq.storage import FileLog, FileOps, FileStore, LogConfig
 
 T0 = 1_700_000_000_000_000
@@ -88,7 +88,7 @@ def test_a_descriptor_flood_is_retriable_and_never_fails_the_log(tmp_path: Path,
         lambda: log.read(0),
         lambda: [log.append(batch(18, 3), T0) for _ in range(8)],  # would roll a segment
     ):
-        with pytest.raises(StorageFailed, match="out of file descriptors") as err:
+        with pytest.raises(ResourceExhausted, match="out of file descriptors") as err:
             call()
         assert "stays usable" in str(err.value) and "failed state" not in str(err.value)
         assert not log.failed and not log.statistics().failed
@@ -112,9 +112,9 @@ def test_opening_a_log_during_a_flood_fails_and_succeeds_later(tmp_path: Path) -
         store.open_log("t/0", SMALL).append(batch(0, 3), T0)
         store.open_log("t/0").close()
         ops.flood = True
-        with pytest.raises(StorageFailed, match="out of file descriptors"):
+        with pytest.raises(ResourceExhausted, match="out of file descriptors"):
             store.open_log("t/0", SMALL)
-        with pytest.raises(StorageFailed, match="out of file descriptors"):
+        with pytest.raises(ResourceExhausted, match="out of file descriptors"):
             store.open_log("t/1", SMALL)
         ops.flood = False
         assert all_bodies(store.open_log("t/0", SMALL)) == bodies(0, 3)
@@ -139,7 +139,7 @@ def test_a_checkpoint_without_a_descriptor_is_skipped_and_written_later(tmp_path
         real(path)
 
     ops.fsync_dir = refuse_dir  # type: ignore[method-assign]
-    with pytest.raises(StorageFailed, match="out of file descriptors"):
+    with pytest.raises(ResourceExhausted, match="out of file descriptors"):
         log.sync()  # the folder entry of the new segment is not durable: not synced
     assert not log.failed and log.synced_position == 0
     checkpoints = log.statistics().checkpoints
@@ -158,7 +158,7 @@ def test_a_checkpoint_without_a_descriptor_is_skipped_and_written_later(tmp_path
 CHILD = textwrap.dedent(
     """
     import errno, os, resource, sys
-    from tidemq.errors import StorageFailed
+    from tidemq.errors import ResourceExhausted
     from tidemq.storage import FileStore, LogConfig, encode_bodies
 
     store = FileStore(sys.argv[1])
@@ -185,13 +185,13 @@ CHILD = textwrap.dedent(
     refused = 0
     try:
         log.sync(res.position)
-    except StorageFailed as exc:
+    except ResourceExhausted as exc:
         assert "out of file descriptors" in str(exc), exc
         refused += 1
     for n in range(6, 15):  # every open now fails, as under a connection flood
         try:
             publish(n)
-        except StorageFailed as exc:
+        except ResourceExhausted as exc:
             assert "out of file descriptors" in str(exc), exc
             refused += 1
     failed_during = log.failed
@@ -244,7 +244,7 @@ def test_a_checkpoint_unreadable_for_want_of_descriptors_is_not_taken_for_none(
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr("tidemq.storage._recovery.open", no_descriptor, raising=False)
-    with pytest.raises(StorageFailed, match="out of file descriptors"):
+    with pytest.raises(ResourceExhausted, match="out of file descriptors"):
         FileLog(tmp_path, SMALL)
     monkeypatch.undo()
     reopened = FileLog(tmp_path, SMALL)

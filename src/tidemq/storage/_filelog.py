@@ -7,7 +7,7 @@ time while the others wait and then find their position already covered: group c
 
 A ``never`` log fsyncs only in ``sync`` and ``close``: opening one writes no fsync, even when
 it creates the log's folders or recovery cuts a torn tail; that work waits for the first
-``sync``/``close`` (D5, D6). Running out of descriptors raises ``StorageFailed`` without the
+``sync``/``close`` (D5, D6). Running out of descriptors raises ``ResourceExhausted`` without the
 failed state: nothing was written, and the same call succeeds once descriptors are free.
 """
 
@@ -20,7 +20,14 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 
-from tidemq.errors import Closed, CorruptRecord, DiskFull, InvalidArgument, StorageFailed
+from tidemq.errors import (
+    Closed,
+    CorruptRecord,
+    DiskFull,
+    InvalidArgument,
+    ResourceExhausted,
+    StorageFailed,
+)
 from tidemq.storage._atomic import atomic_write
 from tidemq.storage._fdcache import DescriptorsExhausted, FdCache
 from tidemq.storage._fileops import DEFAULT_OPS, FileOps, is_disk_full, make_dirs, write_all
@@ -223,15 +230,14 @@ class FileLog:
             f"log {self._dir}: {what} failed ({exc}); the log refuses writes until reopened"
         )
 
-    def _busy(self, what: str, exc: OSError) -> StorageFailed:
+    def _busy(self, what: str, exc: OSError) -> ResourceExhausted:
         # Not D9: an open that found no free descriptor (or kernel memory) wrote nothing, so
-        # the log knows exactly what is on disk and stays usable. The error is retriable in
-        # all but its type (the catalogue has no retriable storage error yet).
+        # the log knows exactly what is on disk and stays usable: a retriable error.
         now = time.monotonic()
         if now - self._busy_warned >= _BUSY_WARN_EVERY_S:
             self._busy_warned = now
             log.warning("log %s: %s: out of file descriptors: %s", self._dir, what, exc)
-        return StorageFailed(
+        return ResourceExhausted(
             f"log {self._dir}: {what}: out of file descriptors ({exc.strerror}); nothing was "
             "written and the log stays usable: retry shortly. If this persists, raise the "
             "open-files limit (ulimit -n) or lower max_open_files"
