@@ -143,16 +143,11 @@ class Broker:
             return
         for t in self._topics.values():
             if not t.snapshot_in_flight:
-                now = t.last_maintenance_us
-                job = t.plan_snapshot(now)
-                try:
-                    job.run()
-                except Exception:
-                    t.snapshot_failed()
-                else:
-                    t.snapshot_done(job, now)
+                self._jobs.append(t.plan_snapshot(t.last_maintenance_us))
+        for job in self.take_jobs():  # planned ones no driver took, and the closing ones
+            self._run_job(job, job.topic.last_maintenance_us)
+        for t in self._topics.values():
             t.close()
-        self._jobs.clear()
         self._closed = True
 
     # --- background work (J4) --------------------------------------------------------------
@@ -186,13 +181,20 @@ class Broker:
         """Run pending jobs here, now (tests and tools without a driver); how many ran."""
         jobs = self.take_jobs()
         for job in jobs:
-            try:
-                job.run()
-            except Exception as exc:
-                self.job_done(job, exc, now_us=now_us)
-                raise
-            self.job_done(job, None, now_us=now_us)
+            error = self._run_job(job, now_us)
+            if error is not None:
+                raise error
         return len(jobs)
+
+    def _run_job(self, job: SnapshotJob, now_us: int) -> BaseException | None:
+        """Run ``job`` on this thread and report it (:meth:`job_done`); returns its error."""
+        try:
+            job.run()
+        except Exception as exc:
+            self.job_done(job, exc, now_us=now_us)
+            return exc
+        self.job_done(job, None, now_us=now_us)
+        return None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -99,7 +99,7 @@ class DriverCore:
 
     def needs_sync(self, token: SyncToken) -> bool:
         """Whether ``token`` must be durable before its write is answered (``always``)."""
-        return token.always and bool(token.entries)
+        return self.broker.needs_sync(token)
 
     # --- backlog blocking ------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ class ThreadDriver:
 
     def durable(self, token: SyncToken | None) -> None:
         """Return once ``token`` is durable, if its topic's level asks for that."""
-        if token is not None and token.always and token.entries:
+        if token is not None and self.broker.needs_sync(token):
             self.broker.sync(token)
 
     def call_blocking(self, topic: str, fn: Callable[[], T]) -> T:
