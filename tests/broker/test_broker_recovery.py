@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from tests.powerloss import PowerLossOps, abandon
-from tidemq.broker import Broker, TopicConfig
+from tidemq.broker import Broker, GroupSettings, TopicConfig
 from tidemq.storage import FileStore, Record, open_store
 
 from ._support import Harness
@@ -210,5 +210,121 @@ def test_a_delayed_message_released_before_a_power_cut_is_not_released_twice(
         c.cut("drop")  # the copy of "late" survives (synced), its 'dr' event does not
         c.advance(1)
         assert c.drain("t", "g") == [b"late", b"now"]
+    finally:
+        c.close()
+
+
+# --- dead letters: the origin's journal written back before the dead-letter topic's data ------
+#
+# A dead letter is appended to the dead-letter topic's partition and its message marked done in
+# the origin topic's journal. The two are different files: the OS may write the journal back
+# first, and a power cut in between then left the message done while its dead letter was gone.
+# Fixed by journaling where each dead letter was written ("dl" events) and counting a journaled
+# dead-lettering at recovery only if that copy is in the dead-letter topic (J3).
+
+
+def _dead_lettered_by_a_fetch(c: _Cut) -> None:
+    """'short' (TTL 1 s) is dead-lettered to t.dlq by a fetch; nothing of it is synced."""
+    b = c.b
+    b.create_topic("t", TopicConfig(durability="always", partitions=1), now_us=c.now)
+    g = b.subscribe("t", "g", None, **c.t)
+    b.sync(b.barrier("t"))
+    b.sync(b.publish("t", [Record(b"short", ttl_us=1 * S)], now_us=c.now).token)
+    b.sync(b.publish("t", [Record(b"keep")], now_us=c.now).token)
+    c.advance(2)
+    got = b.fetch(g, 10, **c.t)  # "short" expired: dead-lettered, appended, journaled
+    assert [d.body for d in got] == [b"keep"]
+    assert b._topics["t.dlq"].logs[0].synced_position == 0
+
+
+def test_a_dead_letter_survives_the_origin_journal_being_written_back_first(
+    tmp_path: Path,
+) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        _dead_lettered_by_a_fetch(c)
+        # The OS writes t's journal ("short" is done) back before t.dlq's partition.
+        c.b._topics["t"].journal.log.sync()
+        c.cut("drop")
+        # "short" is pending again: the next fetch dead-letters it again (it has expired).
+        assert c.drain("t", "g") == [b"keep"]
+        assert c.drain("t.dlq", "check") == [b"short"], "a dead letter was lost"
+    finally:
+        c.close()
+
+
+def test_a_dead_letter_of_a_lease_expiry_survives_the_journal_being_written_back_first(
+    tmp_path: Path,
+) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        b = c.b
+        b.create_topic("t", TopicConfig(durability="always", partitions=1), now_us=c.now)
+        g = b.subscribe("t", "g", GroupSettings(ack_timeout=1.0, max_deliveries=1), **c.t)
+        b.sync(b.barrier("t"))
+        b.sync(b.publish("t", [Record(b"poison"), Record(b"fine")], now_us=c.now).token)
+        [d, _] = b.fetch(g, 10, **c.t)
+        c.advance(2)  # both leases end: out of deliveries, dead-lettered by the tick
+        c.b._topics["t"].journal.log.sync()
+        c.cut("drop")
+        # Pending again with their delivery counts: dead-lettered again at once, not delivered.
+        assert c.drain("t", "g") == []
+        assert c.drain("t.dlq", "check") == [b"poison", b"fine"]
+    finally:
+        c.close()
+
+
+def test_a_lost_dead_letter_stays_pending_when_its_place_is_taken_before_a_second_crash(
+    tmp_path: Path,
+) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        _dead_lettered_by_a_fetch(c)
+        c.b._topics["t"].journal.log.sync()
+        b = c.cut("drop")
+        # Another message takes the lost dead letter's offset in t.dlq before anything
+        # dead-letters "short" again; then the process dies.
+        b.sync(b.publish("t.dlq", [Record(b"other")], now_us=c.now).token)
+        b = c.cut("drop")
+        assert c.drain("t", "g") == [b"keep"]
+        assert c.drain("t.dlq", "check") == [b"other", b"short"], "a dead letter was lost"
+    finally:
+        c.close()
+
+
+def test_a_snapshot_syncs_the_dead_letters_it_counts_as_done(tmp_path: Path) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        _dead_lettered_by_a_fetch(c)
+        c.b.snapshot_now("t", now_us=c.now)  # the journal event is no longer replayed
+        c.cut("drop")
+        assert c.drain("t.dlq", "check") == [b"short"], "a dead letter was lost"
+        assert c.drain("t", "g") == [b"keep"]
+    finally:
+        c.close()
+
+
+def test_a_group_update_keeps_the_check_of_earlier_dead_letters(tmp_path: Path) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        _dead_lettered_by_a_fetch(c)
+        c.b.update_group("t", "g", GroupSettings(ack_timeout=10.0), **c.t)
+        c.b._topics["t"].journal.log.sync()  # written back; the update's token is not synced
+        c.cut("drop")
+        assert c.drain("t", "g") == [b"keep"]
+        assert c.drain("t.dlq", "check") == [b"short"], "a dead letter was lost"
+    finally:
+        c.close()
+
+
+def test_dead_letters_of_a_deleted_dead_letter_topic_count_as_done(tmp_path: Path) -> None:
+    c = _Cut(tmp_path / "data")
+    try:
+        _dead_lettered_by_a_fetch(c)
+        c.b._topics["t"].journal.log.sync()
+        c.b.delete_topic("t.dlq", now_us=c.now)  # the user's choice: its dead letters go too
+        c.cut("drop")
+        assert "t.dlq" not in [i.name for i in c.b.list_topics()]
+        assert c.drain("t", "g") == [b"keep"]
     finally:
         c.close()

@@ -325,3 +325,26 @@ def test_group_is_clamped_after_a_power_cut_tears_the_data_tail(
         b.close()
     finally:
         store.close()
+
+
+def test_undone_events_make_messages_pending_again_in_stream_order() -> None:
+    # Recovery's ("undone", partition, [offset, count, ...]): a dead letter that is not in its
+    # dead-letter topic. Below the floor, above it, and followed by a later ack of the same
+    # offset (which wins: events apply in order).
+    logs = logs_with([[b"a", b"b", b"c", b"d", b"e"]])
+    events = [("reset", [0]), ("d", 0, [0, 5]), ("a", 0, [0, 3]), ("a", 0, [4, 5]),
+              ("undone", 0, [1, 3, 4, 2]), ("undone", 0, [2, 1]), ("a", 0, [2, 3])]
+    g = restored(None, events, logs, max_deliveries=3)
+    assert g.low_water(0) == 1
+    # "b" is out of deliveries (count 3): dead-lettered again at once; "c" stays done.
+    assert fetch_all(g) == [(b"d", 2), (b"e", 3)]
+    (dl,) = g.drain_dead_letters()
+    assert (dl.record.body, dl.delivery_count) == (b"b", 3)
+
+
+def test_undone_events_before_a_reset_are_dropped() -> None:
+    logs = logs_with([[b"a", b"b"]])
+    events = [("reset", [0]), ("a", 0, [0, 2]), ("undone", 0, [0, 1]), ("reset", [2])]
+    g = restored(None, events, logs)
+    assert g.low_water(0) == 2
+    assert fetch_all(g) == []

@@ -6,13 +6,17 @@ Durable-state invariants, cited in the code as ``J<n>``:
 
 (J1) State is never durable ahead of the data it describes: journal events are appended after
      their data, sync tokens list data logs before the journal, and a snapshot job syncs the
-     logs up to what the snapshot describes before writing it.
+     logs up to what the snapshot describes before writing it (the topic's own, and the
+     dead-letter partitions its dead letters went to).
 (J2) Recovery clamps every piece of state to each log's end, so an offset is never reused for a
      different message.
 (J3) Every journal record begins with the data logs' end offsets when it was appended; producer
      and dedup state, and releases of delayed messages, are rebuilt from the data after the last
      surviving record's ends (offsets, never timestamps), and what is rebuilt so is journaled
-     again at once. A journaled release counts only if its copy is in its partition.
+     again at once. A journaled release counts only if its copy is in its partition; a
+     journaled dead-lettering (``"dl"``: where each copy went) counts only if the record there
+     is that message's dead letter, else the message is pending again (a deleted dead-letter
+     topic took its dead letters with it: they count).
 (J1') An ``always`` token syncs every data log with unsynced appends before its journals: writes
      that handed out no token (a tick's releases, a fetch's dead letters) may be described by
      the journal record it makes durable.

@@ -30,7 +30,7 @@ from ..storage import LogStore, PartitionLog, Record
 from ..storage._fileops import is_disk_full
 from ._deadletters import H_PARTITION, dead_letter_records, origin_of, redriven_record
 from ._group import DeadLetter, GroupState
-from ._ids import make_id
+from ._ids import make_id, parse_id
 from ._journal import decode, encode
 from ._limits import (
     ID_HEADER,
@@ -130,10 +130,19 @@ class Broker:
             for key, t in cat["topics"].items():
                 config = msgspec.convert(t["config"], TopicConfig, strict=False)
                 topic = Topic(store, b._meta, t["name"], key, int(t["incarnation"]), config, now_us=now_us)
-                recover_topic(topic, now_us)
                 b._topics[key] = topic
                 b._journal_ids.add(id(topic.journal.log))
+            # Every topic's logs are open (their ends recovered) before any topic's state is:
+            # a topic's journaled dead letters are checked against its dead-letter topics'
+            # data, whatever order the catalogue lists them in.
+            for topic in b._topics.values():
+                recover_topic(topic, now_us, b._dead_letter_topic)
         return b
+
+    def _dead_letter_topic(self, key: str, incarnation: int) -> Topic | None:
+        """The topic ``key`` if it is still that incarnation, else None (it was deleted)."""
+        t = self._topics.get(key)
+        return t if t is not None and t.incarnation == incarnation else None
 
     def close(self) -> None:
         """Snapshot every topic (here, synchronously: the driver has stopped) and close the
@@ -427,6 +436,8 @@ class Broker:
         self._wake.difference_update(t.groups.values())
         for log in (*t.logs, t.delays.log, t.journal.log):
             self._positions.pop(id(log), None)
+            for other in self._topics.values():  # its dead letters went with it
+                other.dead_letter_syncs.pop(id(log), None)
         self._journal_ids.discard(id(t.journal.log))
         _quietly(t.close)
 
@@ -791,7 +802,7 @@ class Broker:
                 dlq = self._create(dlq_name, msgspec.structs.replace(t.config, partitions=1,
                                                                      backlog_limit=None), now_us)
             recs = dead_letter_records(t.name, g.name, letters, ids)
-            dlq.publish(recs, now_us, tb, check=False)
+            copies = dlq.publish(recs, now_us, tb, check=False)
         except BaseException:
             # Not written: the group hands them out again at its next call (they are done
             # for the group already, so dropping them here would lose them).
@@ -799,6 +810,15 @@ class Broker:
             raise
         dlq.commit(now_us, tb)
         self._after_publish(dlq)
+        # Where each copy went, journaled after the group's events that mark the messages
+        # done (drained first): recovery counts them done only if the copy is there (J3).
+        locs: list[int] = []
+        for dl, mid in zip(letters, copies, strict=True):
+            ref = parse_id(mid)
+            if ref.partition >= 0:  # always: a dead letter is neither delayed nor deduplicated
+                locs += (dl.partition, dl.offset, dl.delivery_count, ref.partition, ref.offset)
+        t.drain_group(g)
+        t.dead_lettered(g.name, dlq, locs)
 
     def redrive(self, topic: str, group: str, *, limit: int | None = None, now_us: int,
                 max_batch: int = REDRIVE_BATCH) -> int:

@@ -507,7 +507,10 @@ class GroupState(GroupDelivering):
         """Rebuild a group from its last snapshot and the events after it (SPEC §6).
 
         Every offset is clamped to its log's end, so state is never ahead of the log; a
-        group with neither snapshot nor reset event starts at ``settings.start``.
+        group with neither snapshot nor reset event starts at ``settings.start``. Besides the
+        journaled kinds (:meth:`drain_journal`), ``events`` may hold recovery's
+        ``("undone", partition, [offset, delivery count, ...])``: messages whose dead letter is
+        not in the dead-letter topic, pending again (``_recover._check_dead_letters``).
         """
         floors: list[int] = [log.start_offset for log in logs]
         done: list[list[int]] = [[] for _ in logs]
@@ -553,6 +556,14 @@ class GroupState(GroupDelivering):
             runs = ev[2]
             if kind == "a":
                 part.mark_done(list(runs))
+            elif kind == "undone":
+                # Made by recovery, never journaled: messages whose dead letter is not in the
+                # dead-letter topic are pending again, with their delivery counts.
+                for i in range(0, len(runs), 2):
+                    off = runs[i]
+                    if part.log.start_offset <= off < part.log.end_offset:
+                        part.mark_not_done(off)
+                        part.prev[off] = max(part.prev.get(off, 0), runs[i + 1])
             elif kind in ("d", "u"):
                 step = 1 if kind == "d" else -1
                 prev = part.prev

@@ -120,6 +120,21 @@ class PartState:
             done.add(runs[i], runs[i + 1])
         self.floor = done.advance_floor(self.floor)
 
+    def mark_not_done(self, offset: int) -> None:
+        """Take ``offset`` out of the done set, lowering the floor if it was below it (recovery:
+        the message's dead letter is not in its dead-letter topic). O(intervals)."""
+        done = self.done
+        if offset < self.floor:
+            done.add(offset + 1, self.floor)
+            self.floor = offset
+        elif offset in done:
+            flat = done.flat()
+            done.clear()
+            for i in range(0, len(flat), 2):
+                start, end = flat[i], flat[i + 1]
+                done.add(start, min(end, offset))
+                done.add(max(start, offset + 1), end)
+
     def rewind(self, offset: int) -> None:
         """Move the read cursor back to ``offset`` (ordered redelivery, reset)."""
         if offset < self.cursor:

@@ -2,21 +2,28 @@
 itself (SPEC §6; invariants J2 and J3 in :mod:`tidemq.broker`).
 
 Order: load the snapshot; replay the journal records after its offset (each record begins with
-the data logs' ends when it was appended, J3); rebuild idempotent-producer and dedup state from
-the data after the last surviving record's ends (a batch durable before its journal event is
-still recognised when resent); recover the delay store; drop state that names offsets past a
-(torn) log end and restore each group clamped to its logs (J2).
+the data logs' ends when it was appended, J3); check each journaled dead-lettering against the
+dead-letter topic's data (a message whose dead letter is not there is pending again); rebuild
+idempotent-producer and dedup state from the data after the last surviving record's ends (a
+batch durable before its journal event is still recognised when resent); recover the delay
+store; drop state that names offsets past a (torn) log end and restore each group clamped to
+its logs (J2).
+
+The broker opens every topic's logs before it recovers any topic's state, so a dead-letter
+topic's data is known whatever order the topics are recovered in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from ..errors import CorruptRecord, InvalidArgument
-from ..storage import BatchView
+from ..storage import BatchView, PartitionLog
 from ..storage._format import HAS_EXT
+from ._deadletters import H_GROUP, H_ID, H_OFFSET, H_PARTITION, H_TOPIC
 from ._group import GroupState
 from ._idempotence import ids_in, ids_out
 from ._ids import DELAY_PARTITION, parse_id
@@ -25,7 +32,10 @@ from ._limits import ID_HEADER
 from ._topic import Topic
 from ._types import GroupSettings
 
-__all__ = ["recover_topic"]
+__all__ = ["DeadLetterTopics", "recover_topic"]
+
+# (topic key, incarnation) -> that topic, or None if it is gone (deleted by the user).
+DeadLetterTopics = Callable[[str, int], Topic | None]
 
 
 def settings_in(raw: Any) -> GroupSettings:
@@ -35,8 +45,11 @@ def settings_in(raw: Any) -> GroupSettings:
         raise CorruptRecord(f"stored group settings do not decode: {exc}") from exc
 
 
-def recover_topic(t: Topic, now_us: int) -> None:
-    """Load the snapshot, replay the journal tail, clamp everything to the logs (J2)."""
+def recover_topic(t: Topic, now_us: int, dead_letter_topic: DeadLetterTopics) -> None:
+    """Load the snapshot, replay the journal tail, clamp everything to the logs (J2).
+
+    ``dead_letter_topic`` finds the topics the journal's dead letters were written to; their
+    logs must be open (their ends recovered) already."""
     raw = t.meta.get(t.snapshot_name)
     snap: dict[str, Any] = decode(raw) if raw else {}
     group_base: dict[str, tuple[GroupSettings, Any]] = {
@@ -60,6 +73,7 @@ def recover_topic(t: Topic, now_us: int) -> None:
             else:
                 _replay(t, ev, group_base, group_events, released, released_at)
     released += _copies_present(t, released_at)
+    _check_dead_letters(t, group_events, dead_letter_topic)
     found = _recover_producers(t, ends_seen)
     if found:
         # Released copies the journal did not know: journal their release now (with the
@@ -120,6 +134,101 @@ def _copies_present(t: Topic, released_at: list[tuple[int, int, int]]) -> list[i
         present = set(out)
         out += [seq for seq, part, off in released_at
                 if seq not in present and part < len(t.logs) and off < t.logs[part].start_offset]
+    return out
+
+
+def _check_dead_letters(t: Topic, group_events: dict[str, list[Any]],
+                        dead_letter_topic: DeadLetterTopics) -> None:
+    """Replace each journaled dead-lettering (``["dl", group, dlq key, dlq incarnation,
+    locs]``, see ``Topic.dead_lettered``) in the groups' event streams by what it means now.
+
+    The journal may have been written back before the dead-letter topic's data (J1 against
+    the OS). A dead letter counts as written if the record at its journaled place is that
+    message's dead letter (its origin headers name this topic incarnation, the group, the
+    partition and the offset), or if that place was trimmed by retention. Otherwise, also when
+    the dead-letter topic has no data there, its message is pending again, with its delivery
+    count: an ``("undone", partition, [offset, count, ...])`` event at the same place in the
+    stream, so later events (delivered again, acked, dead-lettered again) still apply after
+    it. The record itself is checked, not only the partition's end: an offset lost in a power
+    cut is taken by the next append, and the decision must not change when it is.
+
+    A dead-letter topic deleted since (or deleted and created again: another incarnation)
+    took its dead letters with it: they count as written. Journals of older versions have no
+    ``"dl"`` events: their dead letters count as written, as before this check existed.
+    """
+    events = [ev for evs in group_events.values() for ev in evs if ev[0] == "dl"]
+    if not events:
+        return
+    wanted: dict[int, tuple[PartitionLog, set[int]]] = {}
+    for ev in events:
+        dlq = dead_letter_topic(ev[2], ev[3])
+        if dlq is None:
+            continue
+        locs = ev[4]
+        for i in range(0, len(locs), 5):
+            p, at = locs[i + 3], locs[i + 4]
+            if p < len(dlq.logs):
+                log = dlq.logs[p]
+                if log.start_offset <= at < log.end_offset:
+                    wanted.setdefault(id(log), (log, set()))[1].add(at)
+    found = {key: _headers_at(log, sorted(offs)) for key, (log, offs) in wanted.items()}
+    id_prefix = f"{t.name}@{t.incarnation}:"
+    for group, evs in group_events.items():
+        out: list[Any] = []
+        for ev in evs:
+            if ev[0] != "dl":
+                out.append(ev)
+                continue
+            dlq = dead_letter_topic(ev[2], ev[3])
+            if dlq is None:
+                continue
+            lost: dict[int, list[int]] = {}
+            locs = ev[4]
+            for i in range(0, len(locs), 5):
+                part, off, count, p, at = locs[i : i + 5]
+                if p < len(dlq.logs):
+                    log = dlq.logs[p]
+                    if at < log.start_offset:
+                        continue  # trimmed by retention: it was there
+                    h = found.get(id(log), {}).get(at)
+                    if (h is not None and h.get(H_TOPIC) == t.name and h.get(H_GROUP) == group
+                            and h.get(H_PARTITION) == str(part) and h.get(H_OFFSET) == str(off)
+                            and str(h.get(H_ID, "")).startswith(id_prefix)):
+                        continue
+                lost.setdefault(part, []).extend((off, count))
+            out += [("undone", part, flat) for part, flat in lost.items()]
+        group_events[group] = out
+
+
+def _headers_at(log: PartitionLog, offsets: list[int]) -> dict[int, dict[str, str]]:
+    """The headers of the records at ``offsets`` (ascending, within the log) that have any.
+    A batch that does not decode is left out (its records count as not there)."""
+    out: dict[int, dict[str, str]] = {}
+    want = set(offsets)
+    i, n = 0, len(offsets)
+    while i < n:
+        off = offsets[i]
+        views = log.read(off, max_records=max(1, offsets[-1] - off + 1), max_bytes=1 << 20)
+        progressed = False
+        for v in views:
+            if v.last_offset < off:
+                continue
+            if i < n and offsets[i] <= v.last_offset and v.attributes & HAS_EXT:
+                try:
+                    ext = v.extensions()
+                except CorruptRecord:
+                    ext = []
+                for j, (_k, _rk, headers, _d) in enumerate(ext):
+                    if headers and v.base_offset + j in want:
+                        out[v.base_offset + j] = headers
+            while i < n and offsets[i] <= v.last_offset:
+                i += 1
+                progressed = True
+            if i >= n:
+                break
+            off = offsets[i]
+        if not progressed:
+            i += 1  # no batch holds it (skipped as damaged): not there
     return out
 
 
@@ -192,9 +301,15 @@ def _replay(t: Topic, ev: list[Any], group_base: dict[str, tuple[GroupSettings, 
     if kind == "g":
         if ev[1] in group_events:
             group_events[ev[1]].extend(ev[2])
-    elif kind in ("gc", "gu"):
+    elif kind == "gc":
         group_base[ev[1]] = (settings_in(ev[2]), ev[3])
         group_events[ev[1]] = []
+    elif kind == "gu":
+        # The new settings' snapshot counts the dead letters journaled before it as done:
+        # their checks still apply on top of it.
+        carried = [e for e in group_events.get(ev[1], []) if e[0] == "dl"]
+        group_base[ev[1]] = (settings_in(ev[2]), ev[3])
+        group_events[ev[1]] = carried
     elif kind == "gd":
         group_base.pop(ev[1], None)
         group_events.pop(ev[1], None)
@@ -203,6 +318,11 @@ def _replay(t: Topic, ev: list[Any], group_base: dict[str, tuple[GroupSettings, 
             released_at.extend(zip(ev[1], ev[2][0::2], ev[2][1::2], strict=True))
         else:
             released.extend(ev[1])  # an older record: no copy locations to check
+    elif kind == "dl":
+        # In the group's event stream, after the "a" event that marked the messages done;
+        # _check_dead_letters replaces it before the group is restored.
+        if ev[1] in group_events:
+            group_events[ev[1]].append(ev)
     elif kind == "dd":
         t.dedup.load(ev[1])
     elif kind == "pr":

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import BacklogFull, CorruptRecord, InvalidArgument, UnknownGroup
+from ..errors import BacklogFull, Closed, CorruptRecord, InvalidArgument, UnknownGroup
 from ..storage import LogConfig, LogStore, MetaStore, PartitionLog, Record
 from ..storage._format import HAS_DELAY, HAS_EXT, verify
 from ._delays import DelayStore
@@ -80,20 +80,29 @@ class SnapshotJob:
     thread and run by the driver on a worker thread (``run`` only touches ``sync`` of logs,
     which is thread-safe, and the store's metadata under this topic's own name)."""
 
-    __slots__ = ("topic", "meta", "name", "data", "syncs", "journal_offset")
+    __slots__ = ("topic", "meta", "name", "data", "syncs", "foreign", "journal_offset")
 
     def __init__(self, topic: Topic, meta: MetaStore, name: str, data: bytes,
-                 syncs: list[tuple[PartitionLog, int]], journal_offset: int) -> None:
+                 syncs: list[tuple[PartitionLog, int]], journal_offset: int,
+                 foreign: list[tuple[PartitionLog, int]] | None = None) -> None:
         self.topic = topic
         self.meta = meta
         self.name = name
         self.data = data
         self.syncs = syncs
+        self.foreign = foreign or []  # dead-letter topics' partitions (Topic.dead_lettered)
         self.journal_offset = journal_offset
 
     def run(self) -> None:
-        """Sync what the snapshot describes (data, delays, journal; J1), then write it. Raises
-        ``OSError`` / ``TideMQError`` (the driver calls ``Broker.snapshot_done`` either way)."""
+        """Sync what the snapshot describes (the dead letters it counts as done, then data,
+        delays, journal; J1), then write it. Raises ``OSError`` / ``TideMQError`` (the driver
+        calls ``Broker.snapshot_done`` either way)."""
+        for log, pos in self.foreign:
+            if pos > log.synced_position:
+                try:
+                    log.sync(pos)
+                except Closed:
+                    pass  # its topic was deleted meanwhile: those dead letters went with it
         for log, pos in self.syncs:
             if pos > log.synced_position:
                 log.sync(pos)
@@ -128,6 +137,9 @@ class Topic:
         self.dedup = DedupTable()
         self.producers = ProducerTable()
         self.redrive: dict[tuple[str, str, int], int] = {}
+        # Dead-letter topics' partitions this topic's dead letters went to: id(log) -> (log,
+        # position). The next snapshot syncs them before it is written (see dead_lettered).
+        self.dead_letter_syncs: dict[int, tuple[PartitionLog, int]] = {}
         self.sticky = StickyPartitioner()
         # Journal events not yet appended (see commit); the broker reads it to skip commits.
         self.events: list[Any] = []
@@ -467,6 +479,27 @@ class Topic:
         self.events.append(["dr", seqs, locs])
         return len(due)
 
+    # --- dead letters ----------------------------------------------------------------------
+
+    def dead_lettered(self, group: str, dlq: Topic, locs: list[int]) -> None:
+        """Journal where ``group``'s dead letters were written: ``locs`` is flat ``[partition,
+        offset, delivery count, dead-letter partition, dead-letter offset, ...]``, one five per
+        message. Call after the group's events that mark them done were drained (their
+        ``"a"`` event must come first in the journal).
+
+        The dead-letter topic's data and this journal are different files: the OS may write
+        the journal back first. Recovery therefore counts a journaled dead-lettering only if
+        its copy is in the dead-letter topic (``_recover``); a snapshot, after which the event
+        is no longer replayed, syncs those partitions first (J1)."""
+        self.events.append(["dl", group, dlq.key, dlq.incarnation, locs])
+        syncs = self.dead_letter_syncs
+        for i in range(0, len(locs), 5):
+            log = dlq.logs[locs[i + 3]]
+            pos = locs[i + 4] + 1
+            prev = syncs.get(id(log))
+            if prev is None or pos > prev[1]:
+                syncs[id(log)] = (log, pos)
+
     # --- durable state ---------------------------------------------------------------------
 
     def plan_snapshot(self, now_us: int) -> SnapshotJob:
@@ -492,11 +525,16 @@ class Topic:
             "redrive": [[g, d, p, off] for (g, d, p), off in self.redrive.items()],
         }
         syncs = [(log, log.end_offset) for log in (*self.logs, self.delays.log, self.journal.log)]
+        # Entries already durable are dropped; the others stay until a later plan finds them
+        # durable, so a failed job leaves them for the next one.
+        self.dead_letter_syncs = {k: (log, pos) for k, (log, pos) in self.dead_letter_syncs.items()
+                                  if pos > log.synced_position}
+        foreign = list(self.dead_letter_syncs.values())
         self.snapshot_in_flight = True
         self.journal.events_since_snapshot = 0
         self.last_snapshot_us = now_us
         return SnapshotJob(self, self.meta, self.snapshot_name, encode(state), syncs,
-                           self.journal.log.end_offset)
+                           self.journal.log.end_offset, foreign)
 
     def snapshot_done(self, job: SnapshotJob, now_us: int) -> None:
         """The job is durable: the journal below its offset is no longer needed."""
