@@ -209,6 +209,24 @@ class Unsupported(TideMQError):
     http_status = 501
 
 
+# --- security (who may connect, and what they may do) -------------------------------------
+
+
+class AuthenticationFailed(TideMQError):
+    """The server did not accept the credentials (unknown user, wrong password, bad or revoked
+    token, no acceptable certificate), or authentication is required and none was offered."""
+
+    code = 50
+    http_status = 401
+
+
+class PermissionDenied(TideMQError):
+    """The authenticated user is not allowed this operation on this topic or group."""
+
+    code = 51
+    http_status = 403
+
+
 class InternalError(TideMQError):
     """A bug in TideMQ; please report it with the message."""
 

@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import _bench, _consume, _dlq, _group, _publish, _serve, _topic
+from . import _bench, _consume, _dlq, _group, _publish, _security, _serve, _topic
 from ._common import (
     DEFAULT_URL,
     Parser,
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=Parser)
     parents = [url_parent()]
-    for module in (_serve, _topic, _publish, _consume, _group, _dlq, _bench):
+    for module in (_serve, _topic, _publish, _consume, _group, _dlq, _bench, _security):
         module.register(sub, parents)
     return parser
 
