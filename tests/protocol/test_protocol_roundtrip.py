@@ -15,6 +15,10 @@ SAMPLES: list[p.FrameBase] = [
     p.Hello(request_id=1, versions=[1, 2], client_id="c-1", client_name="tests",
             max_frame_size=1 << 20, heartbeat_ms=5000, auth_mechanism="token", auth_data=b"\x00k"),
     p.HelloOk(request_id=1, version=1, server_name="tide", max_frame_size=1 << 20, heartbeat_ms=500),
+    p.HelloOk(request_id=1, version=1, server_name="tide", max_frame_size=1 << 20, heartbeat_ms=0,
+              user="alice", auth_data=b"v=abc"),
+    p.AuthChallenge(request_id=1, data=b"r=nonce,s=salt,i=4096"),
+    p.AuthResponse(request_id=1, data=b"c=biws,r=nonce,p=proof"),
     p.Ping(request_id=7),
     p.Pong(request_id=7),
     p.Error(request_id=9, code=errors.UnknownTopic.code, message="no topic 'x'", fatal=False),
@@ -88,13 +92,13 @@ def test_bulk_payloads_are_not_copied_on_encode() -> None:
     batch = b"B" * 1000
     parts = p.encode_buffers(p.Publish(request_id=1, topic="t", batch=batch))
     assert parts[-1] is batch
-    deliver = SAMPLES[23]
+    deliver = next(f for f in SAMPLES if isinstance(f, p.Deliver))
     assert isinstance(deliver, p.Deliver)
     assert p.encode_buffers(deliver)[1] is deliver.bodies[0]
 
 
 def test_deliver_rows_and_from_deliveries_agree() -> None:
-    deliver = SAMPLES[23]
+    deliver = next(f for f in SAMPLES if isinstance(f, p.Deliver))
     assert isinstance(deliver, p.Deliver)
     rows = deliver.deliveries()
     assert len(deliver) == 2

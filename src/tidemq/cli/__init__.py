@@ -145,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _connect_message(url: str, exc: BaseException) -> str:
+    from ..client._common import redact
     from ..errors import DataDirLocked
+
+    url = redact(url)  # never print a password given in the URL
 
     if isinstance(exc, DataDirLocked):
         return (f"cannot open {url}: {exc} (a running server owns it: use "

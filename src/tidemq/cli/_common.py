@@ -87,8 +87,27 @@ def url_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--url", default=argparse.SUPPRESS, metavar="URL",
                    help="where TideMQ is: tidemq://HOST:PORT, a data folder path, file://PATH "
-                        f"or memory:// (default: $TIDEMQ_URL, else {DEFAULT_URL})")
+                        f"or memory:// (default: $TIDEMQ_URL, else {DEFAULT_URL}); "
+                        "tidemq://USER:PASSWORD@HOST:PORT logs in, tidemqs:// uses TLS")
+    p.add_argument("--token", default=argparse.SUPPRESS, metavar="TOKEN",
+                   help="log in with this token (default: $TIDEMQ_TOKEN); sent only over "
+                        "tidemqs:// or to a loopback address")
+    p.add_argument("--tls-ca", default=argparse.SUPPRESS, metavar="FILE",
+                   help="CA bundle that signed the server's certificate (tidemqs://)")
+    p.add_argument("--tls-cert", default=argparse.SUPPRESS, metavar="FILE",
+                   help="client certificate (mTLS; logs in as the user it names)")
+    p.add_argument("--tls-key", default=argparse.SUPPRESS, metavar="FILE",
+                   help="private key of --tls-cert")
     return p
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The security keyword arguments of ``Client`` from the flags and ``$TIDEMQ_TOKEN``."""
+    options = {"token": getattr(args, "token", None) or os.environ.get("TIDEMQ_TOKEN") or None,
+               "tls_ca": getattr(args, "tls_ca", None),
+               "tls_cert": getattr(args, "tls_cert", None),
+               "tls_key": getattr(args, "tls_key", None)}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 @contextmanager
@@ -96,7 +115,7 @@ def open_client(args: argparse.Namespace) -> Iterator[Client]:
     """A :class:`tidemq.Client` on ``args.url``, closed on exit."""
     from ..client import Client  # lazy: `tidemq --help` should not load the broker
 
-    client = Client(args.url)
+    client = Client(args.url, **client_options(args))
     try:
         yield client
     finally:

@@ -26,10 +26,13 @@ examples:
   tidemq serve --data /var/lib/tidemq --port 7600
   tidemq serve --config tidemq.toml --log-level DEBUG
   tidemq serve --memory --port 0                 in-memory, any free port (tests)
+  tidemq serve --host 0.0.0.0 --users users.json --tls-cert c.pem --tls-key k.pem
 
 The server prints "tidemq listening on HOST:PORT" once it accepts connections, and shuts down
 gracefully on SIGTERM or Ctrl-C (stop accepting, finish requests, sync, close).
-It listens on loopback unless --host says otherwise (there is no authentication yet).
+It listens on loopback unless --host says otherwise; another address needs --users (every
+connection then authenticates) or --insecure. SIGHUP reloads the users file and the TLS
+certificate. See docs/security.md.
 """
 
 

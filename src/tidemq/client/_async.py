@@ -152,13 +152,14 @@ class AsyncClient:
         if self._transport is None:
             if self._ep.kind == "tidemq":
                 from ._tcp import TcpTransport
-                self._transport = await TcpTransport.connect(self._ep.host, self._ep.port,
-                                                             **self._options)
+                self._transport = await TcpTransport.connect(
+                    self._ep.host, self._ep.port, **self._ep.tcp_options(self._options))
             else:
                 from ._adapters import AsyncOverEmbedded
                 from ._embedded import EmbeddedTransport
                 inner = await asyncio.to_thread(EmbeddedTransport, self._ep.path,
-                                                auto_create_topics=self._auto, **self._options)
+                                                auto_create_topics=self._auto,
+                                                **self._ep.embedded_options(self._options))
                 self._transport = AsyncOverEmbedded(inner)
         return self
 

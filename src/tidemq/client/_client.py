@@ -282,12 +282,15 @@ class Client:
             from ._adapters import SyncOverAsync
             from ._tcp import TcpTransport
 
+            tcp_options = ep.tcp_options(options)
+
             async def connect() -> Any:
-                return await TcpTransport.connect(ep.host, ep.port, **options)
+                return await TcpTransport.connect(ep.host, ep.port, **tcp_options)
 
             self._t = SyncOverAsync(connect)  # type: ignore[assignment]
         else:
-            self._t = EmbeddedTransport(ep.path, auto_create_topics=auto_create_topics, **options)
+            self._t = EmbeddedTransport(ep.path, auto_create_topics=auto_create_topics,
+                                        **ep.embedded_options(options))
         self._consumers: list[Consumer] = []
         self._closed = False
 

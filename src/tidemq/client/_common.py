@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -19,6 +19,7 @@ from ..broker._names import validate_group_name
 from ..broker._types import Backoff, GroupSettings, TopicConfig
 from ..errors import InvalidArgument, Unsupported
 from ..storage import Record
+from ._security import SECURITY_OPTIONS as _SECURITY_OPTIONS
 
 __all__ = [
     "Endpoint",
@@ -47,10 +48,39 @@ class Endpoint:
     host: str = "127.0.0.1"
     port: int = 7600
     tls: bool = False
+    username: str | None = None  # from tidemq://USER:PASSWORD@host (percent-decoded)
+    password: str | None = None
+
+    def tcp_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``TcpTransport.connect``: ``options`` plus what the URL
+        says (TLS, credentials). Credentials in both places are refused, not merged."""
+        out = dict(options)
+        for name, value in (("username", self.username), ("password", self.password)):
+            if value is None:
+                continue
+            if out.get(name) is not None:
+                raise InvalidArgument(f"{name} is in the URL and given as an argument: give it "
+                                      "once")
+            out[name] = value
+        out["tls"] = self.tls
+        return out
+
+    def embedded_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` for an embedded broker, which has no users and no TLS: security
+        options are refused (``Unsupported``) rather than ignored."""
+        given = sorted(k for k in _SECURITY_OPTIONS if options.get(k) is not None)
+        if given:
+            raise Unsupported(f"{', '.join(given)}: an embedded broker ({self.kind}) has no "
+                              "authentication or TLS; they apply to tidemq:// and tidemqs:// "
+                              "URLs")
+        return {k: v for k, v in options.items() if k not in _SECURITY_OPTIONS}
+
 
 
 def parse_url(url: str) -> Endpoint:
-    """``memory://``, ``file://PATH``, a plain path, or ``tidemq://host:port``."""
+    """``memory://``, ``file://PATH``, a plain path, ``tidemq://[USER:PASSWORD@]host:port``
+    or ``tidemqs://...`` (TLS on the same port: the server's --tls-cert); port 7600 unless
+    given."""
     if not isinstance(url, str) or not url:
         raise InvalidArgument("url must be a non-empty string such as 'memory://' or './data'")
     if url == "memory://" or url == "memory:":
@@ -66,13 +96,24 @@ def parse_url(url: str) -> Endpoint:
         try:
             port = parts.port or 7600
         except ValueError:
-            raise InvalidArgument(f"bad port in {url!r}") from None
+            raise InvalidArgument(f"bad port in {redact(url)!r}") from None
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
         return Endpoint("tidemq", host=parts.hostname or "127.0.0.1", port=port,
-                        tls=scheme == "tidemqs")
+                        tls=scheme == "tidemqs", username=user, password=password)
     if scheme in ("amqp", "amqps", "nats"):
         raise Unsupported(f"the {scheme}:// backend is not available in this version of TideMQ")
     raise InvalidArgument(f"unknown URL scheme {scheme!r}: use memory://, a path, "
                           "file://PATH or tidemq://host:port")
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
 
 
 # The broker's own checks, so a client refuses what the broker would refuse before sending

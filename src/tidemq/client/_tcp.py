@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
@@ -34,6 +35,7 @@ from .. import protocol as P
 from ..broker import Delivery, GroupInfo, GroupSettings, TopicConfig, TopicInfo
 from ..broker._types import StartPosition  # not on the public broker surface (yet)
 from ..errors import (
+    AuthenticationFailed,
     Closed,
     ConnectionLost,
     InvalidArgument,
@@ -46,6 +48,7 @@ from ..errors import (
     UnsupportedVersion,
 )
 from ..storage import Record, encode_batch
+from ._security import ClientSecurity, client_security, split_options
 from ._tcp_consumer import ClientSubscription, ack_ranges
 from ._tcp_producer import Producer, SealedBatch
 
@@ -56,6 +59,8 @@ log = logging.getLogger("tidemq.client")
 T = TypeVar("T")
 _METADATA_TTL = 30.0  # seconds a topic's partition count is trusted before a background refresh
 _IGNORED = object()  # pending entry whose answer nobody awaits (pings)
+# A fatal error with one of these codes ends the transport: reconnecting cannot help.
+_FATAL_CODES = frozenset((UnsupportedVersion.code, AuthenticationFailed.code))
 
 
 class _AckSent:
@@ -86,6 +91,7 @@ class _Wire(asyncio.Protocol):
         self.decoder = P.Decoder(max_frame_size)
         self.transport: asyncio.Transport | None = None
         self.made: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
@@ -108,7 +114,25 @@ class _Wire(asyncio.Protocol):
         owner._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         self.owner._on_lost(self, exc)
+
+    async def shut(self, *, graceful: bool, timeout: float = 1.0) -> None:
+        """Close the connection and wait until its socket is closed: a TLS close waits for
+        the peer's close_notify, and a loop stopped before that would leak the socket. Past
+        ``timeout`` (or when not ``graceful``) the connection is aborted."""
+        t = self.transport
+        if t is None:
+            return
+        if graceful:
+            t.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.lost), timeout)
+        if not self.lost.done():
+            t.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.lost), timeout)
 
 
 class TcpTransport:
@@ -118,13 +142,18 @@ class TcpTransport:
                  max_batch_bytes: int = 1024 * 1024, heartbeat: float = 5.0,
                  connect_timeout: float = 10.0, request_timeout: float = 30.0,
                  reconnect_max_delay: float = 2.0, max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
-                 client_name: str = "") -> None:
+                 client_name: str = "", security: ClientSecurity | None = None) -> None:
         if heartbeat <= 0 or connect_timeout <= 0 or request_timeout <= 0:
             raise InvalidArgument("heartbeat, connect_timeout and request_timeout must be > 0")
         if max_batch_bytes > max_frame_size // 2:
             raise InvalidArgument("max_batch_bytes must be at most half of max_frame_size")
         self.host = host
         self.port = port
+        self.security = security or ClientSecurity()
+        self.scheme = "tidemqs" if self.security.ssl_context is not None else "tidemq"
+        self.user = ""  # who the server says this session is ("" on a server without users)
+        self._tcp_up = False  # a TCP (and TLS) connection was made once: for error messages
+        self._last_wire: _Wire | None = None  # the newest connection, even once lost
         self._loop = asyncio.get_running_loop()
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
@@ -156,34 +185,78 @@ class TcpTransport:
         self.reconnects = 0  # statistics: successful reconnects
 
     @classmethod
-    async def connect(cls, host: str = "127.0.0.1", port: int = 7600, **options: Any) -> TcpTransport:
-        """Connect and handshake; raises ``ConnectionLost`` if the server cannot be reached."""
+    async def connect(cls, host: str = "127.0.0.1", port: int = 7600, *, tls: bool = False,
+                      **options: Any) -> TcpTransport:
+        """Connect and handshake; raises ``ConnectionLost`` if the server cannot be reached,
+        ``AuthenticationFailed`` if it refuses the credentials. ``tls`` (a ``tidemqs://`` URL)
+        and the security options are checked by ``_security.client_security``."""
+        sec, rest = split_options(options)
+        security = client_security(host, tls=tls, **sec)
         try:
-            self = cls(host, port, **options)
+            self = cls(host, port, security=security, **rest)
         except TypeError as exc:
             raise InvalidArgument(f"unknown tidemq:// client option: {exc}") from None
+        url = f"{self.scheme}://{host}:{port}"
         try:
             await self._open()
-        except (OSError, TimeoutError) as exc:
-            raise ConnectionLost(f"cannot connect to tidemq://{host}:{port}: {exc}; is the "
-                                 "server running ('tidemq serve')?") from None
+        except ssl.SSLError as exc:
+            await self._abort_wire()
+            raise ConnectionLost(
+                f"TLS handshake with {url} failed: {exc.reason or exc}. Is this a TLS port "
+                "(the server needs --tls-cert), and does its certificate match tls_ca / "
+                "ssl_context and the host name?") from None
+        except (OSError, TimeoutError, ConnectionLost) as exc:
+            await self._abort_wire()
+            hint = ("is the server running ('tidemq serve')?" if not self._tcp_up else
+                    "the server closed the connection during the handshake"
+                    + ("; is it a TLS port (use tidemqs://)?" if not tls else
+                       "; does it require a client certificate (tls_cert=)?"))
+            raise ConnectionLost(f"cannot connect to {url}: {exc or type(exc).__name__}; "
+                                 f"{hint}") from None
+        except TideMQError:
+            await self._abort_wire()
+            raise
         self._spawn(self._heartbeat_loop())
         return self
+
+    async def _abort_wire(self) -> None:
+        self._closing = True
+        if self._last_wire is not None:
+            await self._last_wire.shut(graceful=False)
 
     # --- connection -------------------------------------------------------------------------
 
     async def _open(self) -> None:
         """Connect, handshake, subscribe again, resend unconfirmed batches; then ready."""
         wire = _Wire(self, self.max_frame_size)
+        ctx = self.security.ssl_context
+        login = self.security.login()
         async with asyncio.timeout(self.connect_timeout):
-            await self._loop.create_connection(lambda: wire, self.host, self.port)
-            self._wire = wire
+            if ctx is None:
+                await self._loop.create_connection(lambda: wire, self.host, self.port)
+            else:
+                await self._loop.create_connection(
+                    lambda: wire, self.host, self.port, ssl=ctx, server_hostname=self.host,
+                    ssl_handshake_timeout=self.connect_timeout)
+            self._wire = self._last_wire = wire
+            self._tcp_up = True
             self.last_received = time.monotonic()
-            ok = await self._exchange(P.Hello(
+            rid, fut = self._start(P.Hello(
                 versions=list(P.SUPPORTED_VERSIONS), client_id=self.client_id,
                 client_name=self.client_name, max_frame_size=self.max_frame_size,
-                heartbeat_ms=int(self.heartbeat * 1000)))
-        assert isinstance(ok, P.HelloOk)
+                heartbeat_ms=int(self.heartbeat * 1000),
+                auth_mechanism=None if login is None else login.mechanism,
+                auth_data=None if login is None else login.first()))
+            ok = await fut
+            while isinstance(ok, P.AuthChallenge) and login is not None:
+                fut = self._pending[rid] = self._loop.create_future()
+                self._send(P.AuthResponse(request_id=rid, data=login.respond(ok.data)))
+                ok = await fut
+        if not isinstance(ok, P.HelloOk):
+            raise ProtocolError(f"expected HelloOk, got {type(ok).__name__}")
+        if login is not None:
+            login.finish(ok.user, ok.auth_data)
+        self.user = ok.user
         self.session_max_frame = ok.max_frame_size
         wire.decoder.max_frame_size = max(P.MIN_MAX_FRAME_SIZE, ok.max_frame_size)
         if ok.heartbeat_ms:
@@ -218,7 +291,7 @@ class TcpTransport:
         self._ready.clear()
         self._out = []
         self._producer.disconnected()
-        lost = ConnectionLost(f"connection to tidemq://{self.host}:{self.port} lost"
+        lost = ConnectionLost(f"connection to {self.scheme}://{self.host}:{self.port} lost"
                               + (f": {exc}" if exc else ""))
         pending, self._pending = self._pending, {}
         for entry in pending.values():
@@ -235,6 +308,8 @@ class TcpTransport:
         self._dirty.clear()
         if not self._closing and self._fatal is None and self._reconnecting is None:
             self._reconnecting = self._loop.create_task(self._reconnect())
+        elif self._fatal is not None:  # refused for good (e.g. the user was deleted)
+            self._producer.fail_all(self._fatal)
 
     async def _reconnect(self) -> None:
         delay = 0.05
@@ -386,7 +461,7 @@ class TcpTransport:
         if entry is None:
             if kind is P.Error:
                 log.warning("server error: %s", frame.message)
-                if frame.fatal and frame.code == UnsupportedVersion.code:
+                if frame.fatal and frame.code in _FATAL_CODES:
                     self._fatal = frame.to_exception()
             return
         if isinstance(entry, SealedBatch):
@@ -419,7 +494,7 @@ class TcpTransport:
             return
         if kind is P.Error:
             exc = frame.to_exception()
-            if frame.fatal and isinstance(exc, UnsupportedVersion):
+            if frame.fatal and frame.code in _FATAL_CODES:
                 self._fatal = exc
             entry.set_exception(exc)
         else:
@@ -720,7 +795,7 @@ class TcpTransport:
         wire = self._wire
         if wire is not None and wire.transport is not None:
             self._flush()
-            wire.transport.close()
+            await wire.shut(graceful=True)
         self._wire = None
 
     # --- statistics -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from ._frames import (
     ALL_FRAME_TYPES,
     Ack,
     AckOk,
+    AuthChallenge,
+    AuthResponse,
     Call,
     CloseSubscription,
     CreateTopic,
@@ -70,7 +72,7 @@ WIRE_DELAY_PARTITION: Final = 0xFFFF_FFFF
 __all__ = [
     "NEED_DATA", "NeedData", "Decoder", "encode", "encode_buffers",
     "Frame", "FrameBase", "FrameType", "ALL_FRAME_TYPES",
-    "Hello", "HelloOk", "Ping", "Pong", "Error", "GoAway", "Result",
+    "Hello", "HelloOk", "AuthChallenge", "AuthResponse", "Ping", "Pong", "Error", "GoAway", "Result",
     "CreateTopic", "DeleteTopic", "ListTopics", "DescribeTopic", "SetPartitions",
     "GroupList", "GroupDescribe", "GroupReset", "DlqList", "DlqRedrive", "Call",
     "Publish", "PublishOk",

@@ -40,8 +40,12 @@ class Hello(FrameBase, frozen=True, kw_only=True):
     """Client -> server, the first frame of a connection. Its layout is the same in every version.
 
     ``versions`` are the protocol versions the client speaks; ``max_frame_size`` the largest
-    frame it accepts; ``heartbeat_ms`` the heartbeat interval it wants (0: none). The auth fields
-    are a seam for authentication (a later issue): a mechanism name and its opaque data.
+    frame it accepts; ``heartbeat_ms`` the heartbeat interval it wants (0: none).
+    ``auth_mechanism`` names how the client authenticates (``SCRAM-SHA-256``, ``TOKEN``,
+    ``EXTERNAL``; None: it offers no credentials) and ``auth_data`` is the mechanism's first
+    message (SCRAM's client-first-message, the token, EXTERNAL's optional authorization id).
+    A mechanism that needs more round trips continues with ``AuthChallenge``/``AuthResponse``
+    before ``HelloOk`` (docs/protocol.md §3.1, docs/security.md).
     """
 
     TYPE = FrameType.HELLO
@@ -58,7 +62,10 @@ class HelloOk(FrameBase, frozen=True, kw_only=True):
     """Server -> client: the handshake succeeded; these are the session's terms.
 
     ``max_frame_size`` is the session limit both sides enforce from now on (the smaller of the
-    two peers' limits); ``heartbeat_ms`` the agreed interval (0: none).
+    two peers' limits); ``heartbeat_ms`` the agreed interval (0: none). ``user`` is the name the
+    session authenticated as ("" on a server without users); ``auth_data`` the mechanism's last
+    message (SCRAM's server-final-message, which the client checks: it proves the server knew
+    the password's keys).
     """
 
     TYPE = FrameType.HELLO_OK
@@ -66,6 +73,26 @@ class HelloOk(FrameBase, frozen=True, kw_only=True):
     server_name: str
     max_frame_size: U32
     heartbeat_ms: U32
+    user: str = ""
+    auth_data: bytes | None = None
+
+
+class AuthChallenge(FrameBase, frozen=True, kw_only=True):
+    """Server -> client, during the handshake: the mechanism's next message (SCRAM's
+    server-first-message). Echoes the Hello's request id; the client answers ``AuthResponse``.
+    """
+
+    TYPE = FrameType.AUTH_CHALLENGE
+    data: bytes
+
+
+class AuthResponse(FrameBase, frozen=True, kw_only=True):
+    """Client -> server, during the handshake: the answer to an ``AuthChallenge`` (SCRAM's
+    client-final-message), with the same request id. The server answers ``HelloOk`` or a fatal
+    ``Error`` (``AuthenticationFailed``)."""
+
+    TYPE = FrameType.AUTH_RESPONSE
+    data: bytes
 
 
 class Ping(FrameBase, frozen=True, kw_only=True):
@@ -433,7 +460,7 @@ class SubscriptionEnded(FrameBase, frozen=True, kw_only=True):
 
 
 Frame = (
-    Hello | HelloOk | Ping | Pong | Error | GoAway | Result
+    Hello | HelloOk | AuthChallenge | AuthResponse | Ping | Pong | Error | GoAway | Result
     | CreateTopic | DeleteTopic | ListTopics | DescribeTopic | SetPartitions
     | GroupList | GroupDescribe | GroupReset | DlqList | DlqRedrive | Call
     | Publish | PublishOk
@@ -442,7 +469,7 @@ Frame = (
 )
 
 ALL_FRAME_TYPES: tuple[type[FrameBase], ...] = (
-    Hello, HelloOk, Ping, Pong, Error, GoAway, Result,
+    Hello, HelloOk, AuthChallenge, AuthResponse, Ping, Pong, Error, GoAway, Result,
     CreateTopic, DeleteTopic, ListTopics, DescribeTopic, SetPartitions,
     GroupList, GroupDescribe, GroupReset, DlqList, DlqRedrive, Call,
     Publish, PublishOk,

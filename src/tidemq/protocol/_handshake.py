@@ -61,7 +61,8 @@ def accept_hello(
     ``raise_small_frame_limit`` a client limit below that floor is raised to it too instead of
     refused (what ``tidemq serve`` has always done; the documented rule is to refuse).
 
-    Authentication is not decided here; the server checks ``hello.auth_*`` itself.
+    Authentication is not decided here: the server runs ``hello.auth_*`` through its
+    security gate (``tidemq.security.Gate``) before it sends this answer.
     """
     rid = hello.request_id
     try:

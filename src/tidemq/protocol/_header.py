@@ -50,6 +50,8 @@ class FrameType(enum.IntEnum):
     ERROR = 0x05
     GO_AWAY = 0x06
     RESULT = 0x07
+    AUTH_CHALLENGE = 0x08
+    AUTH_RESPONSE = 0x09
     # topics and groups (admin, msgpack payloads): 0x10-0x1F
     CREATE_TOPIC = 0x10
     DELETE_TOPIC = 0x11

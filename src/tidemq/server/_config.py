@@ -12,6 +12,7 @@ The TOML file holds the same names as :class:`ServerConfig`, either at top level
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..driver import BLOCK_TIMEOUT
 from ..errors import InvalidArgument
 from ..protocol import MIN_MAX_FRAME_SIZE
 
-__all__ = ["ServerConfig", "load_config"]
+__all__ = ["ServerConfig", "load_config", "is_loopback_host"]
 
 MAX_FRAME_BYTES = 0xFFFF_FFFF  # a frame's length is a u32
 
@@ -34,7 +35,8 @@ class ServerConfig:
     """
 
     data: str | None = "./tidemq-data"  # None: an in-memory store (tests, benchmarks)
-    host: str = "127.0.0.1"  # loopback until authentication exists (SPEC §8)
+    # Loopback by default. Another address needs users (or insecure): docs/security.md.
+    host: str = "127.0.0.1"
     port: int = 7600  # 0: an ephemeral port; Server.port tells which
     sync_interval: float = 0.1  # broker.sync_all() cadence for durability 'interval'
     heartbeat_interval: float = 5.0  # we ping an idle connection this often
@@ -51,6 +53,13 @@ class ServerConfig:
     shutdown_grace: float = 5.0  # seconds to let in-flight requests finish on SIGTERM
     loop: str = "auto"  # "auto" (uvloop if installed), "asyncio" or "uvloop"; docs/server.md
     fsync_threads: int = 4  # parallel fsyncs of one group-commit phase
+
+    # --- security (docs/security.md) ---------------------------------------------------------
+    users: str | None = None  # the users file (users, tokens, permissions); created if missing
+    tls_cert: str | None = None  # PEM certificate chain: TLS on the port (with tls_key)
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # PEM CA bundle: require and verify client certificates
+    insecure: bool = False  # allow a non-loopback host without users (warned at start)
 
     # --- limits: every resource a peer can make the server spend (docs/server.md "Limits") ---
     max_connections: int = 10_000  # open connections, all peers together
@@ -96,6 +105,20 @@ class ServerConfig:
             raise InvalidArgument("fsync_threads must be >= 1")
         if self.push_batch < 1:
             raise InvalidArgument("push_batch must be >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidArgument("tls_client_ca (mTLS) needs TLS: give tls_cert and tls_key")
+        if self.users is None and not self.insecure and not is_loopback_host(self.host):
+            raise InvalidArgument(
+                f"refusing to listen on {self.host!r} without users: anyone who can reach it "
+                "could read, write and delete everything. Configure users (--users FILE, "
+                "docs/security.md), or pass --insecure to accept that risk")
+
+    @property
+    def exposed(self) -> bool:
+        """Listening beyond loopback with nobody authenticated (``insecure``)."""
+        return self.users is None and not is_loopback_host(self.host)
 
     def replace(self, **changes: Any) -> ServerConfig:
         """A copy with ``changes`` applied (``None`` values are ignored, so flags may be unset)."""
@@ -132,7 +155,23 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "host": (str,),
     "auto_create_topics": (bool,),
     "loop": (str,),
+    "users": (str,),
+    "tls_cert": (str,),
+    "tls_key": (str,),
+    "tls_client_ca": (str,),
+    "insecure": (bool,),
 }
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a host that only this machine can reach: ``localhost``, ``127.x``, ``::1``.
+    An empty host or ``0.0.0.0`` means every interface: not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_types(path: str | Path, table: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -52,9 +53,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgspec
+
 from .. import protocol as P
 from ..broker import Broker, SyncToken
 from ..errors import (
+    AuthenticationFailed,
     BacklogFull,
     FrameTooLarge,
     InternalError,
@@ -63,6 +67,8 @@ from ..errors import (
     TideMQError,
     Timeout,
 )
+from ..security import FAILURE_DELAY_S, AuthExchange, Gate, Principal
+from ._authz import authorize
 from ._config import ServerConfig
 from ._dispatch import HANDLERS, Blocked, Handler
 from ._registry import Subscriptions
@@ -98,6 +104,10 @@ class Services:
     # The server admitted this connection's peer address (max_connections_per_ip): called
     # once when the connection ends, with that address.
     leave: Callable[[str], None] = lambda ip: None
+    # The users, tokens and permissions (docs/security.md); None: a server without users,
+    # where nobody authenticates and every request is allowed (it listens on loopback only,
+    # unless started with --insecure).
+    gate: Gate | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -108,6 +118,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, services: Services, peer_ip: str = "?") -> None:
         self._services = services
+        self._accepted_at = time.monotonic()  # the handshake deadline counts from here
         cfg = services.config
         self.config = cfg
         # The handlers' Context (see _dispatch): plain attributes, so a request costs no
@@ -128,6 +139,15 @@ class Connection(asyncio.Protocol):
         self.peer_ip = peer_ip
         self._counted = True  # Services.leave not called yet
         self.ready = False  # Hello received and answered
+        # Authentication (servers with users): the mechanism's exchange while it runs, then
+        # who this session is. Permission answers are cached until the users file changes.
+        self.principal: Principal | None = None
+        self._auth: AuthExchange | None = None
+        self._hello_ok: P.HelloOk | None = None
+        self._perm_cache: dict[tuple[str, str, str], bool] = {}
+        self._perm_gen = -1
+        self.tls = False
+        self.cert_names: list[str] = []
         self.closed = False
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -163,9 +183,15 @@ class Connection(asyncio.Protocol):
         if self._services.stopping():
             self.abort()
             return
+        ssl_object = t.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls = True
+            self.cert_names = cert_names(ssl_object.getpeercert())
         self._services.connections.add(self)
+        # One deadline for the TLS handshake (done before this call) and the Hello together.
+        left = cfg.handshake_timeout - (time.monotonic() - self._accepted_at)
         self._handshake_timer = asyncio.get_running_loop().call_later(
-            cfg.handshake_timeout, self._handshake_expired)
+            max(0.0, left), self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
@@ -439,16 +465,22 @@ class Connection(asyncio.Protocol):
     def _handle(self, frame: Any) -> None:
         rid = frame.request_id
         if not self.ready:
-            if isinstance(frame, P.Hello):
+            if self._auth is not None and isinstance(frame, P.AuthResponse):
+                self._auth_response(frame)
+                return
+            if isinstance(frame, P.Hello) and self._hello_ok is None:
                 self._hello(frame)
                 return
-            raise ProtocolError(f"the first frame must be Hello, got {type(frame).__name__}")
+            raise ProtocolError(f"the first frame must be Hello (then AuthResponse when "
+                                f"challenged), got {type(frame).__name__}")
         handler: Handler | None = HANDLERS.get(type(frame))
         if handler is None:
             self.send_error(rid, ProtocolError(
                 f"{type(frame).__name__} is not a request a client may send"))
             return
         try:
+            if self.principal is not None:
+                authorize(self, frame)
             handler(self, frame)
         except Blocked:
             self._park(frame)
@@ -468,6 +500,74 @@ class Connection(asyncio.Protocol):
         if isinstance(answer, P.Error):  # no common version: fatal, then close
             self._fail_with(answer)
             return
+        self._hello_ok = answer
+        gate = self._services.gate
+        if gate is None:
+            if hello.auth_mechanism is not None:
+                self._auth_failed(AuthenticationFailed(
+                    "this server has no users, so it authenticates nobody; connect without "
+                    "credentials (or configure users on the server: --users)"), delay=False)
+                return
+            self._ready(answer)
+            return
+        try:
+            exchange = gate.start(hello.auth_mechanism, hello.auth_data, peer_addr=self.peer_ip,
+                                  loopback=_is_loopback(self.peer_ip), tls=self.tls,
+                                  peer_cert_names=self.cert_names, now_s=time.time())
+        except AuthenticationFailed as exc:
+            self._auth_failed(exc)
+            return
+        except TideMQError as exc:  # Unsupported (SCRAM channel binding ...), InvalidArgument
+            self._auth_failed(AuthenticationFailed(exc.message))
+            return
+        self._auth_step(exchange)
+
+    def _auth_response(self, frame: P.AuthResponse) -> None:
+        exchange = self._auth
+        assert exchange is not None
+        try:
+            exchange.respond(frame.data, time.time())
+        except TideMQError as exc:
+            self._auth_failed(exc if isinstance(exc, AuthenticationFailed)
+                              else AuthenticationFailed(exc.message))
+            return
+        self._auth_step(exchange)
+
+    def _auth_step(self, exchange: AuthExchange) -> None:
+        """Send the mechanism's next challenge, or finish the handshake as its principal."""
+        hello_ok = self._hello_ok
+        assert hello_ok is not None
+        if exchange.principal is None:
+            self._auth = exchange
+            self.send(P.AuthChallenge(request_id=hello_ok.request_id,
+                                      data=exchange.challenge or b""))
+            return
+        self._auth = None
+        self.principal = exchange.principal
+        log.info("%s authenticated as %r (%s)", self.peer, exchange.principal.user,
+                 exchange.principal.mechanism)
+        self._ready(msgspec.structs.replace(hello_ok, user=exchange.principal.user,
+                                            auth_data=exchange.server_data))
+
+    def _auth_failed(self, exc: AuthenticationFailed, *, delay: bool = True) -> None:
+        """Refuse the handshake: read nothing more, wait ``FAILURE_DELAY_S`` (a guesser gets
+        few tries per connection-second, and every failure takes as long), then a fatal error."""
+        hello_ok = self._hello_ok
+        rid = hello_ok.request_id if hello_ok is not None else 0
+        log.info("authentication of %s failed: %s", self.peer, exc.message)
+        self._auth = None
+        self._busy = True  # no more frames of this connection are handled
+        self._update_reading()
+        if delay:
+            asyncio.get_running_loop().call_later(FAILURE_DELAY_S, self._fail_late, exc, rid)
+        else:
+            self.fail(exc, request_id=rid)
+
+    def _fail_late(self, exc: TideMQError, rid: int) -> None:
+        if not self.closed:
+            self.fail(exc, request_id=rid)
+
+    def _ready(self, answer: P.HelloOk) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -476,6 +576,34 @@ class Connection(asyncio.Protocol):
         self.decoder.max_control_frame_size = min(session, self.config.max_request_bytes)
         self.ready = True
         self.send(answer)
+
+    # --- permissions (_authz.Authorizable) ----------------------------------------------------
+
+    @property
+    def user(self) -> str:
+        return self.principal.user if self.principal is not None else ""
+
+    def may(self, op: str, kind: str, name: str) -> bool:
+        principal = self.principal
+        if principal is None:
+            return True
+        gate = self._services.gate
+        assert gate is not None
+        cache = self._perm_cache
+        if self._perm_gen != gate.generation:  # the users file changed: ask again
+            cache.clear()
+            self._perm_gen = gate.generation
+        key = (op, kind, name)
+        allowed = cache.get(key)
+        if allowed is None:
+            allowed = gate.allows(principal, op, kind, name)
+            if len(cache) < 4096:
+                cache[key] = allowed
+        return allowed
+
+    def subscription_of(self, sub_id: int) -> tuple[str, str] | None:
+        sub = self.registry.get(self, sub_id)
+        return None if sub is None else (sub.topic, sub.group)
 
     # --- heartbeats and ending --------------------------------------------------------------
 
@@ -541,6 +669,29 @@ class Connection(asyncio.Protocol):
             self._counted = False
             self._services.leave(self.peer_ip)
         self.registry.close_connection(self)
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def cert_names(cert: Any) -> list[str]:
+    """The names a verified client certificate carries, for ``EXTERNAL``: its subject's common
+    names, then its subjectAltName DNS, email and URI entries (``ssl.getpeercert()`` layout)."""
+    if not cert:
+        return []
+    names: list[str] = []
+    for rdn in cert.get("subject", ()):
+        names += [value for key, value in rdn if key == "commonName"]
+    names += [value for kind, value in cert.get("subjectAltName", ())
+              if kind in ("DNS", "email", "URI")]
+    return names
 
 
 def _abort_quietly(transport: asyncio.Transport) -> None:

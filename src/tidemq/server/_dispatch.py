@@ -34,6 +34,7 @@ from .. import protocol as P
 from ..broker import Broker, GroupSettings, PublishResult, SyncToken, TopicConfig, parse_id
 from ..errors import BacklogFull, InvalidArgument, TideMQError, Unsupported
 from ..storage import verify
+from ._authz import OPS as _OPS
 from ._config import ServerConfig
 from ._push import DELIVER_OVERHEAD, Subscription
 from ._registry import Subscriptions
@@ -90,6 +91,11 @@ class Context(Protocol):
 
     def close(self) -> None:
         """Flush, release every lease of this connection, close it."""
+
+    def may(self, op: str, kind: str, name: str, /) -> bool:
+        """Whether the session's user may ``op`` (publish, consume, admin) the resource
+        ``kind:name`` (always True on a server without users). The frame itself was checked
+        before its handler ran (``_authz``); handlers use this to filter what they list."""
 
     def continue_soon(self, request_id: int, step: Callable[[], bool], /) -> None:
         """Call ``step`` on the next loop iteration, and again on later ones until it returns
@@ -236,7 +242,7 @@ def _subscribe(ctx: Context, f: P.Subscribe) -> None:
                     "frame limit of %d bytes; raise the client's max_frame_size", info.name,
                     info.config.max_message_bytes, ctx.max_frame_size)
     group = broker.describe_group(f.topic, f.group)
-    sub = ctx.registry.open(ctx, member, info.name, info.incarnation, f.prefetch)
+    sub = ctx.registry.open(ctx, member, info.name, info.incarnation, f.prefetch, f.group)
     # Answer once the group's state is durable at the topic's level (a group created under
     # 'always' must survive a power cut right after the answer); no credit until then, so no
     # delivery overtakes the answer.
@@ -388,7 +394,9 @@ def _delete_topic(ctx: Context, f: P.DeleteTopic) -> None:
 
 @_handles(P.ListTopics)
 def _list_topics(ctx: Context, f: P.ListTopics) -> None:
-    _result(ctx, f.request_id, ctx.broker.list_topics())
+    topics = ctx.broker.list_topics()
+    visible = [t for t in topics if any(ctx.may(op, "topic", t.name) for op in _OPS)]
+    _result(ctx, f.request_id, visible)
 
 
 @_handles(P.DescribeTopic)

@@ -30,6 +30,9 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: read the users file and the TLS certificate again (open connections keep
+    # theirs; sessions of deleted users and revoked tokens are closed).
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     if ready is not None:
         ready.set()
     try:
@@ -58,6 +61,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-auto-create", action="store_true",
                    help="refuse publishes to topics that do not exist")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ...")
+    sec = p.add_argument_group("security", "docs/security.md")
+    sec.add_argument("--users", metavar="FILE",
+                     help="users, tokens and permissions (created if missing; edit it with "
+                          "'tidemq user/token/acl'). With it, every connection authenticates")
+    sec.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS")
+    sec.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    sec.add_argument("--tls-client-ca", metavar="FILE",
+                     help="PEM CA bundle: require client certificates signed by it (mTLS)")
+    sec.add_argument("--insecure", action="store_true", default=None,
+                     help="allow a non-loopback --host without --users (anyone who reaches "
+                          "the port may do anything)")
     limits = p.add_argument_group("limits", "what one peer may make the server spend "
                                             "(docs/server.md, 'Limits')")
     for name, kind, text in _LIMIT_FLAGS:
@@ -91,6 +105,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "heartbeat_timeout": args.heartbeat_timeout, "max_frame_bytes": args.max_frame_bytes,
         "auto_create_topics": False if args.no_auto_create else None,
         "loop": args.loop,
+        "users": args.users, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca, "insecure": args.insecure,
         **{name: getattr(args, name, None) for name, _, _ in _LIMIT_FLAGS},
     }
     cfg = load_config(args.config, **overrides)

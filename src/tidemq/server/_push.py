@@ -134,15 +134,16 @@ class Peer(Protocol):
 class Subscription:
     """One member of a group, opened by one connection (``conn``)."""
 
-    __slots__ = ("conn", "sub_id", "member", "topic", "incarnation", "credit", "prefetch",
-                 "size_hint")
+    __slots__ = ("conn", "sub_id", "member", "topic", "group", "incarnation", "credit",
+                 "prefetch", "size_hint")
 
     def __init__(self, conn: Peer, sub_id: int, member: str, topic: str, incarnation: int,
-                 prefetch: int) -> None:
+                 prefetch: int, group: str = "") -> None:
         self.conn = conn
         self.sub_id = sub_id
         self.member = member
         self.topic = topic
+        self.group = group  # what its permission checks name (server/_authz.py)
         self.incarnation = incarnation
         self.prefetch = prefetch
         self.credit = prefetch  # the Subscribe's prefetch is the initial credit

@@ -49,13 +49,13 @@ class Subscriptions:
         return self._by_member
 
     def open(self, conn: Peer, member: str, topic: str, incarnation: int,
-             prefetch: int) -> Subscription:
+             prefetch: int, group: str = "") -> Subscription:
         """Register the subscription of ``member`` (just subscribed in the broker) on ``conn``;
         it gets the connection's next subscription id and ``prefetch`` credit."""
         opened = self._by_conn.get(conn)
         if opened is None:
             opened = self._by_conn[conn] = _Opened()
-        sub = Subscription(conn, opened.next_id, member, topic, incarnation, prefetch)
+        sub = Subscription(conn, opened.next_id, member, topic, incarnation, prefetch, group)
         opened.next_id += 1
         opened.by_id[sub.sub_id] = sub
         self._by_member[member] = sub

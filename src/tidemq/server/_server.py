@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,13 +34,15 @@ from typing import Any
 from .. import protocol as P
 from ..broker import Broker
 from ..driver import DriverConfig
-from ..errors import ConnectionLost, InvalidArgument, TideMQError
+from ..errors import AuthenticationFailed, ConnectionLost, InvalidArgument, TideMQError
+from ..security import Gate
 from ..storage import open_store
 from ._config import ServerConfig
 from ._connection import Connection, Services
 from ._driver import LoopDriver
 from ._push import Subscription, delivery_bytes
 from ._registry import Subscriptions
+from ._tls import server_context
 
 __all__ = ["Server", "now_us", "mono_us"]
 
@@ -58,6 +61,7 @@ def mono_us() -> int:
 
 BrokerFactory = Callable[[ServerConfig], "Broker"]
 
+USERS_POLL = 1.0  # seconds between checks of the users file for changes
 ACCEPT_RETRY = 0.1  # seconds between accept attempts while out of file descriptors
 ACCEPT_BATCH = 64  # connections accepted per readiness callback (others wait their turn)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -106,6 +110,10 @@ class Server:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._stopped = asyncio.Event()
+        # Security (docs/security.md): the users file's gate (None: no users) and the TLS
+        # context new connections get (reload() replaces both; open connections keep theirs).
+        self.gate: Gate | None = None
+        self._tls: ssl.SSLContext | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -130,6 +138,15 @@ class Server:
     async def start(self) -> None:
         """Open the broker (recovering its store) and start listening."""
         self._loop = loop = asyncio.get_running_loop()
+        cfg = self.config
+        if cfg.users is not None:
+            self.gate = Gate(cfg.users, now_s=time.time())
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            self._tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        if cfg.exposed:
+            log.warning("INSECURE: listening on %s with no users (--insecure): anyone who can "
+                        "reach port %d may publish, consume and delete everything. Configure "
+                        "--users (docs/security.md)", cfg.host, cfg.port)
         # Recovery reads the whole tail of every log: keep the loop responsive meanwhile.
         self._broker = await loop.run_in_executor(None, self._factory, self.config)
         self.driver = driver = LoopDriver(
@@ -143,15 +160,18 @@ class Server:
             now_us=now_us, mono_us=mono_us, make_durable=driver.after_sync,
             blocked=driver.core.blocked,
             want_push=self.want_push, connections=self.connections,
-            stopping=lambda: self._stopping, leave=self._leave,
+            stopping=lambda: self._stopping, leave=self._leave, gate=self.gate,
         )
         socks = await _bind(loop, self.config.host, self.config.port)
         self._listener = _Listener(loop, socks, self._accepted)
         self._listener.start()
         driver.start()
         self._tasks = [loop.create_task(self._heartbeat_loop(), name="tidemq-heartbeat")]
-        log.info("tidemq server listening on %s:%d (data: %s)", self.config.host, self.port,
-                 self.config.data or "memory")
+        if self.gate is not None:
+            self._tasks.append(loop.create_task(self._watch_users(), name="tidemq-users"))
+        log.info("tidemq server listening on %s:%d%s (data: %s; %s)", self.config.host,
+                 self.port, " with TLS" if self._tls else "", self.config.data or "memory",
+                 f"users from {cfg.users}" if cfg.users else "no users: no authentication")
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`stop` has finished."""
@@ -231,7 +251,12 @@ class Server:
     async def _attach(self, conn: Connection, sock: socket.socket) -> None:
         assert self._loop is not None
         try:
-            await self._loop.connect_accepted_socket(lambda: conn, sock)
+            if self._tls is None:
+                await self._loop.connect_accepted_socket(lambda: conn, sock)
+            else:  # the TLS handshake counts against the connection's handshake_timeout
+                await self._loop.connect_accepted_socket(
+                    lambda: conn, sock, ssl=self._tls,
+                    ssl_handshake_timeout=self.config.handshake_timeout)
         except BaseException as exc:  # cancelled at shutdown, or the socket died at once
             if conn.transport is not None:
                 with contextlib.suppress(Exception):
@@ -239,7 +264,9 @@ class Server:
             else:
                 sock.close()
                 conn.release()  # never made: give its admission back
-            if not isinstance(exc, (OSError, asyncio.CancelledError)):
+            if isinstance(exc, (ssl.SSLError, TimeoutError, ConnectionError)):
+                log.info("TLS handshake with %s failed: %s", conn.peer_ip, exc)
+            elif not isinstance(exc, (OSError, asyncio.CancelledError)):
                 log.exception("setting up a connection failed")
 
     def _leave(self, ip: str) -> None:
@@ -365,6 +392,58 @@ class Server:
             broker.nack(sub.member, [d.id for d in deliveries], None, now_us=now, mono_us=mono)
         except TideMQError:
             log.debug("nack of undeliverable messages failed", exc_info=True)
+
+    # --- security -----------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the users file and the TLS certificate again (SIGHUP). New connections get the
+        new certificate; open ones keep their session. Sessions of users deleted or tokens
+        revoked are closed; changed permissions apply to each session's next request. A file
+        that cannot be read leaves the old settings in force (logged)."""
+        cfg = self.config
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            try:
+                self._tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+                log.info("reloaded the TLS certificate from %s", cfg.tls_cert)
+            except TideMQError as exc:
+                log.error("keeping the old TLS certificate: %s", exc.message)
+        if self.gate is not None:
+            self._reload_users(force=True)
+
+    def _reload_users(self, *, force: bool = False) -> None:
+        gate = self.gate
+        assert gate is not None
+        try:
+            changed = gate.reload(time.time(), force=force)
+        except TideMQError as exc:
+            log.error("keeping the old users: %s", exc.message)
+            return
+        if changed:
+            log.info("reloaded users from %s", self.config.users)
+        self._end_invalid_sessions(all_sessions=changed)
+
+    def _end_invalid_sessions(self, *, all_sessions: bool) -> None:
+        """Close sessions whose user is gone or whose token was revoked or expired (token
+        sessions are checked every time: a token expires without the file changing)."""
+        gate = self.gate
+        assert gate is not None
+        now = time.time()
+        for conn in list(self.connections):
+            p = conn.principal
+            if p is None or not (all_sessions or p.token_id is not None):
+                continue
+            if not gate.still_valid(p, now):
+                log.info("closing %s: user %r was deleted or its token revoked or expired",
+                         conn.peer, p.user)
+                conn.fail(AuthenticationFailed(
+                    f"the session of {p.user!r} ended: the user was deleted, or the token it "
+                    "logged in with was revoked or expired"))
+
+    async def _watch_users(self) -> None:
+        """Reload the users file when it changes (checked every ``USERS_POLL`` s: a stat)."""
+        while True:
+            await asyncio.sleep(USERS_POLL)
+            self._reload_users()
 
     # --- timers -----------------------------------------------------------------------------
 
