@@ -577,3 +577,27 @@ def test_cli_logs_in_and_never_prints_the_password(secured: tuple[ServerProcess,
     assert main(["topic", "list", "--url", "tidemq://ops:hunter2@127.0.0.1:1"]) == 3
     err = capsys.readouterr().err
     assert "hunter2" not in err and "ops:***@" in err
+
+
+def test_a_stalled_tls_handshake_is_cut_at_the_handshake_deadline(
+        tmp_path: Path, certs: dict[str, Any]) -> None:
+    users = tmp_path / "users.json"
+    write_users(users)
+    proc = ServerProcess(tmp_path / "data", args=(
+        "--users", str(users), "--tls-cert", certs["server"], "--tls-key", certs["server"],
+        "--handshake-timeout", "1")).start()
+    try:
+        # A peer that opens TCP and never starts (or never finishes) TLS.
+        silent = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+        partial = socket.create_connection(("127.0.0.1", proc.port), timeout=10)
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, no more
+        t0 = time.monotonic()
+        for sock in (silent, partial):
+            with contextlib.closing(sock):
+                assert sock.recv(4096) == b""  # the server closes it
+        assert time.monotonic() - t0 < 5
+        # and a proper client still gets in
+        with tidemq.Client(url(proc, "ops", scheme="tidemqs"), tls_ca=certs["ca"]) as mq:
+            mq.list_topics()
+    finally:
+        proc.close()
