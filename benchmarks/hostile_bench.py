@@ -24,8 +24,11 @@ First, ``idle_connections`` (on the fresh server, before any attack has grown it
 1,000 connections that completed their Hello and stay idle; ``rss_growth_mib`` (target
 <= 50) and ``kib_per_connection``.
 
-Run:  .venv/bin/python benchmarks/hostile_bench.py [--seconds 4] [--only NAMES]
+Run:  .venv/bin/python benchmarks/hostile_bench.py [--runs 3] [--seconds 4] [--only NAMES]
           [--loop auto|asyncio|uvloop] [--src DIR]
+
+Each of ``--runs`` passes (default 3) starts a fresh server and prints its lines (with
+``"run"``); then one ``"summary"`` line per scenario and figure gives the median, min and max.
 
 ``--src DIR`` runs the server from another source tree (e.g. an older revision exported with
 ``git archive``), for before/after figures. Output: one JSON line per scenario, e.g.
@@ -396,25 +399,25 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--seconds", type=float, default=4.0, help="measuring time per scenario")
-    ap.add_argument("--only", default="", help="comma-separated attack names (default: all)")
-    ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"])
-    ap.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
-    a = ap.parse_args(argv)
-    _raise_nofile()
-    names = [n for n in a.only.split(",") if n] or ["idle_connections", *ATTACKS]
+def one_run(a: argparse.Namespace, names: list[str], run: int) -> list[dict[str, Any]]:
+    """One pass over the scenarios on a fresh server; returns (and prints) their records."""
+    out: list[dict[str, Any]] = []
+
+    def record(rec: dict[str, Any]) -> None:
+        rec = {"run": run, **rec}
+        out.append(rec)
+        emit(rec)
+
     tmp = tempfile.mkdtemp(prefix="tidemq-hostile-")
     proc, port = start_server(os.path.join(tmp, "data"), a.loop, a.src)
     ctx = multiprocessing.get_context("fork")
     try:
         topics = _setup(port)
         quiet = measure(port, a.seconds)
-        emit({"attack": "quiet", **quiet, "rss_mib": round(rss_bytes(proc.pid) / 2**20, 1)})
+        record({"attack": "quiet", **quiet, "rss_mib": round(rss_bytes(proc.pid) / 2**20, 1)})
         for name in names:
             if name == "idle_connections":
-                emit({"attack": name, **idle_connections(port, proc.pid)})
+                record({"attack": name, **idle_connections(port, proc.pid)})
                 continue
             before = rss_bytes(proc.pid)
             args = (port, topics[name]) if name in topics else (port,)
@@ -430,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             attacker.join(5)
             if "publish_per_s" in got:
                 got["publish_vs_quiet"] = round(got["publish_per_s"] / quiet["publish_per_s"], 2)
-            emit({"attack": name, **got, "rss_growth_mib": round((peak - before) / 2**20, 1),
-                  "server_alive": proc.poll() is None})
+            record({"attack": name, **got, "rss_growth_mib": round((peak - before) / 2**20, 1),
+                    "server_alive": proc.poll() is None})
             time.sleep(0.5)
             if proc.poll() is not None:
                 break
@@ -443,6 +446,39 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
             proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def summarize(records: list[dict[str, Any]]) -> None:
+    """Median, min and max over the runs of every numeric figure, per scenario."""
+    by: dict[tuple[str, str], list[float]] = {}
+    for rec in records:
+        for k, v in rec.items():
+            if k in ("run", "cpu_count", "loadavg_1m") or isinstance(v, bool) or \
+                    not isinstance(v, int | float):
+                continue
+            by.setdefault((rec["attack"], k), []).append(float(v))
+    for (attack, metric), values in by.items():
+        emit({"summary": True, "attack": attack, "metric": metric,
+              "median": round(statistics.median(values), 3), "min": min(values),
+              "max": max(values), "runs": len(values)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--seconds", type=float, default=4.0, help="measuring time per scenario")
+    ap.add_argument("--only", default="", help="comma-separated attack names (default: all)")
+    ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    ap.add_argument("--src", help="run the server from this source tree (PYTHONPATH)")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="passes, each on a fresh server; then one summary line per figure")
+    a = ap.parse_args(argv)
+    _raise_nofile()
+    names = [n for n in a.only.split(",") if n] or ["idle_connections", *ATTACKS]
+    records: list[dict[str, Any]] = []
+    for run in range(a.runs):
+        records += one_run(a, names, run)
+    summarize(records)
     return 0
 
 
