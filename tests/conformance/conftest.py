@@ -1,17 +1,22 @@
 """The conformance suite: one set of semantic tests over the public client API, run against
-every transport. A transport that lacks a feature declares it in ``UNSUPPORTED`` (the test is
-then reported as skipped with the reason), never silently passes."""
+every transport (``memory://``, a data folder, a live ``tidemq serve``) and through both faces
+of the client: the blocking ``tidemq.Client`` and the asyncio ``tidemq.AsyncClient`` (driven by
+``_async_face.AsyncFace``). A transport that lacks a feature declares it in ``UNSUPPORTED`` (the
+test is then reported as skipped with the reason), never silently passes."""
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tidemq
+
+from ._async_face import AsyncFace
 
 # transport name -> features it does not support (none, for TideMQ's own transports)
 UNSUPPORTED: dict[str, set[str]] = {"memory": set(), "file": set(), "server": set()}
@@ -48,13 +53,37 @@ def url(transport: str, tmp_path: Path) -> Iterator[str]:
         yield from _server_url(tmp_path)
 
 
+@pytest.fixture(params=["blocking", "async"])
+def face(request: pytest.FixtureRequest) -> str:
+    """Which client runs the test body: ``tidemq.Client`` or ``tidemq.AsyncClient``."""
+    return str(request.param)
+
+
 @pytest.fixture
-def mq(url: str) -> Iterator[tidemq.Client]:
-    client = tidemq.Client(url)
+def connect(face: str) -> Iterator[Callable[..., Any]]:
+    """``connect(url)``: a client of the test's face (closed at the end of the test)."""
+    opened: list[Any] = []
+
+    def open_client(url: str, **options: Any) -> Any:
+        client = tidemq.Client(url, **options) if face == "blocking" else AsyncFace(url,
+                                                                                      **options)
+        opened.append(client)
+        return client
+
     try:
-        yield client
+        yield open_client
     finally:
-        client.close()
+        for client in opened:
+            if isinstance(client, AsyncFace):
+                client.shutdown()
+            else:
+                client.close()
+
+
+@pytest.fixture
+def mq(url: str, connect: Callable[..., Any]) -> tidemq.Client:
+    client: tidemq.Client = connect(url)
+    return client
 
 
 def needs(transport: str, feature: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Any
 
 import pytest
 
@@ -336,25 +337,25 @@ def test_unknown_ids_are_typed(mq: tidemq.Client) -> None:
         sub.ack("not-an-id")
 
 
-def test_closed_client_raises_closed(url: str) -> None:
-    c = tidemq.Client(url)
+def test_closed_client_raises_closed(url: str, connect: Any) -> None:
+    c = connect(url)
     c.close()
     with pytest.raises(errors.Closed):
         c.publish("t", b"x")
 
 
-def test_durable_reopen_redelivers_unacked_only(url: str, transport: str) -> None:
+def test_durable_reopen_redelivers_unacked_only(url: str, transport: str, connect: Any) -> None:
     needs(transport, "durable")
     if transport != "file":
         pytest.skip("reopen is specific to a data folder")
     t = unique("durable")
-    with tidemq.Client(url) as mq:
+    with connect(url) as mq:
         mq.create_topic(t, durability="always")
         mq.publish_batch(t, [b"a", b"b", b"c"])
         sub = mq.subscribe(t, "g")
         got = drain(sub, 3, ack=False)
         sub.ack(got[0])
-    with tidemq.Client(url) as mq:
+    with connect(url) as mq:
         sub = mq.subscribe(t, "g")
         again = drain(sub, 3, timeout=1)
         assert sorted(m.body for m in again) == [b"b", b"c"]
@@ -456,3 +457,18 @@ def test_flush_waits_for_acks_and_reports_what_was_refused(mq: tidemq.Client) ->
     with pytest.raises(errors.StaleLease):
         b.ack(wait=True)
     other.close()
+
+
+def test_client_flush_waits_for_the_acks_of_every_subscription(mq: tidemq.Client) -> None:
+    """``mq.flush()`` returns once every ack of every subscription of the client, sent before
+    it, is applied (and durable under ``always``), and every publish made before it is
+    confirmed."""
+    t = unique("cflush")
+    mq.create_topic(t, durability="always")
+    mq.publish_batch(t, [b"%d" % i for i in range(10)])
+    subs = [mq.subscribe(t, "a"), mq.subscribe(t, "b")]
+    for sub in subs:
+        for m in drain(sub, 10, ack=False):
+            m.ack()
+    mq.flush()
+    assert [mq.describe_group(t, g).lag for g in ("a", "b")] == [0, 0]

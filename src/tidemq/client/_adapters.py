@@ -1,17 +1,21 @@
-"""Give each transport style the other face (see ``_transport``).
+"""The embedded transport's async face (see ``_transport``), in two flavours.
 
-- :class:`AsyncOverEmbedded`: the embedded transport as coroutines. Non-blocking work runs inline
-  on the loop (a lock and a function call); waiting — for a message, or for an fsync under
-  ``always`` — runs in a worker thread, so other tasks keep going and share the fsync.
-- :class:`SyncOverAsync`: an async transport driven from a private event-loop thread, for the
-  blocking ``Client`` over the network. Thread-safe: any thread may call.
+:class:`AsyncOverEmbedded` gives the blocking :class:`~tidemq.client._embedded.EmbeddedTransport`
+the :class:`~tidemq.client._transport.AsyncTransport` interface, so the one client source
+(``AsyncClient``) runs over it:
+
+- ``inline=False`` (``AsyncClient``): non-blocking work runs inline on the loop (a lock and a
+  function call); waiting — for a message, or for an fsync under ``always`` — runs in a worker
+  thread, so other tasks keep going and share the fsync.
+- ``inline=True`` (the blocking ``Client``): every coroutine finishes without suspending — the
+  waits block the calling thread, as a blocking call should — so ``_runner.InlineRunner``
+  drives them with no event loop at all. Thread-safe, as the embedded transport is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..broker._types import (
@@ -22,21 +26,27 @@ from ..broker._types import (
     TopicConfig,
     TopicInfo,
 )
-from ..errors import Closed
 from ..storage import Record
 from ._embedded import EmbeddedTransport
-from ._transport import AsyncTransport
+from ._transport import Done
 
-__all__ = ["AsyncOverEmbedded", "SyncOverAsync"]
+__all__ = ["AsyncOverEmbedded"]
 
 T = TypeVar("T")
 
 
 class AsyncOverEmbedded:
-    """An :class:`AsyncTransport` over an :class:`EmbeddedTransport`."""
+    """An :class:`AsyncTransport` over an :class:`EmbeddedTransport` (see the module doc)."""
 
-    def __init__(self, inner: EmbeddedTransport) -> None:
+    def __init__(self, inner: EmbeddedTransport, *, inline: bool = False) -> None:
         self.inner = inner
+        self.inline = inline
+
+    async def _wait(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking wait: in this thread when inline, else in a worker thread."""
+        if self.inline:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     async def create_topic(self, name: str, config: TopicConfig, exist_ok: bool) -> TopicInfo:
         return self.inner.create_topic(name, config, exist_ok)
@@ -54,9 +64,19 @@ class AsyncOverEmbedded:
         return self.inner.set_partitions(name, partitions)
 
     async def publish(self, topic: str, records: Sequence[Record]) -> list[str]:
+        if self.inline:
+            return self.inner.publish(topic, records)
         ids, token = self.inner.publish_nowait(topic, records)
         await self._durable(token)
         return ids
+
+    def publish_one(self, topic: str, record: Record) -> Awaitable[str] | None:
+        if self.inline:
+            return Done(self.inner.publish(topic, (record,))[0])
+        return None
+
+    async def flush_all(self) -> None:
+        self.inner.flush("")
 
     async def create_group(self, topic: str, group: str, settings: GroupSettings) -> GroupInfo:
         return self.inner.create_group(topic, group, settings)
@@ -74,7 +94,7 @@ class AsyncOverEmbedded:
         return self.inner.describe_group(topic, group)
 
     async def reset_group(self, topic: str, group: str, start: StartPosition) -> None:
-        await asyncio.to_thread(self.inner.reset_group, topic, group, start)
+        await self._wait(self.inner.reset_group, topic, group, start)
 
     async def redrive(self, topic: str, group: str, limit: int | None) -> int:
         return self.inner.redrive(topic, group, limit)
@@ -88,10 +108,17 @@ class AsyncOverEmbedded:
         got = self.inner.receive(member, max_messages, 0)
         if got or timeout <= 0:
             return got
-        return await asyncio.to_thread(self.inner.receive, member, max_messages, timeout)
+        return await self._wait(self.inner.receive, member, max_messages, timeout)
 
-    async def ack(self, member: str, ids: Sequence[str]) -> None:
-        await self._durable(self.inner.ack_nowait(member, ids))
+    def receive_nowait(self, member: str, max_messages: int) -> list[Delivery] | None:
+        return self.inner.receive(member, max_messages, 0) or None
+
+    def ack_start(self, member: str, ids: Sequence[str]) -> Awaitable[None] | None:
+        if self.inline:
+            self.inner.ack(member, ids)
+            return None
+        token = self.inner.ack_nowait(member, ids)
+        return self._durable(token) if self.inner.needs_durable(token) else None
 
     async def flush(self, member: str) -> None:
         self.inner.flush(member)
@@ -109,51 +136,9 @@ class AsyncOverEmbedded:
         self.inner.unsubscribe(member)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.inner.close)
+        await self._wait(self.inner.close)
 
     async def _durable(self, token: Any) -> None:
         # Under 'always' the fsync runs in a worker thread: other tasks go on and share it.
         if self.inner.needs_durable(token):
-            await asyncio.to_thread(self.inner.wait_durable, token)
-
-
-class SyncOverAsync:
-    """A thread-safe blocking face for an :class:`AsyncTransport`, on its own loop thread."""
-
-    def __init__(self, make: Callable[[], Coroutine[Any, Any, AsyncTransport]]) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tidemq-io",
-                                        daemon=True)
-        self._thread.start()
-        try:
-            self._inner: AsyncTransport = self._run(make())
-        except BaseException:
-            self._stop_loop()
-            raise
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop.is_closed():
-            coro.close()
-            raise Closed("this client is closed; open a new one")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._inner, name)
-
-        def call(*args: Any) -> Any:
-            return self._run(method(*args))
-
-        return call
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        try:
-            self._run(self._inner.close())
-        finally:
-            self._stop_loop()
+            await self._wait(self.inner.wait_durable, token)

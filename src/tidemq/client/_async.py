@@ -1,4 +1,19 @@
-"""The asyncio client: ``tidemq.AsyncClient(url)``. Use it from one event loop."""
+"""The asyncio client, ``tidemq.AsyncClient(url)`` — and the one source of the client's logic.
+
+Every operation is written here once: argument checks (``_common``), the transport call, and
+what comes around it (a group's settings merged before a subscribe, an ack then a flush ...).
+The blocking :class:`tidemq.Client` (``_client``) is a thin face that runs these same methods
+through a runner (``_runner``) instead of awaiting them, so the two cannot drift; a test
+(``tests/client/test_drift.py``) compares their signatures and their refusals.
+
+The per-message operations (``publish``, ``receive``, ``ack`` ...) are plain functions that
+return an awaitable, not coroutines: when the work is done without waiting they return
+:class:`~tidemq.client._transport.Done`, which the blocking client reads without running an
+event loop, and over the network ``publish`` returns the producer's own future (thousands of
+pipelined calls cost one future each, not a coroutine and a task each).
+
+Use an ``AsyncClient`` from one event loop.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +24,37 @@ from types import TracebackType
 from typing import Any
 
 from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicInfo
-from ..errors import Closed, InvalidArgument, TideMQError, UnknownGroup, UnknownTopic
+from ..errors import Closed, TideMQError, UnknownGroup, UnknownTopic
 from . import _common
-from ._client import MessageFields, _ids
-from ._transport import AsyncTransport
+from ._transport import DONE, AsyncTransport, Done
 
-__all__ = ["AsyncClient", "AsyncSubscription", "AsyncMessage"]
+__all__ = ["AsyncClient", "AsyncSubscription", "AsyncMessage", "MessageFields"]
 
 log = logging.getLogger("tidemq.client")
+
+
+class MessageFields:
+    """The fields of a delivered message, shared by ``Message`` and :class:`AsyncMessage`."""
+
+    __slots__ = ("_d", "_sub")
+
+    _d: Delivery
+
+    id = property(lambda self: self._d.id, doc="the message id (opaque str)")
+    topic = property(lambda self: self._d.topic)
+    partition = property(lambda self: self._d.partition)
+    offset = property(lambda self: self._d.offset)
+    body = property(lambda self: self._d.body)
+    key = property(lambda self: self._d.key)
+    routing_key = property(lambda self: self._d.routing_key)
+    headers = property(lambda self: self._d.headers)
+    priority = property(lambda self: self._d.priority)
+    delivery_count = property(lambda self: self._d.delivery_count)
+    timestamp = property(lambda self: self._d.timestamp_us / 1e6, doc="publish time, epoch s")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(id={self.id!r}, body={self.body[:40]!r}, "
+                f"delivery_count={self.delivery_count})")
 
 
 class AsyncMessage(MessageFields):
@@ -28,25 +66,30 @@ class AsyncMessage(MessageFields):
         self._d = delivery
         self._sub = sub
 
-    async def ack(self, *, wait: bool = False) -> None:
-        await self._sub.ack(self._d.id, wait=wait)
+    def ack(self, *, wait: bool = False) -> Awaitable[None]:
+        return self._sub.ack(self._d.id, wait=wait)
 
-    async def nack(self, delay: float | None = None) -> None:
-        await self._sub.nack(self._d.id, delay=delay)
+    def nack(self, delay: float | None = None) -> Awaitable[None]:
+        return self._sub.nack(self._d.id, delay=delay)
 
-    async def reject(self, reason: str = "rejected") -> None:
-        await self._sub.reject(self._d.id, reason)
+    def reject(self, reason: str = "rejected") -> Awaitable[None]:
+        return self._sub.reject(self._d.id, reason)
 
-    async def extend(self, seconds: float) -> None:
-        await self._sub.extend(self._d.id, seconds)
+    def extend(self, seconds: float) -> Awaitable[None]:
+        return self._sub.extend(self._d.id, seconds)
 
 
 class AsyncSubscription:
     """A group member. ``async for msg in sub``, ``await sub.receive()``; joins the group on
-    first use (or ``await mq.subscribe(...)`` to join at once)."""
+    first use (or ``await mq.subscribe(...)`` to join at once).
+
+    ``face`` and ``message``: the blocking ``Subscription`` that runs this one, and the
+    message type it hands out (``Message``); by default this subscription and AsyncMessage.
+    """
 
     def __init__(self, client: AsyncClient, topic: str, group: str,
-                 explicit: dict[str, Any], prefetch: int) -> None:
+                 explicit: dict[str, Any], prefetch: int, *, face: Any = None,
+                 message: Callable[[Delivery, Any], Any] = AsyncMessage) -> None:
         self._client = client
         self.topic = topic
         self.group = group
@@ -54,6 +97,14 @@ class AsyncSubscription:
         self._prefetch = prefetch
         self._member: str | None = None
         self._closed = False
+        self._face = self if face is None else face
+        self._message = message
+
+    def join(self) -> Awaitable[str]:
+        """Join the group now (the first use joins otherwise); the member handle."""
+        if self._member is not None and not self._closed:
+            return Done(self._member)
+        return self._join()
 
     async def _join(self) -> str:
         if self._closed:
@@ -71,12 +122,22 @@ class AsyncSubscription:
 
         return join().__await__()
 
-    async def receive(self, max_messages: int = 100, timeout: float = 1.0) -> list[AsyncMessage]:
-        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-            raise InvalidArgument("max_messages must be an int >= 1")
+    def receive(self, max_messages: int = 100, timeout: float = 1.0) -> Awaitable[list[Any]]:
+        """Up to ``max_messages`` messages, waiting at most ``timeout`` s for the first."""
+        n, wait = _common.receive_args(max_messages, timeout)
+        member = self._member
+        if member is not None and not self._closed:
+            got = self._client._t.receive_nowait(member, n)
+            if got:
+                message, face = self._message, self._face
+                return Done([message(d, face) for d in got])
+        return self._receive(n, wait)
+
+    async def _receive(self, n: int, timeout: float) -> list[Any]:
         member = await self._join()
-        got = await self._client._t.receive(member, max_messages, float(timeout))
-        return [AsyncMessage(d, self) for d in got]
+        got = await self._client._t.receive(member, n, timeout)
+        message, face = self._message, self._face
+        return [message(d, face) for d in got]
 
     async def __aiter__(self) -> AsyncIterator[AsyncMessage]:
         while not self._closed:
@@ -87,35 +148,54 @@ class AsyncSubscription:
             for m in batch:
                 yield m
 
-    async def ack(self, ids: Any, *, wait: bool = False) -> None:
-        """As :meth:`tidemq.Subscription.ack`."""
+    def ack(self, ids: Any, *, wait: bool = False) -> Awaitable[None]:
+        """Acknowledge one id/message or a list of them (one call: the batched path).
+
+        Over ``tidemq://`` an ack whose lease is surely still held completes at once and
+        travels with the next write; ``wait=True`` (or a later :meth:`flush`) completes once
+        the server applied it — durable under ``always`` — and raises what it refused.
+        Embedded, an ack is applied and durable before it completes."""
+        ids = [ids] if type(ids) is str else _common.ids(ids)
+        member = self._member
+        if member is not None and not wait and not self._closed:
+            pending = self._client._t.ack_start(member, ids)
+            return DONE if pending is None else pending
+        return self._ack(ids, wait)
+
+    async def _ack(self, ids: list[str], wait: bool) -> None:
         member = await self._join()
-        await self._client._t.ack(member, _ids(ids))
+        pending = self._client._t.ack_start(member, ids)
+        if pending is not None:
+            await pending
         if wait:
             await self._client._t.flush(member)
 
     async def flush(self) -> None:
-        """As :meth:`tidemq.Subscription.flush`."""
+        """Return once every ack sent before this call is applied by the broker (and durable
+        under ``always``); raise the first failure of an ack sent without waiting."""
         await self._client._t.flush(await self._join())
 
     async def nack(self, ids: Any, delay: float | None = None) -> None:
+        """Give back; ``delay=None`` applies the group's backoff, ``0`` makes it ready now."""
         if delay is not None:
             delay = _common._seconds("delay", delay)
-        await self._client._t.nack(await self._join(), _ids(ids), delay)
+        await self._client._t.nack(await self._join(), _common.ids(ids), delay)
 
     async def extend(self, ids: Any, seconds: float) -> None:
-        await self._client._t.extend(await self._join(), _ids(ids),
+        """Renew the leases: they end ``seconds`` from now."""
+        await self._client._t.extend(await self._join(), _common.ids(ids),
                                      _common._seconds("seconds", seconds, positive=True))
 
     async def reject(self, ids: Any, reason: str = "rejected") -> None:
         """Dead-letter now, with ``reason`` in the dead letter's headers."""
         _common.reject_reason(reason)
-        await self._client._t.reject(await self._join(), _ids(ids), reason)
+        await self._client._t.reject(await self._join(), _common.ids(ids), reason)
 
     async def close(self) -> None:
+        """Leave the group; this member's leases are released at once."""
         if not self._closed:
             self._closed = True
-            if self._member is not None:
+            if self._member is not None and self._client._transport is not None:
                 await self._client._t.unsubscribe(self._member)
 
     async def __aenter__(self) -> AsyncSubscription:
@@ -141,11 +221,23 @@ class AsyncClient:
         self._transport: AsyncTransport | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
+    @classmethod
+    def _over(cls, url: str, transport: AsyncTransport) -> AsyncClient:
+        """A client already connected through ``transport`` (the blocking client's core)."""
+        self = cls.__new__(cls)
+        self.url = url
+        self._ep = _common.parse_url(url)
+        self._options = {}
+        self._auto = True
+        self._transport = transport
+        self._tasks = []
+        return self
+
     @property
     def _t(self) -> AsyncTransport:
         if self._transport is None:
-            raise Closed("the client is not connected: use 'async with AsyncClient(...)' "
-                         "or 'await client.connect()'")
+            raise Closed("the client is not connected (closed, or never connected: use "
+                         "'async with AsyncClient(...)' or 'await client.connect()')")
         return self._transport
 
     async def connect(self) -> AsyncClient:
@@ -164,6 +256,7 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
+        """Send what is batched, release the subscriptions and close the connection."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -186,6 +279,8 @@ class AsyncClient:
 
     async def create_topic(self, name: str, partitions: int = 1, *, exist_ok: bool = False,
                            **config: Any) -> TopicInfo:
+        """Create a topic. ``config``: durability, retention, retention_bytes, log_retention,
+        max_message_bytes, dedup_window, backlog_limit, backlog_policy, segment_bytes ..."""
         return await self._t.create_topic(name, _common.topic_config(partitions, config), exist_ok)
 
     async def delete_topic(self, name: str) -> None:
@@ -198,6 +293,7 @@ class AsyncClient:
         return await self._t.describe_topic(name)
 
     async def set_partitions(self, name: str, partitions: int) -> TopicInfo:
+        """Grow the partition count (keys map differently from then on, as in Kafka)."""
         return await self._t.set_partitions(name, partitions)
 
     # -- publishing -------------------------------------------------------------------------
@@ -206,20 +302,15 @@ class AsyncClient:
                 routing_key: str | None = None, headers: dict[str, str] | None = None,
                 priority: int = 0, delay: float | None = None, deliver_at: Any = None,
                 ttl: float | None = None, dedup_id: str | None = None) -> Awaitable[str]:
-        """Store one message: ``await`` it for the id once confirmed. Bad input raises at once.
-
-        A plain function returning an awaitable, not a coroutine: over the network the
-        awaitable is the producer's own future, so thousands of pipelined calls
-        (``asyncio.gather``) cost one future each, not a coroutine and a task each.
-        """
+        """Store one message: ``await`` it for the id once confirmed at the topic's
+        durability. Bad input raises at once. Over the network the awaitable is the batching
+        producer's future, so ``asyncio.gather`` of many calls pipelines them."""
         rec = _common.make_record(body, key=key, routing_key=routing_key, headers=headers,
                                   priority=priority, delay=delay, deliver_at=deliver_at, ttl=ttl,
                                   dedup_id=dedup_id)
-        fast = getattr(self._t, "publish_one", None)
-        if fast is not None:
-            fut: Awaitable[str] | None = fast(topic, rec)
-            if fut is not None:
-                return fut
+        fut = self._t.publish_one(topic, rec)
+        if fut is not None:
+            return fut
         return self._publish_one(topic, rec)
 
     async def _publish_one(self, topic: str, rec: Any) -> str:
@@ -230,9 +321,18 @@ class AsyncClient:
                             headers: dict[str, str] | None = None, priority: int = 0,
                             delay: float | None = None, deliver_at: Any = None,
                             ttl: float | None = None) -> list[str]:
+        """Store many messages (bodies, dicts or message objects); ids in order. Each
+        partition's share is stored atomically. The keyword fields are defaults per item."""
         defaults = {"key": key, "routing_key": routing_key, "headers": headers,
                     "priority": priority, "delay": delay, "deliver_at": deliver_at, "ttl": ttl}
         return await self._t.publish(topic, _common.make_records(items, defaults))
+
+    async def flush(self) -> None:
+        """Return once every publish and every ack made before the call is answered by the
+        broker (acks: applied, and durable under ``always``); raise the first failure of an ack
+        sent without waiting, as ``Subscription.flush`` does. Publish failures are raised by
+        the publishes themselves."""
+        await self._t.flush_all()
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -251,13 +351,20 @@ class AsyncClient:
                   prefetch: int = 100, ack_timeout: float | None = None,
                   max_deliveries: int | None = None, backoff: Any = None,
                   dead_letter_topic: str | None = None) -> AsyncSubscription:
-        """A subscription; ``async for`` it directly, or ``await`` it to join now."""
+        """A member of ``group`` of ``topic`` (creating the group with these settings if new;
+        settings left out are the group's, different ones raise GroupSettingsMismatch).
+        ``async for`` it directly, or ``await`` it to join now."""
+        return self._subscription(topic, group, dict(
+            mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
+            max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic),
+            prefetch)
+
+    def _subscription(self, topic: str, group: str, settings: dict[str, Any], prefetch: int,
+                      **face: Any) -> AsyncSubscription:
         _common.prefetch(prefetch)
         _common.group_name(group)
-        explicit = _common.group_settings(dict(
-            mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
-            max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic))
-        return AsyncSubscription(self, topic, group, explicit, prefetch)
+        return AsyncSubscription(self, topic, group, _common.group_settings(settings), prefetch,
+                                 **face)
 
     async def consume(self, topic: str, group: str,
                       callback: Callable[[AsyncMessage], Awaitable[Any]], *, workers: int = 1,
@@ -267,12 +374,10 @@ class AsyncClient:
         unless given) feeds them; every message it holds has its lease extended every third of
         ``ack_timeout`` while it waits or runs. The tasks end when the client closes (or are
         cancelled); the member then leaves the group."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
-            raise InvalidArgument("workers must be an int from 1 to 1024")
-        options = dict(subscribe_options)
-        options.setdefault("prefetch", 2 * workers)
+        options = _common.consume_args(callback, workers, subscribe_options)
         sub = await self.subscribe(topic, group, **options)
-        extend_every = (await self.describe_group(topic, group)).settings.ack_timeout / 3
+        extend_every = _common.lease_refresh(
+            (await self.describe_group(topic, group)).settings.ack_timeout)
         # Unbounded: the member's prefetch bounds what it is given, and every message taken
         # here is in `held`, whose leases keep_alive extends.
         queue: asyncio.Queue[AsyncMessage] = asyncio.Queue()
@@ -336,7 +441,10 @@ class AsyncClient:
         return await self._t.describe_group(topic, group)
 
     async def reset_group(self, topic: str, group: str, start: StartPosition) -> None:
+        """Replay: move the group to ``start`` ("earliest", "latest", an offset,
+        {partition: offset} or {"timestamp": epoch s}); in-flight leases are dropped."""
         await self._t.reset_group(topic, group, start)
 
     async def redrive(self, topic: str, group: str, *, limit: int | None = None) -> int:
+        """Hand ``group``'s dead letters back to it; returns how many moved."""
         return await self._t.redrive(topic, group, limit)

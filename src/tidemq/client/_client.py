@@ -1,4 +1,13 @@
-"""The blocking client: ``tidemq.Client(url)``. Thread-safe: share one client between threads."""
+"""The blocking client: ``tidemq.Client(url)``. Thread-safe: share one client between threads.
+
+A thin face over the one client source, :class:`~tidemq.client._async.AsyncClient`: every
+method runs the ``AsyncClient`` method of the same name through a runner (``_runner``) —
+embedded URLs with no event loop at all, ``tidemq://`` by running the network transport's
+loop in the caller's thread — so checks and behaviour are the async client's own. What only a
+blocking client has is here: ``publish(..., wait=False)`` (``_nowait``), iteration, and the
+callback :class:`Consumer`, whose workers are threads. ``tests/client/test_drift.py`` fails if
+the two faces' methods or refusals drift apart.
+"""
 
 from __future__ import annotations
 
@@ -7,58 +16,22 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
-from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicInfo
-from ..errors import Closed, InvalidArgument, TideMQError, UnknownGroup, UnknownTopic
-from ..storage import Record
+from ..broker._types import Delivery, GroupInfo, StartPosition, TopicInfo
+from ..errors import Closed, InvalidArgument, TideMQError
 from . import _common
+from ._adapters import AsyncOverEmbedded
+from ._async import AsyncClient, MessageFields
 from ._embedded import EmbeddedTransport
-from ._transport import SyncTransport
+from ._nowait import NowaitProducer
+from ._runner import InlineRunner, LoopRunner, new_loop
 
 __all__ = ["Client", "Subscription", "Message", "Consumer", "open"]
 
 log = logging.getLogger("tidemq.client")
-
-
-def _ids(items: Any) -> list[str]:
-    """Accept an id, a (Async)Message, or an iterable of either."""
-    if isinstance(items, str):
-        return [items]
-    if isinstance(items, MessageFields):  # a Message or AsyncMessage
-        return [items.id]
-    try:
-        out = [m.id if isinstance(m, MessageFields) else m for m in items]
-    except TypeError:
-        raise InvalidArgument("pass a message id, a Message, or a list of them") from None
-    if not all(isinstance(i, str) for i in out):
-        raise InvalidArgument("message ids are str")
-    return out
-
-
-class MessageFields:
-    """The fields of a delivered message, shared by :class:`Message` and ``AsyncMessage``."""
-
-    __slots__ = ("_d", "_sub")
-
-    _d: Delivery
-
-    id = property(lambda self: self._d.id, doc="the message id (opaque str)")
-    topic = property(lambda self: self._d.topic)
-    partition = property(lambda self: self._d.partition)
-    offset = property(lambda self: self._d.offset)
-    body = property(lambda self: self._d.body)
-    key = property(lambda self: self._d.key)
-    routing_key = property(lambda self: self._d.routing_key)
-    headers = property(lambda self: self._d.headers)
-    priority = property(lambda self: self._d.priority)
-    delivery_count = property(lambda self: self._d.delivery_count)
-    timestamp = property(lambda self: self._d.timestamp_us / 1e6, doc="publish time, epoch s")
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(id={self.id!r}, body={self.body[:40]!r}, "
-                f"delivery_count={self.delivery_count})")
 
 
 class Message(MessageFields):
@@ -86,24 +59,23 @@ class Message(MessageFields):
 class Subscription:
     """One member of a consumer group. Iterate it, or call ``receive``. Thread-safe."""
 
-    def __init__(self, transport: SyncTransport, topic: str, group: str, member: str) -> None:
-        self._t = transport
+    def __init__(self, client: Client, topic: str, group: str, settings: dict[str, Any],
+                 prefetch: int) -> None:
+        self._call = client._call
+        self._s = client._ac._subscription(topic, group, settings, prefetch, face=self,
+                                           message=Message)
         self.topic = topic
         self.group = group
-        self._member = member
-        self._closed = False
+        self._call(self._s.join)
 
     def receive(self, max_messages: int = 100, timeout: float = 1.0) -> list[Message]:
-        """Up to ``max_messages`` messages, waiting at most ``timeout`` s for the first."""
-        if self._closed:
-            raise Closed("this subscription is closed")
-        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-            raise InvalidArgument("max_messages must be an int >= 1")
-        got = self._t.receive(self._member, max_messages, float(timeout))
-        return [Message(d, self) for d in got]
+        """Up to ``max_messages`` messages, waiting at most ``timeout`` s for the first.
+        Acks made since the last receive leave with it."""
+        got: list[Message] = self._call(self._s.receive, max_messages, timeout)
+        return got
 
     def __iter__(self) -> Iterator[Message]:
-        while not self._closed:
+        while not self._s._closed:
             try:
                 batch = self.receive(100, 1.0)
             except Closed:
@@ -113,38 +85,37 @@ class Subscription:
     def ack(self, ids: Any, *, wait: bool = False) -> None:
         """Acknowledge one id/Message or a list of them (one call: the batched path).
 
-        Over ``tidemq://`` an ack whose lease is surely still held returns at once and travels
-        with the next write; ``wait=True`` (or a later :meth:`flush`) returns once the server
+        Over ``tidemq://`` an ack whose lease is surely still held returns at once and leaves,
+        merged with others, with the next receive (or within a few milliseconds, or at
+        ``flush``/``close``); ``wait=True`` (or a later :meth:`flush`) returns once the server
         applied it — durable under ``always`` — and raises what it refused. Embedded, an ack is
         applied and durable before it returns."""
-        self._t.ack(self._member, [ids] if type(ids) is str else _ids(ids))
         if wait:
-            self._t.flush(self._member)
+            self._call(self._s.ack, ids, wait=True)
+        else:
+            self._call(self._s.ack, ids)
 
     def flush(self) -> None:
         """Return once every ack sent before this call is applied by the broker (and durable
         under ``always``); raise the first failure of an ack sent without waiting."""
-        self._t.flush(self._member)
+        self._call(self._s.flush)
 
     def nack(self, ids: Any, delay: float | None = None) -> None:
         """Give back; ``delay=None`` applies the group's backoff, ``0`` makes it ready now."""
-        if delay is not None:
-            delay = _common._seconds("delay", delay)
-        self._t.nack(self._member, _ids(ids), delay)
+        self._call(self._s.nack, ids, delay)
 
     def extend(self, ids: Any, seconds: float) -> None:
-        self._t.extend(self._member, _ids(ids), _common._seconds("seconds", seconds, positive=True))
+        """Renew the leases: they end ``seconds`` from now."""
+        self._call(self._s.extend, ids, seconds)
 
     def reject(self, ids: Any, reason: str = "rejected") -> None:
         """Dead-letter now, with ``reason`` in the dead letter's headers."""
-        _common.reject_reason(reason)
-        self._t.reject(self._member, _ids(ids), reason)
+        self._call(self._s.reject, ids, reason)
 
     def close(self) -> None:
         """Leave the group; this member's leases are released at once."""
-        if not self._closed:
-            self._closed = True
-            self._t.unsubscribe(self._member)
+        if not self._s._closed:
+            self._call(self._s.close)
 
     def __enter__(self) -> Subscription:
         return self
@@ -162,15 +133,12 @@ class Consumer:
     once, and every message held — queued or running — has its lease extended every third of
     ``ack_timeout`` (one batched ``extend``), so slow work is not redelivered. ``stop()`` stops
     receiving, lets running callbacks finish and leaves the group (queued messages are released
-    to other members at once).
+    to other members at once). The asyncio client's ``consume`` is the same with tasks.
     """
 
     def __init__(self, client: Client, topic: str, group: str, callback: Callable[[Message], Any],
                  workers: int, sub_options: dict[str, Any]) -> None:
-        if not callable(callback):
-            raise InvalidArgument("callback must be callable")
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
-            raise InvalidArgument("workers must be an int from 1 to 1024")
+        options = _common.consume_args(callback, workers, sub_options)
         self._callback = callback
         self._stop = threading.Event()
         self.processed = 0
@@ -178,10 +146,9 @@ class Consumer:
         self._lock = threading.Lock()
         self._held: set[str] = set()  # ids received and not yet settled
         self._queue: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
-        options = dict(sub_options)
-        options.setdefault("prefetch", 2 * workers)
         self._sub = client.subscribe(topic, group, **options)
-        self._extend_every = client.describe_group(topic, group).settings.ack_timeout / 3
+        self._extend_every = _common.lease_refresh(
+            client.describe_group(topic, group).settings.ack_timeout)
         self._workers = [threading.Thread(target=self._work, daemon=True,
                                           name=f"tidemq-consume-{group}-{i}")
                          for i in range(workers)]
@@ -271,38 +238,75 @@ class Consumer:
 
 class Client:
     """One client for every URL (SPEC §8): ``memory://``, a path or ``file://PATH`` (embedded,
-    durable), ``tidemq://host:port`` (a server). Blocking and thread-safe."""
+    durable), ``tidemq://host:port`` (a server). Blocking and thread-safe.
+
+    ``loop`` (``tidemq://`` only): the event loop the network transport runs on, in the
+    callers' threads — ``"asyncio"`` (default) or ``"uvloop"``."""
 
     def __init__(self, url: str = "memory://", *, auto_create_topics: bool = True,
-                 **options: Any) -> None:
+                 loop: str | None = None, **options: Any) -> None:
         ep = _common.parse_url(url)
         self.url = url
-        self._t: SyncTransport
+        self._nowait: NowaitProducer | None = None
+        self._runner: LoopRunner | InlineRunner
         if ep.kind == "tidemq":
-            from ._adapters import SyncOverAsync
             from ._tcp import TcpTransport
 
             tcp_options = ep.tcp_options(options)
-
-            async def connect() -> Any:
-                return await TcpTransport.connect(ep.host, ep.port, **tcp_options)
-
-            self._t = SyncOverAsync(connect)  # type: ignore[assignment]
+            runner = LoopRunner(new_loop(loop or "asyncio"))
+            try:
+                tcp = runner.run(TcpTransport.connect(ep.host, ep.port, **tcp_options))
+            except BaseException:
+                runner.close()
+                raise
+            # The runner's hooks into a network transport (any AsyncTransport may have them):
+            # drop a connection an interrupt may have cut mid-frame, write before waiting,
+            # end a loop run in the iteration that read the answer.
+            runner.on_interrupt = getattr(tcp, "abort_connection", None)
+            runner.before_wait = getattr(tcp, "push_out", None)
+            if hasattr(tcp, "on_input"):
+                tcp.on_input = runner.on_input
+            self._nowait = NowaitProducer(runner, tcp.publish,
+                                          plain_hint=isinstance(tcp, TcpTransport))
+            self._runner = runner
+            self._ac = AsyncClient._over(url, tcp)
         else:
-            self._t = EmbeddedTransport(ep.path, auto_create_topics=auto_create_topics,
-                                        **ep.embedded_options(options))
+            if loop is not None:
+                raise InvalidArgument("loop= applies to tidemq:// URLs; an embedded client "
+                                      "runs no event loop")
+            inner = EmbeddedTransport(ep.path, auto_create_topics=auto_create_topics,
+                                      **ep.embedded_options(options))
+            self._runner = InlineRunner()
+            self._ac = AsyncClient._over(url, AsyncOverEmbedded(inner, inline=True))
+        self._call = self._runner.call
         self._consumers: list[Consumer] = []
         self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop the consumers, send what is batched (waiting up to 10 s for confirmations),
+        leave the groups and close the connection. Idempotent."""
         if self._closed:
             return
         self._closed = True
         for c in self._consumers:
             c.stop()
-        self._t.close()
+        try:
+            if self._nowait is not None:
+                self._nowait.hand_off_all()
+                self._call(self._close_network)
+            else:
+                self._call(self._ac.close)
+        finally:
+            if self._nowait is not None:
+                self._nowait.fail_queued(Closed("the client was closed"))
+            self._runner.close()
+
+    async def _close_network(self) -> None:
+        assert self._nowait is not None
+        await self._nowait.drained()
+        await self._ac.close()
 
     def __enter__(self) -> Client:
         return self
@@ -317,38 +321,76 @@ class Client:
                      **config: Any) -> TopicInfo:
         """Create a topic. ``config``: durability, retention, retention_bytes, log_retention,
         max_message_bytes, dedup_window, backlog_limit, backlog_policy, segment_bytes ..."""
-        return self._t.create_topic(name, _common.topic_config(partitions, config), exist_ok)
+        info: TopicInfo = self._call(self._ac.create_topic, name, partitions, exist_ok=exist_ok,
+                                     **config)
+        return info
 
     def delete_topic(self, name: str) -> None:
-        self._t.delete_topic(name)
+        self._call(self._ac.delete_topic, name)
 
     def list_topics(self) -> list[TopicInfo]:
-        return self._t.list_topics()
+        topics: list[TopicInfo] = self._call(self._ac.list_topics)
+        return topics
 
     def describe_topic(self, name: str) -> TopicInfo:
-        return self._t.describe_topic(name)
+        info: TopicInfo = self._call(self._ac.describe_topic, name)
+        return info
 
     def set_partitions(self, name: str, partitions: int) -> TopicInfo:
         """Grow the partition count (keys map differently from then on, as in Kafka)."""
-        return self._t.set_partitions(name, partitions)
+        info: TopicInfo = self._call(self._ac.set_partitions, name, partitions)
+        return info
 
     # -- publishing -------------------------------------------------------------------------
+
+    @overload
+    def publish(self, topic: str, body: bytes | str, *, key: str | bytes | None = ...,
+                routing_key: str | None = ..., headers: dict[str, str] | None = ...,
+                priority: int = ..., delay: float | None = ..., deliver_at: Any = ...,
+                ttl: float | None = ..., dedup_id: str | None = ...,
+                wait: Literal[True] = ...) -> str: ...
+
+    @overload
+    def publish(self, topic: str, body: bytes | str, *, key: str | bytes | None = ...,
+                routing_key: str | None = ..., headers: dict[str, str] | None = ...,
+                priority: int = ..., delay: float | None = ..., deliver_at: Any = ...,
+                ttl: float | None = ..., dedup_id: str | None = ...,
+                wait: Literal[False]) -> Future[str]: ...
 
     def publish(self, topic: str, body: bytes | str, *, key: str | bytes | None = None,
                 routing_key: str | None = None, headers: dict[str, str] | None = None,
                 priority: int = 0, delay: float | None = None, deliver_at: Any = None,
-                ttl: float | None = None, dedup_id: str | None = None) -> str:
-        """Store one message; returns its id once confirmed at the topic's durability."""
-        if (type(body) is bytes and key is None and routing_key is None and headers is None
-                and type(priority) is int and priority == 0 and delay is None
-                and deliver_at is None and ttl is None and dedup_id is None):
-            # A bare body: nothing to validate, make_record would return just this.
-            rec = Record(body)
-        else:
+                ttl: float | None = None, dedup_id: str | None = None,
+                wait: bool = True) -> str | Future[str]:
+        """Store one message; returns its id once confirmed at the topic's durability.
+
+        ``wait=False``: return at once with a ``concurrent.futures.Future`` of the id. Over
+        ``tidemq://`` the message joins a batch that is sent when full, a couple of
+        milliseconds after its first message, or at :meth:`flush` / :meth:`close`; embedded, the
+        message is stored before the call returns and the future is already done. Bad
+        arguments raise at once; the broker's refusals are set on the future."""
+        if wait:
+            mid: str = self._call(self._ac.publish, topic, body, key=key, routing_key=routing_key,
+                                  headers=headers, priority=priority, delay=delay,
+                                  deliver_at=deliver_at, ttl=ttl, dedup_id=dedup_id)
+            return mid
+        rec = _common.bare_record(body, key, routing_key, headers, priority, delay, deliver_at,
+                                  ttl, dedup_id)
+        bare = rec is not None
+        if rec is None:
             rec = _common.make_record(body, key=key, routing_key=routing_key, headers=headers,
                                       priority=priority, delay=delay, deliver_at=deliver_at,
                                       ttl=ttl, dedup_id=dedup_id)
-        return self._t.publish(topic, [rec])[0]
+        if self._nowait is not None:
+            if self._closed:
+                raise Closed("this client is closed; open a new one")
+            return self._nowait.add(topic, rec, bare)
+        fut: Future[str] = Future()
+        try:
+            fut.set_result(self._call(self._ac._publish_one, topic, rec))
+        except TideMQError as exc:
+            fut.set_exception(exc)
+        return fut
 
     def publish_batch(self, topic: str, items: Iterable[Any], *, key: str | bytes | None = None,
                       routing_key: str | None = None, headers: dict[str, str] | None = None,
@@ -356,20 +398,31 @@ class Client:
                       ttl: float | None = None) -> list[str]:
         """Store many messages (bodies, dicts or message objects); ids in order. Each
         partition's share is stored atomically. The keyword fields are defaults per item."""
-        defaults = {"key": key, "routing_key": routing_key, "headers": headers,
-                    "priority": priority, "delay": delay, "deliver_at": deliver_at, "ttl": ttl}
-        return self._t.publish(topic, _common.make_records(items, defaults))
+        ids: list[str] = self._call(self._ac.publish_batch, topic, items, key=key,
+                                    routing_key=routing_key, headers=headers, priority=priority,
+                                    delay=delay, deliver_at=deliver_at, ttl=ttl)
+        return ids
+
+    def flush(self) -> None:
+        """Return once every publish (``wait=False`` ones included) and every ack made before
+        the call is answered by the broker (acks: applied, and durable under ``always``); raise
+        the first failure of an ack sent without waiting, as ``Subscription.flush`` does.
+        Publish failures are set on their futures."""
+        if self._nowait is not None:
+            self._nowait.hand_off_all()
+            self._call(self._flush_network)
+        else:
+            self._call(self._ac.flush)
+
+    async def _flush_network(self) -> None:
+        assert self._nowait is not None
+        await self._nowait.drained(timeout=self._ac_request_timeout())
+        await self._ac.flush()
+
+    def _ac_request_timeout(self) -> float:
+        return float(getattr(self._ac._t, "request_timeout", 30.0))
 
     # -- groups -----------------------------------------------------------------------------
-
-    def _settings_for(self, topic: str, group: str, explicit: dict[str, Any]) -> GroupSettings | None:
-        if not explicit:
-            return None
-        try:
-            base: GroupSettings | None = self._t.describe_group(topic, group).settings
-        except (UnknownGroup, UnknownTopic):
-            base = None
-        return _common.merge_settings(base, explicit)
 
     def subscribe(self, topic: str, group: str, *, mode: str | None = None,
                   filter: dict[str, Any] | None = None, start: StartPosition | None = None,
@@ -378,14 +431,10 @@ class Client:
                   dead_letter_topic: str | None = None) -> Subscription:
         """Join ``group`` of ``topic`` (creating it with these settings if new). Settings left
         out are the group's; different ones raise GroupSettingsMismatch."""
-        _common.prefetch(prefetch)
-        _common.group_name(group)
-        explicit = _common.group_settings(dict(
+        return Subscription(self, topic, group, dict(
             mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
-            max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic))
-        settings = self._settings_for(topic, group, explicit)
-        member = self._t.subscribe(topic, group, settings, prefetch)
-        return Subscription(self._t, topic, group, member)
+            max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic),
+            prefetch)
 
     def consume(self, topic: str, group: str, callback: Callable[[Message], Any], *,
                 workers: int = 1, **subscribe_options: Any) -> Consumer:
@@ -396,34 +445,35 @@ class Client:
         return c
 
     def create_group(self, topic: str, group: str, **settings: Any) -> GroupInfo:
-        return self._t.create_group(topic, group,
-                                    _common.merge_settings(None, _common.group_settings(settings)))
+        info: GroupInfo = self._call(self._ac.create_group, topic, group, **settings)
+        return info
 
     def update_group(self, topic: str, group: str, **settings: Any) -> GroupInfo:
-        base = self._t.describe_group(topic, group).settings
-        return self._t.update_group(
-            topic, group, _common.merge_settings(base, _common.group_settings(settings)))
+        info: GroupInfo = self._call(self._ac.update_group, topic, group, **settings)
+        return info
 
     def delete_group(self, topic: str, group: str) -> None:
-        self._t.delete_group(topic, group)
+        self._call(self._ac.delete_group, topic, group)
 
     def list_groups(self, topic: str) -> list[GroupInfo]:
-        return self._t.list_groups(topic)
+        groups: list[GroupInfo] = self._call(self._ac.list_groups, topic)
+        return groups
 
     def describe_group(self, topic: str, group: str) -> GroupInfo:
-        return self._t.describe_group(topic, group)
+        info: GroupInfo = self._call(self._ac.describe_group, topic, group)
+        return info
 
     def reset_group(self, topic: str, group: str, start: StartPosition) -> None:
         """Replay: move the group to ``start`` ("earliest", "latest", an offset,
         {partition: offset} or {"timestamp": epoch s}); in-flight leases are dropped."""
-        self._t.reset_group(topic, group, start)
+        self._call(self._ac.reset_group, topic, group, start)
 
     def redrive(self, topic: str, group: str, *, limit: int | None = None) -> int:
         """Hand ``group``'s dead letters back to it; returns how many moved."""
-        return self._t.redrive(topic, group, limit)
+        moved: int = self._call(self._ac.redrive, topic, group, limit=limit)
+        return moved
 
 
 def open(path: str = "./tidemq-data", **options: Any) -> Client:  # noqa: A001 - SPEC name
     """``tidemq.open("./data")``: an embedded, durable client on a data folder."""
     return Client(path, **options)
-

@@ -25,6 +25,7 @@ __all__ = [
     "Endpoint",
     "parse_url",
     "make_record",
+    "bare_record",
     "make_records",
     "topic_config",
     "group_settings",
@@ -34,6 +35,10 @@ __all__ = [
     "prefetch",
     "reject_reason",
     "group_name",
+    "ids",
+    "receive_args",
+    "consume_args",
+    "lease_refresh",
 ]
 
 _US = 1_000_000
@@ -212,6 +217,10 @@ def make_record(
     now: float | None = None,
 ) -> Record:
     """Validate one message's fields and build its storage record."""
+    bare = bare_record(body, key, routing_key, headers, priority, delay, deliver_at, ttl,
+                       dedup_id)
+    if bare is not None:
+        return bare
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         raise InvalidArgument(f"priority must be an int from 0 to 9, got {priority!r}")
     if routing_key is not None and not isinstance(routing_key, str):
@@ -224,6 +233,17 @@ def make_record(
     ttl_us = int(_duration("ttl", ttl, positive=True) * _US) if ttl is not None else 0
     return Record(_body(body), _key(key), routing_key, _headers(headers), priority, at, ttl_us,
                   dedup_id)
+
+
+def bare_record(body: Any, key: Any, routing_key: Any, headers: Any, priority: Any, delay: Any,
+                deliver_at: Any, ttl: Any, dedup_id: Any) -> Record | None:
+    """The record of a bare body (bytes, every other field left out), else None: nothing to
+    check, and its batch can be encoded as plain bodies (the per-message fast path)."""
+    if (type(body) is bytes and key is None and routing_key is None and headers is None
+            and priority == 0 and type(priority) is int and delay is None and deliver_at is None
+            and ttl is None and dedup_id is None):
+        return Record(body)
+    return None
 
 
 _FIELDS = ("key", "routing_key", "headers", "priority", "delay", "deliver_at", "ttl", "dedup_id")
@@ -317,3 +337,49 @@ def merge_settings(base: GroupSettings | None, explicit: dict[str, Any]) -> Grou
         raise InvalidArgument(f"bad group setting: {e}") from None
     s.validate()
     return s
+
+
+def ids(items: Any) -> list[str]:
+    """Message ids from an id, a delivered message (anything with a str ``id``: ``Message``,
+    ``AsyncMessage``), or an iterable of either."""
+    if isinstance(items, str):
+        return [items]
+    mid = getattr(items, "id", None)
+    if isinstance(mid, str):
+        return [mid]
+    try:
+        out = [m if isinstance(m, str) else getattr(m, "id", m) for m in items]
+    except TypeError:
+        raise InvalidArgument("pass a message id, a Message, or a list of them") from None
+    if not all(isinstance(i, str) for i in out):
+        raise InvalidArgument("message ids are str")
+    return out
+
+
+def receive_args(max_messages: Any, timeout: Any) -> tuple[int, float]:
+    """``receive``'s arguments: an int >= 1 and finite seconds >= 0."""
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+        raise InvalidArgument("max_messages must be an int >= 1")
+    if type(timeout) is not float:
+        timeout = _duration("timeout", timeout)
+    elif not 0 <= timeout < math.inf:
+        raise InvalidArgument(f"timeout must be >= 0 seconds, got {timeout!r}")
+    return max_messages, timeout
+
+
+def consume_args(callback: Any, workers: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``consume``'s callback and worker count; the subscribe options with the default
+    prefetch (``2 * workers``: one message running and one waiting per worker)."""
+    if not callable(callback):
+        raise InvalidArgument("callback must be callable")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
+        raise InvalidArgument("workers must be an int from 1 to 1024")
+    out = dict(options)
+    out.setdefault("prefetch", 2 * workers)
+    return out
+
+
+def lease_refresh(ack_timeout: float) -> float:
+    """How often a consumer extends the leases of the messages it holds: a third of
+    ``ack_timeout``, so two refreshes may fail before a lease runs out."""
+    return ack_timeout / 3

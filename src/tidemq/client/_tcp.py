@@ -14,8 +14,9 @@ iteration go out as one ``writelines`` call.
   Requests that were waiting for an answer other than publishes fail with ``ConnectionLost``
   (retriable): the transport cannot know whether the server applied them.
 
-Thread safety: none; all methods run on the event loop that called :meth:`TcpTransport.connect`
-(``Client`` drives it from a private loop thread, see ``_adapters.SyncOverAsync``).
+Thread safety: none; all methods run on the event loop that called :meth:`TcpTransport.connect`,
+or, for the plain (non-async) methods, in a thread that holds the loop while it is not running:
+the blocking ``Client`` runs this loop in its callers' threads, one at a time (``_runner``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -112,6 +113,8 @@ class _Wire(asyncio.Protocol):
                 self.transport.abort()
             return
         owner._flush()
+        if owner.on_input is not None:
+            owner.on_input()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -183,6 +186,9 @@ class TcpTransport:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
         self.reconnects = 0  # statistics: successful reconnects
+        # Called after each read is handled (the blocking client stops its loop run there
+        # once what it waits for is done, instead of one loop iteration later).
+        self.on_input: Callable[[], None] | None = None
 
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = 7600, *, tls: bool = False,
@@ -542,8 +548,10 @@ class TcpTransport:
 
     # --- publishing -------------------------------------------------------------------------
 
-    async def publish(self, topic: str, records: Sequence[Record]) -> list[str]:
-        """Queue ``records`` in the batching producer; returns their ids once confirmed."""
+    async def publish(self, topic: str, records: Sequence[Record], *,
+                      plain: bool = False) -> list[str]:
+        """Queue ``records`` in the batching producer; returns their ids once confirmed.
+        ``plain``: every record is a bare body (see ``Producer.add``)."""
         self._check_open()
         meta = self._meta.get(topic)
         if meta is None:
@@ -554,7 +562,7 @@ class TcpTransport:
             partitions = meta[0]
             if time.monotonic() - meta[1] > _METADATA_TTL and topic not in self._meta_wait:
                 self._spawn(self._partitions(topic))  # refresh in the background
-        return await self._producer.add(topic, partitions, records)
+        return await self._producer.add(topic, partitions, records, plain=plain)
 
     def publish_one(self, topic: str, record: Record) -> asyncio.Future[str] | None:
         """The per-message fast path: a future for the id, or None when the topic's metadata
@@ -679,11 +687,24 @@ class TcpTransport:
                                                    n=sub.pending_credit))
             sub.pending_credit = 0
 
-    async def ack(self, member: str, ids: Sequence[str]) -> None:
-        """Ack ``ids``. While their leases are surely still held this returns at once and the
-        acks travel, merged into ranges, with the next write; otherwise (a lease near or past
-        its expiry, or ids of an earlier connection) it waits for the server's verdict and
-        raises ``StaleLease`` if another member holds the message now."""
+    def receive_nowait(self, member: str, max_messages: int) -> list[Delivery] | None:
+        """Up to ``max_messages`` deliveries from the local buffer, or None when it is empty
+        (then :meth:`receive` waits). Acks waiting to be sent leave now: the next receive
+        flushes them, even when the loop does not run."""
+        sub = self._sub(member)
+        if not sub.queue:
+            return None
+        if self._dirty or self._out:
+            self._flush()
+        return sub.take(max_messages)
+
+    def ack_start(self, member: str, ids: Sequence[str]) -> Awaitable[None] | None:
+        """Ack ``ids``. While their leases are surely still held this returns None at once and
+        the acks travel, merged into ranges, with the next write (the next receive, the
+        client's short flush timer, a flush or close); otherwise (a lease near or past its
+        expiry, a message taken back in an ordered mode, or ids of an earlier connection) it
+        returns an awaitable of the server's verdict, which raises ``StaleLease`` if another
+        member holds the message now."""
         sub = self._sub(member)
         refs, unknown, maybe_stale = sub.settle(ids)
         if not maybe_stale and not unknown:
@@ -691,12 +712,16 @@ class TcpTransport:
                 sub.pending_acks += refs
                 if sub not in self._dirty:
                     self._dirty.add(sub)
-                    if not self._flush_scheduled:
-                        self._flush_scheduled = True
-                        self._loop.call_soon(self._flush)
-            return
-        await self._settle_now(sub, P.Ack(subscription_id=0, ranges=ack_ranges(refs),
-                                          ids=unknown))
+                    self._send_nothing()
+            return None
+        return self._settle_now(sub, P.Ack(subscription_id=0, ranges=ack_ranges(refs),
+                                           ids=unknown))
+
+    async def ack(self, member: str, ids: Sequence[str]) -> None:
+        """:meth:`ack_start`, awaited."""
+        pending = self.ack_start(member, ids)
+        if pending is not None:
+            await pending
 
     async def flush(self, member: str) -> None:
         """Return once the server has answered every ack of this subscription sent before
@@ -769,6 +794,43 @@ class TcpTransport:
         self._by_sub_id.pop(sub_id, None)
         with contextlib.suppress(ConnectionLost):
             await self._exchange(P.CloseSubscription(subscription_id=sub_id))
+
+    async def flush_all(self) -> None:
+        """Send what is batched and return once every publish and ack made before the call is
+        answered; raise the first ack failure of a subscription (as :meth:`flush`). Publish
+        failures stay with their callers' futures."""
+        self._check_open()
+        self._producer.flush_now()
+        waiting = self._producer.waiting()
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=self.request_timeout)
+            if pending:
+                raise Timeout(f"{len(pending)} publishes not confirmed by tidemq://{self.host}:"
+                              f"{self.port} within {self.request_timeout} s")
+        first: BaseException | None = None
+        for member in list(self._subs):
+            try:
+                await self.flush(member)
+            except (Closed, ConnectionLost):
+                continue
+            except TideMQError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def push_out(self) -> None:
+        """Seal the batches due at the end of this loop iteration and write every frame
+        waiting for it now: a blocking caller about to wait for an answer sends first."""
+        self._producer.seal_due()
+        if self._out or self._dirty:
+            self._flush()
+
+    def abort_connection(self) -> None:
+        """Drop the connection at once (it reconnects): used when the blocking client's loop
+        was interrupted at a point where a frame may have been half handled."""
+        wire = self._wire
+        if wire is not None and wire.transport is not None:
+            wire.transport.abort()
 
     # --- closing ----------------------------------------------------------------------------
 

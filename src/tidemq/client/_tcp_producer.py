@@ -35,7 +35,7 @@ from typing import Any
 import xxhash
 
 from ..errors import InvalidArgument
-from ..storage import Record, encode_batch
+from ..storage import Record, encode_batch, encode_bodies
 
 __all__ = ["Producer", "SealedBatch", "MAX_IN_FLIGHT"]
 
@@ -70,6 +70,7 @@ class _Open:
     waiters: list[Waiter] = field(default_factory=list)
     size: int = 0
     timer: asyncio.Handle | None = None
+    plain: bool = True  # every record is a bare body: encoded by encode_bodies
 
 
 @dataclass(slots=True)
@@ -103,13 +104,16 @@ class Producer:
         self.epoch = 0
         self._parts: dict[tuple[str, int], _PartitionState] = {}
         self._sticky: dict[str, int] = {}
+        self._due: list[tuple[str, int]] = []  # partitions whose batch is sealed "soon"
         self.connected = False  # batches are only sent while connected
 
     # --- adding records ---------------------------------------------------------------------
 
-    def add(self, topic: str, partitions: int, records: Sequence[Record]) -> asyncio.Future[list[str]]:
+    def add(self, topic: str, partitions: int, records: Sequence[Record], *,
+            plain: bool = False) -> asyncio.Future[list[str]]:
         """Queue ``records`` of ``topic`` (which has ``partitions`` partitions); the future gets
-        their ids, in order, once every one of them is confirmed."""
+        their ids, in order, once every one of them is confirmed. ``plain``: the caller knows
+        every record is a bare body (no key, headers ...), so its batch is encoded as bodies."""
         fut: asyncio.Future[list[str]] = self._loop.create_future()
         if len(records) == 1 or partitions == 1:
             rec = records[0]
@@ -119,7 +123,7 @@ class Producer:
                 p = _xxh3(rec.key) % partitions
             else:
                 p = self._sticky_partition(topic, partitions)
-            self._append(topic, p, records, fut)
+            self._append(topic, p, records, fut, plain=plain)
             return fut
         # Records spread over several partitions: one sub-future per partition share.
         shares: dict[int, list[int]] = {}
@@ -128,12 +132,12 @@ class Producer:
             p = sticky if rec.key is None else _xxh3(rec.key) % partitions
             shares.setdefault(p, []).append(i)
         if len(shares) == 1:
-            self._append(topic, next(iter(shares)), records, fut)
+            self._append(topic, next(iter(shares)), records, fut, plain=plain)
             return fut
         subs: list[tuple[list[int], asyncio.Future[list[str]]]] = []
         for p, idx in shares.items():
             sub: asyncio.Future[list[str]] = self._loop.create_future()
-            self._append(topic, p, [records[i] for i in idx], sub)
+            self._append(topic, p, [records[i] for i in idx], sub, plain=plain)
             subs.append((idx, sub))
         self._loop.create_task(_gather(fut, subs, len(records)))
         return fut
@@ -158,11 +162,13 @@ class Producer:
         return p
 
     def _append(self, topic: str, partition: int, records: Sequence[Record],
-                fut: asyncio.Future[Any], *, single: bool = False) -> None:
+                fut: asyncio.Future[Any], *, single: bool = False, plain: bool = False) -> None:
         st = self._parts.get((topic, partition))
         if st is None:
             st = self._parts[(topic, partition)] = _PartitionState()
         op = st.open
+        if not plain:
+            op.plain = False
         op.waiters.append((fut, len(op.records), -1 if single else len(records)))
         if len(records) == 1:
             rec = records[0]
@@ -177,13 +183,26 @@ class Producer:
         elif op.timer is None:
             if self.linger == 0 or not st.in_flight:
                 # Nothing in flight on this partition: waiting would only add latency. What is
-                # published during this loop iteration still shares the batch.
+                # published during this loop iteration still shares the batch (or until
+                # seal_due(): a blocking caller seals before it waits).
                 op.timer = self._loop.call_soon(self._on_linger, topic, partition)
+                self._due.append((topic, partition))
             else:
                 op.timer = self._loop.call_later(self.linger, self._on_linger, topic, partition)
 
+    def seal_due(self) -> None:
+        """Seal and send now the batches that were to be sealed at the end of this loop
+        iteration (their timers then find nothing to do)."""
+        due, self._due = self._due, []
+        for topic, partition in due:
+            st = self._parts[(topic, partition)]
+            if st.open.timer is not None and st.open.records:
+                self._on_linger(topic, partition)
+
     def _on_linger(self, topic: str, partition: int) -> None:
         st = self._parts[(topic, partition)]
+        if st.open.timer is not None:
+            st.open.timer.cancel()
         st.open.timer = None
         if len(st.in_flight) < MAX_IN_FLIGHT or not self.connected:
             self._seal(topic, partition, st)
@@ -205,8 +224,13 @@ class Producer:
         seq = st.next_sequence
         st.next_sequence += count
         try:
-            payload = encode_batch(op.records, producer_id=self.producer_id,
-                                   producer_epoch=self.epoch, base_sequence=seq)
+            if op.plain:
+                payload = encode_bodies(list(map(_BODY, op.records)),
+                                        producer_id=self.producer_id,
+                                        producer_epoch=self.epoch, base_sequence=seq)
+            else:
+                payload = encode_batch(op.records, producer_id=self.producer_id,
+                                       producer_epoch=self.epoch, base_sequence=seq)
         except Exception as exc:
             # A record the format refuses (the client layer validates first, so rare): fail
             # its callers; the sequence numbers stay consumed, which the broker allows.
@@ -291,6 +315,15 @@ class Producer:
         for (topic, partition), st in self._parts.items():
             self._seal(topic, partition, st)
             self._pump(st)
+
+    def waiting(self) -> list[asyncio.Future[Any]]:
+        """The futures of every caller whose records are not confirmed yet."""
+        out: list[asyncio.Future[Any]] = []
+        for st in self._parts.values():
+            for batch in (*st.in_flight, *st.sealed):
+                out += [w[0] for w in batch.waiters if not w[0].done()]
+            out += [w[0] for w in st.open.waiters if not w[0].done()]
+        return out
 
     @property
     def pending(self) -> int:

@@ -7,13 +7,19 @@ transport. A transport is written in one style only:
   in-process and mostly non-blocking, so a call is a lock and a function call, not a thread hop.
 - :class:`AsyncTransport` (coroutines on one event loop): the network client.
 
-``_adapters`` gives each style the other face, so both clients work over every transport.
+``_adapters`` gives the embedded transport its async faces. The clients' logic is written once,
+in ``AsyncClient`` (``_async``); the blocking ``Client`` runs it through a runner (``_runner``).
+
+Fast paths: an operation that can finish without waiting returns :class:`Done` (an awaitable
+that is already complete) instead of a coroutine, so the blocking client can take its value
+without running an event loop (an ack that only joins the next write, messages already in the
+local buffer, an embedded call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Generator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..broker._types import (
     Delivery,
@@ -25,7 +31,26 @@ from ..broker._types import (
 )
 from ..storage import Record
 
-__all__ = ["SyncTransport", "AsyncTransport"]
+__all__ = ["SyncTransport", "AsyncTransport", "Done", "DONE"]
+
+T = TypeVar("T")
+
+
+class Done(Generic[T]):
+    """An awaitable that is already complete: ``await Done(v)`` is ``v`` without suspending,
+    and a runner may read ``.value`` without awaiting at all."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.value
+        yield  # unreachable: makes this a generator that finishes at once
+
+
+DONE: Done[None] = Done(None)
 
 
 class SyncTransport(Protocol):
@@ -80,6 +105,13 @@ class AsyncTransport(Protocol):
     async def describe_topic(self, name: str) -> TopicInfo: ...
     async def set_partitions(self, name: str, partitions: int) -> TopicInfo: ...
     async def publish(self, topic: str, records: Sequence[Record]) -> list[str]: ...
+    def publish_one(self, topic: str, record: Record) -> Awaitable[str] | None:
+        """One record: an awaitable of its id, or None to take :meth:`publish` instead."""
+        ...
+    async def flush_all(self) -> None:
+        """Return once every publish and ack made before it is answered (acks: as
+        :meth:`flush`, raising the first failure of a subscription)."""
+        ...
     async def create_group(self, topic: str, group: str, settings: GroupSettings) -> GroupInfo: ...
     async def update_group(self, topic: str, group: str, settings: GroupSettings) -> GroupInfo: ...
     async def delete_group(self, topic: str, group: str) -> None: ...
@@ -91,7 +123,13 @@ class AsyncTransport(Protocol):
         self, topic: str, group: str, settings: GroupSettings | None, prefetch: int
     ) -> str: ...
     async def receive(self, member: str, max_messages: int, timeout: float) -> list[Delivery]: ...
-    async def ack(self, member: str, ids: Sequence[str]) -> None: ...
+    def receive_nowait(self, member: str, max_messages: int) -> list[Delivery] | None:
+        """Deliveries at hand without waiting, or None: then :meth:`receive` waits."""
+        ...
+    def ack_start(self, member: str, ids: Sequence[str]) -> Awaitable[None] | None:
+        """Ack ``ids``: None when nothing is left to wait for (the ack is applied, or leaves
+        with the next write), else an awaitable of the server's verdict."""
+        ...
     async def flush(self, member: str) -> None: ...
     async def nack(self, member: str, ids: Sequence[str], delay: float | None) -> None: ...
     async def extend(self, member: str, ids: Sequence[str], seconds: float) -> None: ...
