@@ -19,4 +19,6 @@ for ex in examples/*.py; do
   timeout 120 .venv/bin/python "$ex" >/dev/null
 done
 echo "== pytest"
+command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+  || echo "note: no chromium/chromedriver: the admin page's browser test skips (.ci/run installs them)"
 .venv/bin/pytest "$@"

@@ -43,6 +43,7 @@ from ._limits import (
 )
 from ._names import dead_letter_name, topic_key, validate_group_name, validate_topic_name
 from ._recover import recover_topic
+from ._stats import BrokerStats
 from ._sync import EMPTY_TOKEN, SyncToken, TokenBuilder
 from ._topic import (
     SNAPSHOT_EVERY_EVENTS,
@@ -111,6 +112,7 @@ class Broker:
         self._hint_mono: int | None = None
         self._hint_wall: int | None = None
         self._journal_ids: set[int] = set()  # id() of every topic's journal log (see _complete)
+        self.stats = BrokerStats()  # counters for metrics (_stats.py; not durable)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -439,6 +441,7 @@ class Broker:
             for other in self._topics.values():  # its dead letters went with it
                 other.dead_letter_syncs.pop(id(log), None)
         self._journal_ids.discard(id(t.journal.log))
+        self.stats.forget_topic(t.name)
         _quietly(t.close)
 
     def _delete_logs(self, t: Topic) -> None:
@@ -516,6 +519,7 @@ class Broker:
             self._positions[id(log)] = entry
             if t.groups:
                 self._after_publish(t)
+            self.stats.on_publish(t.name, len(ids))
             return PublishResult(ids, SyncToken((entry,), t.always))
         tb = TokenBuilder()
         if one is not None:
@@ -525,6 +529,7 @@ class Broker:
             ids = t.publish(records, now_us, tb)
         t.commit(now_us, tb)
         self._after_publish(t)
+        self.stats.on_publish(t.name, len(ids))
         return PublishResult(ids, self._token(tb))
 
     def publish_encoded(self, topic: str, partition: int, batch: bytes, *, now_us: int) -> PublishResult:
@@ -534,6 +539,7 @@ class Broker:
         ids = t.publish_encoded(partition, batch, now_us, tb)
         t.commit(now_us, tb)
         self._after_publish(t)
+        self.stats.on_publish(t.name, len(ids))
         return PublishResult(ids, self._token(tb))
 
     def _after_publish(self, t: Topic) -> None:
@@ -630,6 +636,7 @@ class Broker:
         for mid in [m for m, (_, gg) in self._members.items() if gg is g]:
             del self._members[mid]
         del t.groups[group]
+        self.stats.forget_group(t.name, group)
         t.record_event(["gd", group])
         tb = TokenBuilder()
         t.commit(now_us, tb)
@@ -675,7 +682,9 @@ class Broker:
 
     def unsubscribe(self, member_id: str, *, now_us: int, mono_us: int) -> SyncToken:
         t, g = self._member(member_id)
+        mark = self.stats.mark(g)
         g.remove_member(member_id, mono_us=mono_us)
+        self.stats.on_failures(g, mark, "consumer_left")
         self._hint_at_mono(g.next_deadline(mono_us))
         del self._members[member_id]
         self._prefetch.pop(member_id, None)
@@ -716,6 +725,7 @@ class Broker:
         t, g = self._member(member_id)
         out = g.fetch(member_id, max_messages, now_us=now_us, mono_us=mono_us)
         if out:
+            self.stats.on_fetch(g, len(out))
             lease_end = mono_us + g._ack_timeout_us
             if self._hint_mono is None or lease_end < self._hint_mono:
                 self._hint_mono = lease_end
@@ -726,13 +736,16 @@ class Broker:
         hit = self._members.get(member_id)
         t, g = hit if hit is not None and not self._closed else self._member(member_id)
         g.ack(member_id, ids if type(ids) is list else list(ids))
+        self.stats.on_ack(g, len(ids))
         return self._finish(t, g, now_us)
 
     def nack(self, member_id: str, ids: Sequence[str], delay: float | None, *, now_us: int,
              mono_us: int) -> SyncToken:
         delay = check_nack_delay(delay)
         t, g = self._member(member_id)
+        mark = self.stats.mark(g)
         g.nack(member_id, list(ids), delay, mono_us=mono_us)
+        self.stats.on_failures(g, mark, "nack", "nack")
         self._hint_at_mono(g.next_deadline(mono_us))
         return self._finish(t, g, now_us)
 
@@ -747,7 +760,9 @@ class Broker:
                mono_us: int) -> SyncToken:
         reason = check_reason(reason)
         t, g = self._member(member_id)
+        mark = self.stats.mark(g)
         g.reject(member_id, list(ids), reason)
+        self.stats.on_failures(g, mark, "reject", "reject")
         return self._finish(t, g, now_us)
 
     def reset_group(self, topic: str, group: str, start: Any, *, now_us: int) -> SyncToken:
@@ -810,6 +825,7 @@ class Broker:
             raise
         dlq.commit(now_us, tb)
         self._after_publish(dlq)
+        self.stats.on_dead_letters(t.name, g.name, letters)
         # Where each copy went, journaled after the group's events that mark the messages
         # done (drained first): recovery counts them done only if the copy is there (J3).
         locs: list[int] = []
@@ -914,7 +930,9 @@ class Broker:
                 d = max(0.0, (due - now_us) / 1e6)
                 nxt = d if nxt is None else min(nxt, d)
             for g in list(t.groups.values()):
+                mark = self.stats.mark(g)
                 gd = g.tick(now_us=now_us, mono_us=mono_us)
+                self.stats.on_failures(g, mark, "lease_expired")
                 self._dead_letters(t, g, now_us, tb)
                 t.drain_group(g)
                 if g.has_ready():

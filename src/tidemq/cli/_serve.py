@@ -1,8 +1,9 @@
 """``tidemq serve``: run the TCP server on a data folder until SIGTERM / Ctrl-C.
 
 The flags are the server's own (``tidemq.server._main.build_parser``), so ``tidemq serve`` and
-``python -m tidemq.server`` accept the same ones; this module adds ``--http-port`` (reserved for
-the HTTP API, which is not in this version) and maps failures to the CLI's exit codes.
+``python -m tidemq.server`` accept the same ones (``--http-port`` among them: the HTTP API,
+Prometheus metrics and the admin page, docs/http.md); this module maps failures to the CLI's
+exit codes.
 Settings come from defaults, then ``--config FILE`` (TOML), then flags; the limit flags
 (``--max-connections``, ``--handshake-timeout``, ``--write-timeout`` ...) are listed in
 docs/server.md, "Limits".
@@ -16,7 +17,6 @@ import logging
 from typing import Any
 
 from ._common import UsageError
-from ._output import note
 
 __all__ = ["register"]
 
@@ -27,8 +27,10 @@ examples:
   tidemq serve --config tidemq.toml --log-level DEBUG
   tidemq serve --memory --port 0                 in-memory, any free port (tests)
   tidemq serve --host 0.0.0.0 --users users.json --tls-cert c.pem --tls-key k.pem
+  tidemq serve --http-port 7680                  + HTTP API, /metrics and the admin page
 
-The server prints "tidemq listening on HOST:PORT" once it accepts connections, and shuts down
+The server prints "tidemq listening on HOST:PORT" once it accepts connections (and
+"tidemq http on HOST:PORT" with --http-port), and shuts down
 gracefully on SIGTERM or Ctrl-C (stop accepting, finish requests, sync, close).
 It listens on loopback unless --host says otherwise; another address needs --users (every
 connection then authenticates) or --insecure. SIGHUP reloads the users file and the TLS
@@ -40,13 +42,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     from ..server._main import build_parser as server_flags
 
     p = sub.add_parser("serve", help="run the TideMQ server",
-                       description="Run the TideMQ server (binary protocol over TCP) on a "
-                                   "data folder.",
+                       description="Run the TideMQ server (binary protocol over TCP; with "
+                                   "--http-port also HTTP/JSON, metrics and the admin page) "
+                                   "on a data folder.",
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     server_flags(p)
-    p.add_argument("--http-port", type=int, metavar="PORT",
-                   help="HTTP API port (default 7680; reserved: the HTTP API is not in this "
-                        "version, so nothing listens there yet)")
     p.set_defaults(func=run)
 
 
@@ -64,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except InvalidArgument as exc:
         raise UsageError(str(exc), "tidemq serve") from None
-    if args.http_port is not None:
-        note("the HTTP API is not available in this version; --http-port is ignored")
     try:
         loop_factory = _loop_factory(config.loop)
     except ImportError:

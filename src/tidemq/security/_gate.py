@@ -1,10 +1,13 @@
 """The gate: the one place that decides who a connection is and what it may do.
 
-The TCP server (and the HTTP API) hold one :class:`Gate` built on the users file. For each
-connection they call :meth:`Gate.start` with the client's mechanism and first data, relay the
-:class:`AuthExchange`'s challenges until it yields a :class:`Principal`, then ask
+The TCP server and the HTTP API hold one :class:`Gate` built on the users file. For each
+connection the TCP server calls :meth:`Gate.start` with the client's mechanism and first data,
+relays the :class:`AuthExchange`'s challenges until it yields a :class:`Principal`, then asks
 :meth:`Gate.allows` / :meth:`Gate.check` before every operation and :meth:`Gate.still_valid`
-after a reload (a deleted user or a revoked token ends its sessions).
+after a reload (a deleted user or a revoked token ends its sessions). The HTTP API has no
+session: every request carries its credentials, checked by :meth:`Gate.verify_password`
+(HTTP Basic; PBKDF2 on the stored salt, with a cache of recent successes so a request does
+not pay it each time) or :meth:`Gate.verify_token` (``Authorization: Bearer``).
 
 Mechanisms (``Hello.auth_mechanism``):
 
@@ -25,6 +28,8 @@ gate never sleeps: the server waits :data:`FAILURE_DELAY_S` before answering a f
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import math
 import os
@@ -41,7 +46,7 @@ from ..errors import (
     Unsupported,
 )
 from ._acl import Permissions
-from ._scram import ScramServer
+from ._scram import ScramCredentials, ScramServer, salted_password
 from ._users import UserDB, load_users, parse_users
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "AuthExchange",
     "FailureLimiter",
     "Gate",
+    "PasswordCheck",
 ]
 
 MECHANISMS: Final = ("SCRAM-SHA-256", "TOKEN", "EXTERNAL")
@@ -60,6 +66,10 @@ FAILURE_DELAY_S: Final = 0.1
 
 _OFFERED: Final = ", ".join(MECHANISMS)
 _MAX_AUTH_DATA: Final = 4096
+_PASSWORD_FAILED: Final = "authentication failed: unknown user or wrong password"
+_MAX_PASSWORD_BYTES: Final = 1024
+#: Successful password checks remembered (user, SHA-256 of the password) -> principal.
+_PASSWORD_CACHE_SIZE: Final = 1024
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,65 @@ class AuthExchange:
             raise exc
         raise AuthenticationFailed(exc.message) from exc
 
+class PasswordCheck:
+    """One password check in progress (:meth:`Gate.begin_password`), in three steps so that
+    the costly part can run off the caller's event loop:
+
+    1. :attr:`principal` is set at once when the check was answered from the gate's cache of
+       recent successes (then there is nothing more to do);
+    2. otherwise :meth:`derive` computes PBKDF2 over the stored salt and iteration count
+       (~40 ms for 100,000 iterations). It touches no gate state: any thread may run it;
+    3. :meth:`finish`, back on the gate's thread, compares the keys in constant time, counts
+       a failure against the address or caches the success, and returns the principal (or
+       raises AuthenticationFailed).
+
+    An unknown user or one without a password gets a fake salt and the default iteration count
+    (the SCRAM rule): the same work, the same error as a wrong password.
+    """
+
+    def __init__(self, gate: Gate, user: str, password: str, peer_addr: str,
+                 creds: ScramCredentials | None, fake: ScramCredentials, known: bool) -> None:
+        self._gate = gate
+        self._user = user
+        self._password = password
+        self._addr = peer_addr
+        self._creds = creds if creds is not None else fake
+        self._known = known and creds is not None
+        self._generation = gate.generation
+        self._stored_key: bytes | None = None
+        self._ended = False
+        self.principal: Principal | None = None
+
+    def derive(self) -> None:
+        """PBKDF2, ClientKey, StoredKey (RFC 5802): pure computation, thread-safe."""
+        creds = self._creds
+        salted = salted_password(self._password, creds.salt, creds.iterations)
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        self._stored_key = hashlib.sha256(client_key).digest()
+
+    def finish(self, now_s: float) -> Principal:
+        """The principal for a right password (cached until the users file changes), else
+        AuthenticationFailed (counted against the address by the failure limiter)."""
+        if self.principal is not None:
+            return self.principal
+        if self._ended:
+            raise AuthenticationFailed("this password check already ended")
+        self._ended = True
+        if self._stored_key is None:
+            self.derive()
+        assert self._stored_key is not None
+        good = hmac.compare_digest(self._stored_key, self._creds.stored_key)
+        gate = self._gate
+        if not (good and self._known):
+            gate.limiter.failed(self._addr, now_s)
+            raise AuthenticationFailed(_PASSWORD_FAILED)
+        gate.limiter.succeeded(self._addr)
+        principal = Principal(user=self._user, mechanism="PASSWORD")
+        if gate.generation == self._generation:  # a reload meanwhile: do not cache
+            gate._remember_password(self._user, self._password, principal)
+        self.principal = principal
+        return principal
+
 
 class Gate:
     """The users file, in force: authentication (:meth:`start`) and permissions
@@ -213,6 +282,9 @@ class Gate:
         self.db: UserDB = UserDB()
         self.permissions = Permissions(())
         self.loaded_s = now_s  # when the users in force were read
+        # (user, SHA-256 of the password) -> principal, for the users file of ``_cached_gen``.
+        self._passwords: OrderedDict[tuple[str, bytes], Principal] = OrderedDict()
+        self._cached_gen = -1
         self.reload(now_s, force=True)
 
     # --- the users file -----------------------------------------------------------------------
@@ -334,6 +406,78 @@ class Gate:
         raise AuthenticationFailed(
             "authentication failed: no user matches the client certificate's names "
             f"({', '.join(repr(n) for n in names[:5])}); add one with 'tidemq user add NAME'")
+
+    # --- per-request credentials (HTTP) -------------------------------------------------------
+
+    def begin_password(self, user: str, password: str, *, peer_addr: str,
+                       now_s: float) -> PasswordCheck:
+        """Start checking ``user``'s ``password`` (HTTP Basic). The answer is immediate
+        (:attr:`PasswordCheck.principal` set) when the same user and password succeeded since
+        the users file last changed; else run :meth:`PasswordCheck.derive` (anywhere) and
+        :meth:`PasswordCheck.finish` (here). AuthenticationFailed at once for an address over
+        the failure limit or input that cannot be a password."""
+        self.limiter.check(peer_addr, now_s)
+        if (not isinstance(user, str) or not isinstance(password, str)
+                or len(user) > _MAX_PASSWORD_BYTES or len(password) > _MAX_PASSWORD_BYTES):
+            self.limiter.failed(peer_addr, now_s)
+            raise AuthenticationFailed(_PASSWORD_FAILED)
+        db = self.db
+        cached = self._cached_password(user, password)
+        creds = db.credentials(user)
+        # An unknown user is checked against fake keys, as SCRAM answers it (same rule).
+        fake = ScramServer(db.credentials, fake_secret=db.fake_salt_key)._fake(user)
+        check = PasswordCheck(self, user, password, peer_addr, creds, fake,
+                              known=db.has_user(user))
+        if cached is not None:
+            self.limiter.succeeded(peer_addr)
+            check.principal = cached
+        return check
+
+    def verify_password(self, user: str, password: str, *, peer_addr: str,
+                        now_s: float) -> Principal:
+        """Check ``user``'s ``password`` against the stored SCRAM keys (PBKDF2 with the stored
+        salt and iterations -> ClientKey -> StoredKey, compared in constant time) on this
+        thread: :meth:`begin_password`, ``derive``, ``finish``. An unknown user and a wrong
+        password fail alike (AuthenticationFailed, the same message and work) and count
+        against ``peer_addr`` in the failure limiter. A success is cached until the users
+        file changes (:attr:`generation`), so a repeated request costs a hash, not PBKDF2."""
+        check = self.begin_password(user, password, peer_addr=peer_addr, now_s=now_s)
+        if check.principal is not None:
+            return check.principal
+        check.derive()
+        return check.finish(now_s)
+
+    def verify_token(self, token: str, *, peer_addr: str, loopback: bool, tls: bool,
+                     now_s: float) -> Principal:
+        """The principal of a bearer ``token`` (``Authorization: Bearer``), with the rules of
+        the ``TOKEN`` mechanism: only over TLS or from loopback, unknown, revoked and expired
+        tokens refused alike, failures counted against ``peer_addr``."""
+        data = token.encode("utf-8", "replace") if isinstance(token, str) else b""
+        exchange = self.start("TOKEN", data, peer_addr=peer_addr, loopback=loopback, tls=tls,
+                              now_s=now_s)
+        assert exchange.principal is not None
+        return exchange.principal
+
+    def _cached_password(self, user: str, password: str) -> Principal | None:
+        if self._cached_gen != self.generation:
+            self._passwords.clear()
+            self._cached_gen = self.generation
+            return None
+        key = (user, hashlib.sha256(password.encode("utf-8", "replace")).digest())
+        hit = self._passwords.get(key)
+        if hit is not None:
+            self._passwords.move_to_end(key)
+        return hit
+
+    def _remember_password(self, user: str, password: str, principal: Principal) -> None:
+        if self._cached_gen != self.generation:
+            self._passwords.clear()
+            self._cached_gen = self.generation
+        key = (user, hashlib.sha256(password.encode("utf-8", "replace")).digest())
+        self._passwords[key] = principal
+        self._passwords.move_to_end(key)
+        while len(self._passwords) > _PASSWORD_CACHE_SIZE:
+            self._passwords.popitem(last=False)
 
     def still_valid(self, principal: Principal, now_s: float) -> bool:
         """Whether a session may go on: its user exists and, for a token login, the token is

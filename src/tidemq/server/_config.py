@@ -54,6 +54,12 @@ class ServerConfig:
     loop: str = "auto"  # "auto" (uvloop if installed), "asyncio" or "uvloop"; docs/server.md
     fsync_threads: int = 4  # parallel fsyncs of one group-commit phase
 
+    # --- HTTP API, metrics, admin page (docs/http.md) -----------------------------------------
+    http_port: int | None = None  # None: off; 0: an ephemeral port (Server.http_port tells)
+    http_max_body_bytes: int = 16 * 1024 * 1024  # largest HTTP request body accepted
+    http_max_wait: float = 20.0  # longest long-poll of an HTTP receive, seconds
+    ready_min_disk_free: int = 64 * 1024 * 1024  # /readyz fails with less free disk, bytes
+
     # --- security (docs/security.md) ---------------------------------------------------------
     users: str | None = None  # the users file (users, tokens, permissions); created if missing
     tls_cert: str | None = None  # PEM certificate chain: TLS on the port (with tls_key)
@@ -78,6 +84,19 @@ class ServerConfig:
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port must be in 0..65535, got {self.port}")
+        if self.http_port is not None:
+            if isinstance(self.http_port, bool) or not isinstance(self.http_port, int) \
+                    or not 0 <= self.http_port <= 65535:
+                raise InvalidArgument(f"http_port must be in 0..65535, got {self.http_port!r}")
+            if self.http_port == self.port and self.port != 0:
+                raise InvalidArgument(f"http_port and port are both {self.port}; give the HTTP "
+                                      "API a port of its own (default 7680)")
+        if not 1024 <= self.http_max_body_bytes <= MAX_FRAME_BYTES:
+            raise InvalidArgument(f"http_max_body_bytes must be in [1024, {MAX_FRAME_BYTES}]")
+        if not (isinstance(self.http_max_wait, int | float) and 0 <= self.http_max_wait <= 300):
+            raise InvalidArgument("http_max_wait must be a number of seconds in [0, 300]")
+        if self.ready_min_disk_free < 0:
+            raise InvalidArgument("ready_min_disk_free must be >= 0")
         for name in ("sync_interval", "heartbeat_interval", "heartbeat_timeout", "block_timeout",
                      "handshake_timeout", "write_timeout"):
             value = getattr(self, name)

@@ -10,25 +10,60 @@ What runs where:
   waits on the disk. The logs of one round phase are fsynced in parallel on a small helper
   pool (measured on ext4 here: 5 files in parallel 0.5 ms, one after another 1.7 ms).
 
+Every fsync it runs is timed into :class:`SyncTimes` (``LoopDriver.sync_times``): the metrics'
+``tidemq_fsync_duration_seconds`` histogram.
+
 Thread safety: every method but the worker functions runs on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import logging
+import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ..broker import Broker, SyncToken
 from ..driver import CommitQueue, DriverConfig, DriverCore, mono_us, now_us
 
-__all__ = ["LoopDriver", "Done"]
+__all__ = ["LoopDriver", "Done", "SyncTimes", "SYNC_BUCKETS"]
 
 log = logging.getLogger("tidemq.server")
 
 Done = Callable[[BaseException | None], None]
+
+#: Upper bounds (seconds) of the fsync-duration histogram: from 50 µs (an fdatasync of a few
+#: pages on fast flash) to 2.5 s (a disk in trouble); slower ones count only in +Inf.
+SYNC_BUCKETS: Final = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+                       100e-3, 250e-3, 500e-3, 1.0, 2.5)
+
+
+class SyncTimes:
+    """A histogram of fsync durations (:data:`SYNC_BUCKETS`), fed from the worker threads.
+
+    Thread-safe (a lock per observation: nothing next to an fsync). :meth:`snapshot` gives
+    ``(per-bucket counts with +Inf last, sum of seconds, count)``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = [0] * (len(SYNC_BUCKETS) + 1)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        i = bisect.bisect_left(SYNC_BUCKETS, seconds)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[list[int], float, int]:
+        with self._lock:
+            counts = list(self._counts)
+            return counts, self._sum, sum(counts)
 
 
 class LoopDriver:
@@ -51,6 +86,7 @@ class LoopDriver:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopped = False
+        self.sync_times = SyncTimes()
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -83,9 +119,17 @@ class LoopDriver:
             self._on_tick()
         if not self._syncing and core.sync_due(mono):
             self._syncing = True
-            fut = self._loop.run_in_executor(self._pool, self.broker.sync_all)
+            fut = self._loop.run_in_executor(self._pool, self._sync_all)
             fut.add_done_callback(self._synced)
         self._arm(min(core.wake_at_mono, core.next_sync_mono()))
+
+    def _sync_all(self) -> None:
+        """On the worker: the periodic sync, timed (one observation per pass)."""
+        t0 = time.perf_counter()
+        try:
+            self.broker.sync_all()
+        finally:
+            self.sync_times.observe(time.perf_counter() - t0)
 
     def after_calls(self) -> None:
         """After handling input or a push pass: wake earlier if a call made timed work due
@@ -142,13 +186,19 @@ class LoopDriver:
     def _sync_phases(self, phases: list[list[tuple[Any, int]]]) -> None:
         """On the worker: phase after phase, the logs of a phase in parallel."""
         commits = self.commits
+        observe = self.sync_times.observe
 
         def one(job: tuple[Any, int]) -> None:
             lg, pos = job
+            timed = pos > lg.synced_position  # else another round's fsync covered it
+            t0 = time.perf_counter()
             try:
                 lg.sync(pos)
             except Exception as exc:
                 commits.failed(lg, exc)
+            finally:
+                if timed:
+                    observe(time.perf_counter() - t0)
 
         for phase in phases:
             if len(phase) == 1:

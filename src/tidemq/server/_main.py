@@ -26,6 +26,8 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
     await server.start()
     # One line on stdout with the bound port: parents using --port 0 read it.
     print(f"tidemq listening on {config.host}:{server.port}", flush=True)
+    if server.http_port is not None:
+        print(f"tidemq http on {config.host}:{server.http_port}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,7 +47,8 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The ``serve`` flags (the CLI's ``tidemq serve`` reuses this)."""
     p = parser or argparse.ArgumentParser(
-        prog="tidemq serve", description="Run the TideMQ server (binary protocol over TCP).")
+        prog="tidemq serve",
+        description="Run the TideMQ server (binary protocol over TCP; HTTP with --http-port).")
     p.add_argument("--config", metavar="FILE", help="TOML settings file ([server] table)")
     p.add_argument("--data", metavar="DIR", help="data folder (default ./tidemq-data)")
     p.add_argument("--memory", action="store_true", help="keep everything in memory (testing)")
@@ -61,6 +64,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-auto-create", action="store_true",
                    help="refuse publishes to topics that do not exist")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ...")
+    p.add_argument("--http-port", type=int, metavar="PORT",
+                   help="serve the HTTP API, Prometheus metrics and the admin page on this "
+                        "port (same host, users and TLS as the binary port; 0 picks a free "
+                        "one; off unless given; docs/http.md)")
     sec = p.add_argument_group("security", "docs/security.md")
     sec.add_argument("--users", metavar="FILE",
                      help="users, tokens and permissions (created if missing; edit it with "
@@ -104,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "sync_interval": args.sync_interval, "heartbeat_interval": args.heartbeat_interval,
         "heartbeat_timeout": args.heartbeat_timeout, "max_frame_bytes": args.max_frame_bytes,
         "auto_create_topics": False if args.no_auto_create else None,
-        "loop": args.loop,
+        "loop": args.loop, "http_port": args.http_port,
         "users": args.users, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca, "insecure": args.insecure,
         **{name: getattr(args, name, None) for name, _, _ in _LIMIT_FLAGS},

@@ -10,6 +10,11 @@ What runs where:
 
 Clocks are read here only: ``now_us`` (wall) and ``mono_us`` (monotonic) go into each broker call.
 
+With ``http_port`` the same loop also serves the HTTP API, metrics and the admin page
+(``tidemq.http``: aiohttp's ``AppRunner``/``TCPSite``), over the same broker, gate and TLS
+certificate; the HTTP API holds one broker member per (topic, group) it receives through, whose
+wake-ups the push pass hands to it (:attr:`Server.external_members`).
+
 Connections are accepted by :class:`_Listener` (not ``loop.create_server``): it admits a peer
 only under ``max_connections`` and ``max_connections_per_ip`` (others get a fatal ``Error``
 frame and are closed at once, before any protocol object exists), and it survives running out
@@ -29,7 +34,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol as P
 from ..broker import Broker
@@ -43,6 +48,9 @@ from ._driver import LoopDriver
 from ._push import Subscription, delivery_bytes
 from ._registry import Subscriptions
 from ._tls import server_context
+
+if TYPE_CHECKING:
+    from ..http import HttpApi
 
 __all__ = ["Server", "now_us", "mono_us"]
 
@@ -114,6 +122,11 @@ class Server:
         # context new connections get (reload() replaces both; open connections keep theirs).
         self.gate: Gate | None = None
         self._tls: ssl.SSLContext | None = None
+        # The HTTP API (http_port), its TLS context (reloaded in place on SIGHUP), and the
+        # broker members it owns: member id -> wake-up callback (see _push_pass).
+        self._http: HttpApi | None = None
+        self._http_tls: ssl.SSLContext | None = None
+        self.external_members: dict[str, Callable[[], None]] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -129,6 +142,16 @@ class Server:
         if self._listener is None or self._listener.closed:
             raise InvalidArgument("the server is not listening")
         return self._listener.port
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port (``http_port`` set), else None."""
+        return None if self._http is None else self._http.port
+
+    @property
+    def http(self) -> HttpApi | None:
+        """The HTTP API, when ``http_port`` is set (tests and benchmarks)."""
+        return self._http
 
     @property
     def admitted(self) -> int:
@@ -166,12 +189,43 @@ class Server:
         self._listener = _Listener(loop, socks, self._accepted)
         self._listener.start()
         driver.start()
+        if cfg.http_port is not None:
+            try:
+                await self._start_http(cfg.http_port)
+            except BaseException:  # e.g. the port is taken: undo the start, then say why
+                await self.stop()
+                raise
         self._tasks = [loop.create_task(self._heartbeat_loop(), name="tidemq-heartbeat")]
         if self.gate is not None:
             self._tasks.append(loop.create_task(self._watch_users(), name="tidemq-users"))
         log.info("tidemq server listening on %s:%d%s (data: %s; %s)", self.config.host,
                  self.port, " with TLS" if self._tls else "", self.config.data or "memory",
                  f"users from {cfg.users}" if cfg.users else "no users: no authentication")
+
+    async def _start_http(self, port: int) -> None:
+        """Serve the HTTP API on ``host:port`` (same host, gate and certificate)."""
+        from ..http import Backend, HttpApi
+
+        cfg = self.config
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            self._http_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        assert self._broker is not None and self.driver is not None
+        listener = self._listener
+        backend = Backend(
+            config=cfg, broker=self._broker, driver=self.driver, gate=self.gate,
+            now_us=now_us, mono_us=mono_us, want_push=self.want_push,
+            end_topic=self.subscriptions.end_topic, external_members=self.external_members,
+            binary_connections=lambda: len(self.connections),
+            listening=lambda: listener is not None and not listener.closed,
+            stopping=lambda: self._stopping, tls=lambda: self._http_tls)
+        self._http = HttpApi(backend)
+        try:
+            await self._http.start(cfg.host, port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror} (binding the HTTP API on "
+                                     f"{cfg.host}:{port})") from None
+        log.info("tidemq HTTP API on %s:%d%s", cfg.host, self._http.port,
+                 " with TLS" if self._http_tls else "")
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`stop` has finished."""
@@ -191,6 +245,8 @@ class Server:
             task.cancel()
         for conn in list(self.connections):
             conn.go_away()
+        if self._http is not None:  # its requests in flight finish; its leases are released
+            await self._http.stop()
         if self.driver is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.driver.drain(), self.config.shutdown_grace)
@@ -335,9 +391,15 @@ class Server:
         again = False
         now, mono = now_us(), mono_us()
         members = self.subscriptions.members
+        external = self.external_members
         for member in wanting:
             sub = members.get(member)
-            if sub is None or sub.credit <= 0 or not sub.conn.ready_for_push():
+            if sub is None:
+                wake = external.get(member)  # an HTTP member: its long polls fetch themselves
+                if wake is not None:
+                    wake()
+                continue
+            if sub.credit <= 0 or not sub.conn.ready_for_push():
                 continue
             try:
                 more = self._push_member(broker, sub, now, mono)
@@ -407,6 +469,14 @@ class Server:
                 log.info("reloaded the TLS certificate from %s", cfg.tls_cert)
             except TideMQError as exc:
                 log.error("keeping the old TLS certificate: %s", exc.message)
+            else:
+                # The HTTP site keeps its context object: load the new chain into it (it just
+                # loaded cleanly into a fresh context, so this does not fail half-way).
+                if self._http_tls is not None:
+                    try:
+                        self._http_tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+                    except (OSError, ssl.SSLError) as exc:
+                        log.error("HTTP API keeps the old TLS certificate: %s", exc)
         if self.gate is not None:
             self._reload_users(force=True)
 
