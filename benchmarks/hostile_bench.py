@@ -61,11 +61,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import tidemq
-from tidemq import protocol as P
-from tidemq.storage import encode_bodies
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _procs import publish_for  # noqa: E402
+
+import tidemq  # noqa: E402
+from tidemq import protocol as P  # noqa: E402
+from tidemq.storage import encode_bodies  # noqa: E402
 
 ATTACKER = "127.0.0.2"  # loopback too: the per-address limit does not hit the innocent client
 ATTACKER2 = "127.0.0.3"
@@ -306,27 +311,7 @@ def measure_pings(port: int, seconds: float) -> dict[str, float]:
 async def _publish(url: str, topic: str, seconds: float) -> float:
     async with tidemq.AsyncClient(url) as mq:
         await mq.publish(topic, b"warm")
-        done = 0
-        sem = asyncio.Semaphore(500)
-        body = b"p" * 100
-
-        async def one() -> None:
-            nonlocal done
-            try:
-                await mq.publish(topic, body)
-                done += 1
-            finally:
-                sem.release()
-
-        tasks = set()
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            await sem.acquire()
-            task = asyncio.ensure_future(one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-        return done / (time.monotonic() - t0)
+        return await publish_for(mq, topic, b"p" * 100, seconds, 500)
 
 
 def measure(port: int, seconds: float) -> dict[str, Any]:

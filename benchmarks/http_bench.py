@@ -45,7 +45,7 @@ import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _procs import cpu_ticks  # noqa: E402
+from _procs import cpu_ticks, publish_for  # noqa: E402
 
 import tidemq  # noqa: E402
 
@@ -179,26 +179,7 @@ async def metrics_latency(http_port: int, pid: int, n: int = 200) -> tuple[float
 async def binary_publish(binary_port: int, seconds: float, inflight: int = 2000) -> float:
     async with tidemq.AsyncClient(f"tidemq://127.0.0.1:{binary_port}") as mq:
         await mq.create_topic("bbench", exist_ok=True)
-        done = 0
-        sem = asyncio.Semaphore(inflight)
-
-        async def one() -> None:
-            nonlocal done
-            try:
-                await mq.publish("bbench", BODY.encode())
-                done += 1
-            finally:
-                sem.release()
-
-        tasks: set[asyncio.Task[None]] = set()
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            await sem.acquire()
-            task = asyncio.ensure_future(one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-        return done / (time.monotonic() - t0)
+        return await publish_for(mq, "bbench", BODY.encode(), seconds, inflight)
 
 
 def binary_with_scraping(binary_port: int, http_port: int, seconds: float,

@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _procs import cpu_ticks  # noqa: E402
+from _procs import cpu_ticks, publish_for  # noqa: E402
 
 import tidemq  # noqa: E402
 from tidemq import protocol as P  # noqa: E402
@@ -193,26 +193,7 @@ async def _publish_for(url: str, seconds: float, options: dict[str, Any]) -> flo
         topic = f"pub-{os.getpid()}-{time.monotonic_ns()}"
         await mq.create_topic(topic)
         await mq.publish(topic, b"warm")
-        done = 0
-        sem = asyncio.Semaphore(500)
-
-        async def one() -> None:
-            nonlocal done
-            try:
-                await mq.publish(topic, BODY)
-                done += 1
-            finally:
-                sem.release()
-
-        tasks: set[asyncio.Task[None]] = set()
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            await sem.acquire()
-            task = asyncio.ensure_future(one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-        return done / (time.monotonic() - t0)
+        return await publish_for(mq, topic, BODY, seconds, 500)
 
 
 def logins_while_publishing(seconds: float) -> dict[str, float]:

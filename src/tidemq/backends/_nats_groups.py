@@ -146,7 +146,7 @@ async def ensure_consumer(t: NatsTransport, tm: TopicMeta, group: str, s: GroupS
 def group_check(tm: TopicMeta, s: GroupSettings) -> None:
     s.validate()
     compile_filter(s.filter)
-    dlq = s.dead_letter_topic or dead_letter_name(tm.name)
+    dlq = dead_letter_name(tm.name, s.dead_letter_topic)
     if topic_key(dlq) == topic_key(tm.name):
         raise InvalidArgument(f"dead_letter_topic {dlq!r} is the group's own topic; name "
                               "another topic")
@@ -292,7 +292,7 @@ async def redrive(t: NatsTransport, topic: str, group: str, limit: int | None) -
     if s is None:
         raise UnknownGroup(f"group {group!r} of {tm.name!r} does not exist")
     try:
-        dlq = await t.topic(s.dead_letter_topic or dead_letter_name(tm.name), fresh=True)
+        dlq = await t.topic(dead_letter_name(tm.name, s.dead_letter_topic), fresh=True)
     except UnknownTopic:
         return 0
     gtok = group_token(group)

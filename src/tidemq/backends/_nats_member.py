@@ -211,7 +211,7 @@ class Member:
         self.id = member_id
         self.consumer = group_token(group)
         self.filter = compile_filter(settings.filter, group=group)
-        self.dlq = settings.dead_letter_topic or dead_letter_name(tm.name)
+        self.dlq = dead_letter_name(tm.name, settings.dead_letter_topic)
         self.key = f"m.{tm.token}.{self.consumer}.{member_id.rsplit('#', 1)[1]}"
         self.buffer: deque[tuple[int, Msg, float]] = deque()
         self.held: dict[str, Held] = {}
@@ -269,7 +269,7 @@ class Member:
     def settings_changed(self, settings: GroupSettings) -> None:
         self.settings = settings
         self.filter = compile_filter(settings.filter, group=self.group)
-        self.dlq = settings.dead_letter_topic or dead_letter_name(self.tm.name)
+        self.dlq = dead_letter_name(self.tm.name, settings.dead_letter_topic)
 
     def _claim(self, p: int) -> str:
         return f"o.{self.tm.token}.{self.consumer}.{p}"

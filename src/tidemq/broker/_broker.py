@@ -790,7 +790,7 @@ class Broker:
         """The group's dead-letter topic must not be the topic itself, and if it does not
         exist yet there must be room to create it (with ``extra`` topics about to be created
         first): a dead letter is never refused, so its topic must be creatable."""
-        dlq = s.dead_letter_topic or dead_letter_name(topic)
+        dlq = dead_letter_name(topic, s.dead_letter_topic)
         if topic_key(dlq) == topic_key(topic):
             raise InvalidArgument(
                 f"dead_letter_topic {dlq!r} is the group's own topic; name another topic")
@@ -808,7 +808,7 @@ class Broker:
                 h = dl.record.headers
                 ids.append(h[ID_HEADER] if h and ID_HEADER in h else
                            make_id(t.name, t.incarnation, dl.partition, dl.offset))
-            dlq_name = g.settings.dead_letter_topic or dead_letter_name(t.name)
+            dlq_name = dead_letter_name(t.name, g.settings.dead_letter_topic)
             dlq = self._topics.get(topic_key(dlq_name))
             if dlq is None:
                 # Never refused for the topic count (the group's creation made sure there was
@@ -851,7 +851,7 @@ class Broker:
             raise InvalidArgument(f"redrive max_batch must be an int >= 1, got {max_batch!r}")
         t = self._topic(topic)
         g = t.group(group)
-        dlq = self._topics.get(topic_key(g.settings.dead_letter_topic or dead_letter_name(t.name)))
+        dlq = self._topics.get(topic_key(dead_letter_name(t.name, g.settings.dead_letter_topic)))
         if dlq is None or dlq is t:
             return 0
         cap = max_batch if limit is None else min(limit, max_batch)

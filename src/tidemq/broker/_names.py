@@ -53,9 +53,10 @@ def topic_key(name: str) -> str:
     return name.lower()
 
 
-def dead_letter_name(topic: str) -> str:
-    """The default dead-letter topic of ``topic``: ``<topic>.dlq``."""
-    return f"{topic}.dlq"
+def dead_letter_name(topic: str, configured: str | None = None) -> str:
+    """A group's dead-letter topic: ``configured`` (its ``dead_letter_topic`` setting) if
+    set, else the default of ``topic``, ``<topic>.dlq``."""
+    return configured or f"{topic}.dlq"
 
 
 def validate_group_name(name: object) -> str:

@@ -447,7 +447,7 @@ def dead_letters(broker: Broker, topic: str, group: str, *, after: tuple[int, in
 
 
 def _dead_letter_topic(broker: Broker, t: Topic, g: GroupState) -> Topic | None:
-    dlq = broker._topics.get(topic_key(g.settings.dead_letter_topic or dead_letter_name(t.name)))
+    dlq = broker._topics.get(topic_key(dead_letter_name(t.name, g.settings.dead_letter_topic)))
     return None if dlq is None or dlq is t else dlq
 
 

@@ -52,13 +52,12 @@ import json
 import os
 import re
 import secrets
-import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ..broker._matcher import check_pattern
 from ..errors import InvalidArgument
-from ..storage._atomic import fsync_dir
+from ..storage._atomic import atomic_write
 from ._scram import DEFAULT_ITERATIONS, ScramCredentials, make_credentials
 
 __all__ = [
@@ -485,30 +484,8 @@ def save_users(path: str | os.PathLike[str], db: UserDB) -> None:
 
 
 def write_private(target: str, data: bytes) -> None:
-    """``storage._atomic.atomic_write`` with mode 0600: that helper creates 0644 files, and a
-    file of keys must never be readable by others, not even for the moment before a chmod.
-    Raises OSError; the temporary file is removed on error."""
-    folder = os.path.dirname(target) or "."
-    tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)  # an existing leftover temp file keeps its old mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(folder)  # the rename itself durable (storage D2)
+    """Replace ``target`` atomically and durably with a file of mode 0600 (a file of keys is
+    never readable by others). Raises OSError."""
+    atomic_write(target, data, mode=0o600)
 
 

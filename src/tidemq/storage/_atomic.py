@@ -20,7 +20,8 @@ def fsync_dir(path: str) -> None:
 
 
 def atomic_write(
-    path: str | os.PathLike[str], data: bytes, *, durable: bool = True, ops: FileOps | None = None
+    path: str | os.PathLike[str], data: bytes, *, durable: bool = True, ops: FileOps | None = None,
+    mode: int = 0o644,
 ) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new content.
 
@@ -28,15 +29,20 @@ def atomic_write(
     the folder (D2; the folder through ``ops.fsync_dir`` when ``ops`` is given, so a test double
     sees it). ``durable=False`` skips both fsyncs: the rename is still atomic against a
     process crash, but after a power loss the file may be old, new or empty; only derived,
-    self-checking files (the segment indexes, D4) use that. Raises ``OSError``; on error the
-    temporary file is removed, and the call may simply be repeated.
+    self-checking files (the segment indexes, D4) use that. ``mode`` is the new file's
+    permission bits from its creation on (a leftover temporary file is given them too), so a
+    private file (0600: the users file) is never readable by others, not even for a moment.
+    Raises ``OSError``; on error the temporary file is removed, and the call may simply be
+    repeated.
     """
     target = os.fspath(path)
     folder = os.path.dirname(target) or "."
     tmp = f"{target}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         try:
+            if mode != 0o644 and hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)  # an existing leftover temporary file keeps its old mode
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
