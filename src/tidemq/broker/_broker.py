@@ -74,11 +74,34 @@ SNAPSHOT_EVERY_US = 60_000_000
 PRODUCER_IDLE_US = 7 * 24 * 3600 * 1_000_000
 
 
-class PublishResult(msgspec.Struct, frozen=True):
-    """Ids in input order, and the token to sync before confirming (under ``always``)."""
+class PublishResult:
+    """Ids in input order, and the token to sync before confirming (under ``always``).
 
-    ids: list[str]
-    token: SyncToken
+    When the messages got consecutive offsets ``first ..`` of one partition, one id each,
+    ``prefix`` is set (the partition's id prefix) and ``ids`` is made on first use: the server
+    answers such a batch with the prefix and its offsets (``PublishOk.id_prefix``) and never
+    makes its ids."""
+
+    __slots__ = ("_ids", "token", "prefix", "first", "count")
+
+    def __init__(self, ids: list[str] | None, token: SyncToken, *, prefix: str = "",
+                 first: int = 0, count: int = 0) -> None:
+        self._ids = ids
+        self.token = token
+        self.prefix = prefix
+        self.first = first
+        self.count = count if ids is None else len(ids)
+
+    @property
+    def ids(self) -> list[str]:
+        ids = self._ids
+        if ids is None:
+            prefix = self.prefix
+            ids = self._ids = [prefix + str(o) for o in range(self.first, self.first + self.count)]
+        return ids
+
+    def __repr__(self) -> str:
+        return f"PublishResult(ids={self.ids!r}, token={self.token!r})"
 
 
 class Broker:
@@ -536,11 +559,16 @@ class Broker:
         """Append a producer's pre-encoded batch to ``partition`` (idempotent per producer seq)."""
         t = self._topic_for_publish(topic, now_us)
         tb = TokenBuilder()
-        ids = t.publish_encoded(partition, batch, now_us, tb)
+        got = t.publish_encoded(partition, batch, now_us, tb)
         t.commit(now_us, tb)
         self._after_publish(t)
-        self.stats.on_publish(t.name, len(ids))
-        return PublishResult(ids, self._token(tb))
+        if isinstance(got, tuple):  # consecutive offsets of one partition: ids made on demand
+            part, first, count = got
+            self.stats.on_publish(t.name, count)
+            return PublishResult(None, self._token(tb), prefix=t.id_prefix(part), first=first,
+                                 count=count)
+        self.stats.on_publish(t.name, len(got))
+        return PublishResult(got, self._token(tb))
 
     def _after_publish(self, t: Topic) -> None:
         self._wake.update(t.groups.values())

@@ -401,9 +401,12 @@ class Topic:
             todo.append(i)
         return todo, alias
 
-    def publish_encoded(self, partition: int, batch: bytes, now_us: int, tb: TokenBuilder) -> list[str]:
+    def publish_encoded(self, partition: int, batch: bytes, now_us: int, tb: TokenBuilder) -> IdsRepr:
         """Append a producer's pre-encoded batch as it came when it can; split it when it carries
-        future delays or dedup ids. Idempotent per (partition, producer id, sequence)."""
+        future delays or dedup ids. Idempotent per (partition, producer id, sequence).
+
+        Returns the ids, or ``(partition, first offset, count)`` when the batch was stored as
+        it came (its ids are ``id_prefix(partition)`` + each offset; nobody made them yet)."""
         if not 0 <= partition < len(self.logs):
             raise InvalidArgument(
                 f"partition {partition} does not exist: topic {self.name!r} has {len(self.logs)}")
@@ -440,12 +443,11 @@ class Topic:
             log = self.logs[partition]
             res = log.append(batch, now_us)
             tb.add(log, res.position, self.always)
-            ids = self.ids(partition, res.base_offset, count)
             ids_repr = (partition, res.base_offset, count)
         if idempotent:
             self.producers.record(partition, pid, epoch, seq, count, ids_repr, now_us)
             self.events.append(["pr", partition, pid, epoch, seq, count, ids_out(ids_repr), now_us])
-        return ids
+        return ids_repr
 
     # --- delays ----------------------------------------------------------------------------
 

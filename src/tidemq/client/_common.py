@@ -249,11 +249,22 @@ def bare_record(body: Any, key: Any, routing_key: Any, headers: Any, priority: A
 _FIELDS = ("key", "routing_key", "headers", "priority", "delay", "deliver_at", "ttl", "dedup_id")
 
 
+class PlainRecords(list[Record]):
+    """Records known to be bare bodies (no key, headers, priority ...): what
+    :func:`make_records` returns when every item was a ``bytes`` body and no default was set.
+    A transport may encode them as bodies only, without checking each record's fields."""
+
+    __slots__ = ()
+
+
 def make_records(items: Iterable[Any], defaults: dict[str, Any]) -> list[Record]:
     """Records for ``publish_batch``: each item is a body, a dict, or an object with the
-    message attributes; fields it leaves out come from ``defaults``."""
+    message attributes; fields it leaves out come from ``defaults``. A :class:`PlainRecords`
+    when every item is a ``bytes`` body and no default is set."""
     now = time.time()
     plain = all(v is None or (k == "priority" and v == 0) for k, v in defaults.items())
+    if plain and type(items) in (list, tuple) and items and all(type(b) is bytes for b in items):
+        return PlainRecords(map(Record, items))  # the fast path: bare bodies
     out: list[Record] = []
     append = out.append
     for item in items:

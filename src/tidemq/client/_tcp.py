@@ -49,6 +49,7 @@ from ..errors import (
     UnsupportedVersion,
 )
 from ..storage import Record, encode_batch
+from . import _common
 from ._security import ClientSecurity, client_security, split_options
 from ._tcp_consumer import ClientSubscription, ack_ranges
 from ._tcp_producer import Producer, SealedBatch
@@ -472,7 +473,7 @@ class TcpTransport:
             return
         if isinstance(entry, SealedBatch):
             if kind is P.PublishOk:
-                self._producer.confirmed(entry, frame.ids)
+                self._producer.confirmed(entry, P.ok_ids(frame))
             elif kind is P.Error:
                 self._producer.failed(entry, frame.to_exception())
             return
@@ -562,6 +563,7 @@ class TcpTransport:
             partitions = meta[0]
             if time.monotonic() - meta[1] > _METADATA_TTL and topic not in self._meta_wait:
                 self._spawn(self._partitions(topic))  # refresh in the background
+        plain = plain or type(records) is _common.PlainRecords
         return await self._producer.add(topic, partitions, records, plain=plain)
 
     def publish_one(self, topic: str, record: Record) -> asyncio.Future[str] | None:
@@ -597,8 +599,7 @@ class TcpTransport:
         ok = await self._request(P.Publish(topic=topic, partition=-1,
                                            batch=encode_batch(list(records))))
         self._meta.pop(topic, None)  # it exists now: learn its partitions next time
-        ids: list[str] = ok.ids
-        return ids
+        return P.ok_ids(ok)
 
     # --- groups -----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from ._frames import (
     Subscribe,
     SubscribeOk,
     SubscriptionEnded,
+    ok_ids,
 )
 from ._handshake import (
     PROTOCOL_VERSION,
@@ -75,7 +76,7 @@ __all__ = [
     "Hello", "HelloOk", "AuthChallenge", "AuthResponse", "Ping", "Pong", "Error", "GoAway", "Result",
     "CreateTopic", "DeleteTopic", "ListTopics", "DescribeTopic", "SetPartitions",
     "GroupList", "GroupDescribe", "GroupReset", "DlqList", "DlqRedrive", "Call",
-    "Publish", "PublishOk",
+    "Publish", "PublishOk", "ok_ids",
     "Subscribe", "SubscribeOk", "Credit", "Deliver", "Delivery", "Ack", "AckOk",
     "Nack", "Extend", "Reject", "CloseSubscription", "SubscriptionEnded",
     "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "accept_hello", "negotiate_version",

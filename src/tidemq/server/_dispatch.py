@@ -196,10 +196,14 @@ def _publish(ctx: Context, f: P.Publish) -> None:
         if broker.describe_topic(f.topic).config.backlog_policy == "block":
             raise Blocked from None
         raise
-    ids = result.ids
     rid = f.request_id
 
     def ok() -> P.PublishOk:
+        if result.prefix:  # consecutive offsets of one partition: the prefix, not the ids
+            return P.PublishOk(request_id=rid, partition=partition, base_offset=result.first,
+                               last_offset=result.first + result.count - 1,
+                               id_prefix=result.prefix)
+        ids = result.ids
         first = parse_id(ids[0]).offset if ids else 0
         last = parse_id(ids[-1]).offset if ids else -1
         return P.PublishOk(request_id=rid, partition=partition, base_offset=first,
