@@ -196,8 +196,9 @@ class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise InvalidTopicName(f"dead_letter_topic: {exc}") from None
 
 
-class Delivery(msgspec.Struct, frozen=True):
-    """One message leased to one group member."""
+class Delivery(msgspec.Struct, frozen=True, gc=False):
+    """One message leased to one group member. Not tracked by the garbage collector (it
+    holds no container that could reach back to it; see ``storage.Record``)."""
 
     id: str
     topic: str

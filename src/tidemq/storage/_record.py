@@ -123,8 +123,12 @@ _SWAP: Final = sys.byteorder != "little"
 assert array("I").itemsize == 4 and array("q").itemsize == 8
 
 
-class Record(msgspec.Struct, frozen=True):
+class Record(msgspec.Struct, frozen=True, gc=False):
     """One message as a producer hands it in and as :meth:`BatchView.records` returns it.
+
+    Not tracked by the garbage collector (``gc=False``): a record holds bytes, strings, ints
+    and a dict of strings, so it is never part of a reference cycle, and a broker holding
+    millions of them would otherwise pay for them in every full collection.
 
     ``priority`` is 0..9 (higher is more urgent); ``deliver_at_us`` is µs since the epoch (0:
     at once); ``ttl_us`` is µs counted from when the record becomes ready (0: none). Values are
