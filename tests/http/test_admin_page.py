@@ -3,7 +3,8 @@
 
 Against a live ``tidemq serve`` with users: seed a topic, a group and a dead letter through the
 API, sign in on the page with a token, check the lag the page shows equals the API's, redrive
-the dead letters (with the confirmation) and see the API count them gone. Screenshots are saved
+one selected dead letter and then all of them (each with the confirmation) and see the API
+count them gone. Screenshots are saved
 under the test's tmp path (printed)."""
 
 from __future__ import annotations
@@ -117,12 +118,13 @@ def test_admin_page_shows_lag_and_redrives(live: tuple[str, str], tmp_path: Path
     call(base, "PUT", f"{T}/orders/groups/billing", {"max_deliveries": 3})
     call(base, "POST", f"{T}/orders/messages", [{"payload": f"order {i}", "key": str(i)}
                                                  for i in range(5)])
-    got = call(base, "POST", f"{T}/orders/groups/billing/receive", {"max_messages": 1})
+    got = call(base, "POST", f"{T}/orders/groups/billing/receive", {"max_messages": 2})
     call(base, "POST", f"{T}/orders/groups/billing/reject",
-         {"receipts": [got["messages"][0]["receipt"]], "reason": "bad order"})
+         {"receipts": [m["receipt"] for m in got["messages"]], "reason": "bad order"})
     api_group = call(base, "GET", f"{T}/orders/groups/billing")
-    assert api_group["lag"] == 4
-    assert call(base, "GET", f"{T}/orders/groups/billing/dlq")["count"] == 1
+    assert api_group["lag"] == 3
+    assert call(base, "GET", f"{T}/orders/groups/billing/dlq")["count"] == 2
+    dead = call(base, "GET", f"{T}/orders/groups/billing/dlq/messages")["messages"]
 
     driver = browser()
     try:
@@ -143,12 +145,25 @@ def test_admin_page_shows_lag_and_redrives(live: tuple[str, str], tmp_path: Path
         driver.get(base + "/#/topics/orders/groups/billing")
         shown = int(text("group-lag").replace(",", ""))
         assert shown == api_group["lag"] == call(base, "GET", f"{T}/orders/groups/billing")["lag"]
-        assert text("group-dead") == "1"
+        assert text("group-dead") == "2"
         driver.save_screenshot(str(tmp_path / "group.png"))
 
         driver.find_element(By.ID, "dlq-link").click()
-        assert text("dlq-count") == "1"
+        assert text("dlq-count") == "2"
         assert "bad order" in text("dlq-table")
+        # Redrive selected: tick the first dead letter's box, confirm.
+        assert not driver.find_element(By.ID, "redrive-selected").is_enabled()
+        driver.find_element(By.CSS_SELECTOR, f'input.dlq-pick[data-id="{dead[0]["id"]}"]').click()
+        driver.find_element(By.ID, "redrive-selected").click()
+        confirm = wait.until(EC.visibility_of_element_located((By.ID, "confirm")))
+        assert "Redrive the 1 selected dead letters" in confirm.text
+        driver.find_element(By.ID, "confirm-yes").click()
+        wait.until(lambda d: d.find_element(By.ID, "dlq-count").text == "1")
+        assert "Redrove 1" in text("status")
+        left = call(base, "GET", f"{T}/orders/groups/billing/dlq/messages")["messages"]
+        assert [m["id"] for m in left] == [dead[1]["id"]]
+        driver.save_screenshot(str(tmp_path / "redrive-selected.png"))
+
         driver.find_element(By.ID, "redrive-all").click()
         confirm = wait.until(EC.visibility_of_element_located((By.ID, "confirm")))
         assert "Redrive all 1 dead letters" in confirm.text
@@ -158,7 +173,8 @@ def test_admin_page_shows_lag_and_redrives(live: tuple[str, str], tmp_path: Path
         assert "Redrove 1" in text("status")
         shot = tmp_path / "dead-letters.png"
         driver.save_screenshot(str(shot))
-        print(f"\nadmin page screenshots: {tmp_path}/{{overview,group,confirm,dead-letters}}.png")
+        print(f"\nadmin page screenshots: {tmp_path}/"
+              "{overview,group,redrive-selected,confirm,dead-letters}.png")
     finally:
         driver.quit()
     assert call(base, "GET", f"{T}/orders/groups/billing/dlq")["count"] == 0

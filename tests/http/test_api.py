@@ -325,12 +325,25 @@ def test_dead_letters_stats_list_and_redrive() -> None:
             rest = (await http.get(f"{G}/dlq/messages?after={page['next']}")).json
             assert [m["payload"] for m in rest["messages"]] == ["m2"] and rest["next"] is None
             assert (await http.get(f"{G}/dlq/messages?after=zz")).status == 400
-            r = await http.post(f"{G}/dlq/redrive", {"ids": ["x"]})
-            assert r.status == 501 and r.json["title"] == "Unsupported"
+            m1 = page["messages"][1]["id"]
+            r = await http.post(f"{G}/dlq/redrive", {"ids": [m1, "x"]})
+            assert r.status == 200, r
+            assert (r.json["moved"], r.json["remaining"], r.json["complete"]) == (1, 2, True)
+            assert r.json["results"][0] == {"id": m1, "ok": True}
+            assert r.json["results"][1]["error"]["title"] == "UnknownMessage"
+            r = await http.post(f"{G}/dlq/redrive", {"ids": [m1]})  # never twice
+            assert r.json["moved"] == 0 and not r.json["results"][0]["ok"]
+            assert "redriven already" in r.json["results"][0]["error"]["detail"]
+            listed = (await http.get(f"{G}/dlq/messages")).json["messages"]
+            assert [m["payload"] for m in listed] == ["m0", "m2"]
+            r = await http.post(f"{G}/dlq/redrive", {"ids": [m1], "limit": 1})
+            assert r.status == 400 and r.json["title"] == "InvalidArgument"
+            r = await http.post(f"{G}/dlq/redrive", {"ids": ["x"] * 1001})
+            assert r.status == 400 and "at most 1000" in r.json["detail"]
             r = await http.post(f"{G}/dlq/redrive", {"limit": 1})
-            assert r.json == {"moved": 1, "remaining": 2, "complete": True}
+            assert r.json == {"moved": 1, "remaining": 1, "complete": True}
             r = await http.post(f"{G}/dlq/redrive", {"rate": 1000})
-            assert r.json == {"moved": 2, "remaining": 0, "complete": True}
+            assert r.json == {"moved": 1, "remaining": 0, "complete": True}
             again = (await http.post(f"{G}/receive", {"max_messages": 3, "wait": 2})).json
             assert sorted(m["payload"] for m in again["messages"]) == ["m0", "m1", "m2"]
     asyncio.run(main())

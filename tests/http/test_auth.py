@@ -1,9 +1,11 @@
 """Authentication and permissions over HTTP: Basic and Bearer against the users file, the
-binary protocol's permission rules, filtered listings and metrics, TLS."""
+binary protocol's permission rules, filtered listings and metrics, TLS, client certificates
+(EXTERNAL)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from pathlib import Path
@@ -163,6 +165,80 @@ def test_tls_and_bearer_tokens(users: tuple[Path, str], tmp_path: Path, ca: trus
                 with pytest.raises(aiohttp.ClientError):
                     async with aiohttp.ClientSession() as plain:
                         await Http(plain, anon.base.replace("https", "http")).get("/healthz")
+    asyncio.run(main())
+
+
+def test_client_certificates_authenticate_like_external(users: tuple[Path, str], tmp_path: Path,
+                                                        ca: trustme.CA) -> None:
+    """With --tls-client-ca, a request without Authorization is the user its certificate names
+    (EXTERNAL's rule: the CN, then the subjectAltNames, the first that is a user); with a
+    header, the header decides; a certificate naming no user is refused."""
+    path, token = users
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server_file, ca_file = tmp_path / "server.pem", tmp_path / "ca.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(server_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def client(*names: str, common_name: str | None = None, issuer: trustme.CA = ca
+               ) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        issuer.issue_cert(*names, common_name=common_name).configure_cert(ctx)
+        return ctx
+
+    billing = client("billing.example", common_name="billing")
+    by_san = client("ghost.example", "billing@example.com", "billing", common_name="ghost")
+    ghost = client("ghost.example", common_name="ghost")
+    stranger = client("billing.example", common_name="billing", issuer=trustme.CA())
+    bare = ssl.create_default_context()
+    ca.configure_trust(bare)
+
+    async def main() -> None:
+        async with serving(users=str(path), tls_cert=str(server_file),
+                           tls_key=str(server_file), tls_client_ca=str(ca_file)) as (_, anon):
+            async def as_cert(ctx: ssl.SSLContext, method: str, route: str,
+                              body: object = None, auth: str | None = None) -> int:
+                conn = aiohttp.TCPConnector(ssl=ctx)
+                async with aiohttp.ClientSession(connector=conn) as session:
+                    http = Http(session, anon.base, auth)
+                    return (await http.call(method, route, body)).status
+
+            ops = "Basic " + base64.b64encode(b"ops:ops-secret").decode()
+            assert await as_cert(billing, "PUT", f"{T}/orders", {}, ops) == 201
+            # billing may consume orders (GET its groups) but not administer it.
+            assert await as_cert(billing, "GET", f"{T}/orders/groups") == 200
+            assert await as_cert(billing, "PUT", f"{T}/orders/groups/x", {}) == 403
+            assert await as_cert(by_san, "GET", f"{T}/orders/groups") == 200  # a SAN names it
+            # A header decides over the certificate: ops' token administers.
+            assert await as_cert(billing, "PUT", f"{T}/orders/groups/x", {},
+                                 "Bearer " + token) == 201
+            assert await as_cert(ghost, "GET", f"{T}/orders/groups") == 401
+            assert await as_cert(ghost, "GET", "/healthz") == 200  # public routes stay public
+            # No certificate, or one of another CA: the TLS handshake itself fails.
+            for ctx in (bare, stranger):
+                with pytest.raises(aiohttp.ClientError):
+                    await as_cert(ctx, "GET", "/healthz")
+    asyncio.run(main())
+
+
+def test_a_certificate_is_no_credential_without_client_ca(users: tuple[Path, str],
+                                                          tmp_path: Path,
+                                                          ca: trustme.CA) -> None:
+    """Without --tls-client-ca the server does not ask for (or verify) a certificate: a client
+    that has one is still anonymous and must send credentials."""
+    path, _ = users
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server_file = tmp_path / "server.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(server_file))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ca.issue_cert("billing.example", common_name="billing").configure_cert(ctx)
+
+    async def main() -> None:
+        async with (serving(users=str(path), tls_cert=str(server_file),
+                            tls_key=str(server_file)) as (_, anon),
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s):
+            assert (await Http(s, anon.base).get(f"{T}")).status == 401
     asyncio.run(main())
 
 

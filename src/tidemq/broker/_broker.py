@@ -28,7 +28,14 @@ from ..errors import (
 )
 from ..storage import LogStore, PartitionLog, Record
 from ..storage._fileops import is_disk_full
-from ._deadletters import H_PARTITION, dead_letter_records, origin_of, redriven_record
+from ._deadletters import (
+    H_PARTITION,
+    dead_letter_records,
+    drop_redriven_below,
+    origin_of,
+    redriven_offsets,
+    redriven_record,
+)
 from ._group import DeadLetter, GroupState
 from ._ids import make_id, parse_id
 from ._journal import decode, encode
@@ -69,6 +76,7 @@ __all__ = ["Broker", "PublishResult"]
 CATALOGUE = "topics"
 REDRIVE_BATCH = 10_000  # dead letters moved per redrive call, at most (call again for more)
 REDRIVE_FLUSH_BYTES = 16 << 20  # redriven bodies held before they are appended
+REDRIVE_IDS_MAX = 1000  # dead letters named per redrive_ids call, at most
 MAINTENANCE_EVERY_US = 1_000_000  # dedup/producer expiry, retention, snapshots
 SNAPSHOT_EVERY_US = 60_000_000
 PRODUCER_IDLE_US = 7 * 24 * 3600 * 1_000_000
@@ -891,6 +899,7 @@ class Broker:
                 break
             key = (group, dlq.key, p)
             start = min(max(t.redrive.get(key, 0), log.start_offset), log.end_offset)
+            skip = redriven_offsets(t, key)  # redriven by id already (redrive_ids)
             off = start
             by_part: dict[int, list[Record]] = {}
             held = 0
@@ -911,13 +920,10 @@ class Broker:
                             break
                         off = o + 1
                         org = origin_of(r)
-                        if org is None or topic_key(org[0]) != t.key or org[1] != group:
+                        if (org is None or topic_key(org[0]) != t.key or org[1] != group
+                                or o in skip):
                             continue
-                        try:
-                            part, rec = redriven_record(r, group)
-                        except ValueError:  # a forged origin partition: use the first
-                            part, rec = redriven_record(msgspec.structs.replace(
-                                r, headers={**(r.headers or {}), H_PARTITION: "0"}), group)
+                        part, rec = _redriven(r, group)
                         by_part.setdefault(part if 0 <= part < n else 0, []).append(rec)
                         held += len(rec.body)
                         moved += 1
@@ -926,7 +932,8 @@ class Broker:
                             by_part, held = {}, 0
             if by_part or off != start:
                 self._redrive_flush(t, by_part, key, off, now_us, tb)
-        t.commit(now_us, tb)
+        # Journaled now, not batched: a crash after this call must not redrive them again.
+        t.commit(now_us, tb, force=True)
         self._token(tb)
         self._after_publish(t)
         return moved
@@ -937,7 +944,103 @@ class Broker:
         for part, recs in by_part.items():
             t.append(part, recs, now_us, tb)
         t.redrive[key] = off
+        drop_redriven_below(t, key, off)
         t.record_event(["rd", key[0], key[1], key[2], off])
+
+    def redrive_ids(self, topic: str, group: str, ids: Sequence[str], *,
+                    now_us: int) -> list[TideMQError | None]:
+        """Move the dead letters ``ids`` (their ids in the dead-letter topic, as the HTTP API's
+        dead-letter listing gives them) of ``group`` back to their origin partitions, like
+        :meth:`redrive`; returns one entry per id, in order: None (moved) or the error that
+        left it where it was (UnknownMessage: not one of the group's dead letters, gone, or
+        redriven already). At most :data:`REDRIVE_IDS_MAX` ids per call; an id given twice
+        is moved once (the second gets the error).
+
+        Never twice, also across crashes: the offsets are journaled (``"ri"``) right after
+        the appends, and the cursor's redrive skips them until it passes them (see
+        ``_deadletters``). As with :meth:`redrive`, a crash between an append and its journal
+        entry may redrive a message again (at-least-once)."""
+        if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
+            raise InvalidArgument("redrive ids must be a list of dead-letter message ids")
+        if len(ids) > REDRIVE_IDS_MAX:
+            raise InvalidArgument(f"at most {REDRIVE_IDS_MAX} ids per redrive, got {len(ids)}; "
+                                  "split them")
+        t = self._topic(topic)
+        g = t.group(group)
+        dlq_name = dead_letter_name(t.name, g.settings.dead_letter_topic)
+        dlq = self._topics.get(topic_key(dlq_name))
+        out: list[TideMQError | None] = []
+        if dlq is None or dlq is t:
+            return [UnknownMessage(f"group {group!r} of topic {t.name!r} has no dead letters "
+                                   f"(its dead-letter topic {dlq_name!r} does not exist)")
+                    for _ in ids]
+        n = len(t.logs)
+        by_part: dict[int, list[Record]] = {}
+        taken: dict[int, list[int]] = {}  # dead-letter partition -> offsets moved now
+        for mid in ids:
+            try:
+                p, o, r = self._dead_letter_at(t, group, dlq, mid, taken)
+            except UnknownMessage as exc:
+                out.append(exc)
+                continue
+            part, rec = _redriven(r, group)
+            by_part.setdefault(part if 0 <= part < n else 0, []).append(rec)
+            taken.setdefault(p, []).append(o)
+            out.append(None)
+        if not taken:
+            return out
+        tb = TokenBuilder()
+        for part, recs in by_part.items():
+            t.append(part, recs, now_us, tb)
+        for p, offs in taken.items():
+            key = (group, dlq.key, p)
+            log = dlq.logs[p]
+            t.record_event(["ri", group, dlq.key, p, sorted(offs)])
+            cursor = t.redrive.get(key, 0)
+            mine = t.redriven.setdefault(key, set())
+            mine.update(offs)
+            # Compact: a run of redriven offsets at the cursor moves the cursor past it.
+            base = nxt = max(cursor, log.start_offset)
+            while nxt in mine:
+                nxt += 1
+            if nxt > base:
+                t.redrive[key] = nxt
+                drop_redriven_below(t, key, nxt)
+                t.record_event(["rd", group, dlq.key, p, nxt])
+        t.commit(now_us, tb, force=True)
+        self._token(tb)
+        self._after_publish(t)
+        return out
+
+    def _dead_letter_at(self, t: Topic, group: str, dlq: Topic, mid: str,
+                        taken: dict[int, list[int]]) -> tuple[int, int, Record]:
+        """(dead-letter partition, offset, record) of the dead letter ``mid`` of ``group``, if
+        it may be redriven now; else UnknownMessage saying why."""
+        ref = parse_id(mid)
+        if (topic_key(ref.topic) != dlq.key or ref.incarnation != dlq.incarnation
+                or not 0 <= ref.partition < len(dlq.logs)):
+            raise UnknownMessage(
+                f"{mid!r} is not a dead letter of group {group!r} (its dead-letter topic is "
+                f"{dlq.name!r}); use the ids the dead-letter listing gives")
+        p, o = ref.partition, ref.offset
+        log = dlq.logs[p]
+        key = (group, dlq.key, p)
+        if o in redriven_offsets(t, key) or o in taken.get(p, ()):
+            raise UnknownMessage(f"dead letter {mid!r} was redriven already")
+        if not log.start_offset <= o < log.end_offset:
+            raise UnknownMessage(f"dead letter {mid!r} is not there (removed by retention, or "
+                                 "never written)")
+        for view in log.read(o, max_records=1):
+            if view.base_offset <= o <= view.last_offset:
+                r = view.records()[o - view.base_offset]
+                org = origin_of(r)
+                if org is None or topic_key(org[0]) != t.key or org[1] != group:
+                    break
+                if o < t.redrive.get(key, 0):  # the cursor's redrive passed it
+                    raise UnknownMessage(f"dead letter {mid!r} was redriven already")
+                return p, o, r
+        raise UnknownMessage(f"{mid!r} is not a dead letter of group {group!r} of topic "
+                             f"{t.name!r}")
 
     # --- time ------------------------------------------------------------------------------
 
@@ -994,6 +1097,16 @@ class Broker:
     def pending_delays(self, topic: str) -> int:
         return len(self._topic(topic).delays)
 
+
+
+def _redriven(r: Record, group: str) -> tuple[int, Record]:
+    """(origin partition, record to append) for a dead letter (a forged origin partition that
+    is not a number: the first)."""
+    try:
+        return redriven_record(r, group)
+    except ValueError:
+        return redriven_record(msgspec.structs.replace(
+            r, headers={**(r.headers or {}), H_PARTITION: "0"}), group)
 
 
 def _storage_error(exc: OSError, what: str) -> TideMQError:

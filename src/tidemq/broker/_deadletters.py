@@ -6,15 +6,28 @@ Redrive appends it back to its origin partition with ``x-tidemq-group: <group>``
 filters honour (only that group sees it again); the redrive cursor (per group and dead-letter
 partition) is journaled in the origin topic after the appends, so nothing is redriven twice
 (a crash between the two may redrive a message again: at-least-once).
+
+Redrive by id (``Broker.redrive_ids``) moves chosen dead letters at or after the cursor. Their
+offsets are journaled the same way (``"ri"`` events, after the appends) and kept per group and
+dead-letter partition in ``Topic.redriven`` (in snapshots too): the cursor's redrive, the dead
+letters' listing and their count skip them, and a second redrive by the same id is refused.
+When the cursor passes them they are dropped (:func:`drop_redriven_below`), so the set holds
+only offsets the cursor has not reached: it stays as small as the by-id redrives ahead of it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ..storage import Record
 from ._group import DeadLetter
 from ._limits import GROUP_HEADER, ID_HEADER
 
-__all__ = ["ORIGIN", "dead_letter_records", "redriven_record"]
+if TYPE_CHECKING:
+    from ._topic import Topic
+
+__all__ = ["ORIGIN", "dead_letter_records", "redriven_record", "drop_redriven_below",
+           "redriven_offsets"]
 
 ORIGIN = "x-tidemq-origin-"
 H_TOPIC = ORIGIN + "topic"
@@ -58,3 +71,24 @@ def origin_of(r: Record) -> tuple[str, str] | None:
     if not h or H_TOPIC not in h or H_GROUP not in h:
         return None
     return h[H_TOPIC], h[H_GROUP]
+
+
+_NONE: frozenset[int] = frozenset()
+
+
+def redriven_offsets(t: Topic, key: tuple[str, str, int]) -> set[int] | frozenset[int]:
+    """The offsets of dead-letter partition ``key`` = (group, dead-letter topic key, partition)
+    redriven by id and not yet passed by the cursor (read-only; empty when there are none)."""
+    return t.redriven.get(key, _NONE)
+
+
+def drop_redriven_below(t: Topic, key: tuple[str, str, int], cursor: int) -> None:
+    """Forget the redriven-by-id offsets of ``key`` below ``cursor`` (the cursor passed them)."""
+    offs = t.redriven.get(key)
+    if offs is None:
+        return
+    keep = {o for o in offs if o >= cursor}
+    if keep:
+        t.redriven[key] = keep
+    else:
+        del t.redriven[key]

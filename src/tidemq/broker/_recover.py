@@ -23,7 +23,7 @@ import msgspec
 from ..errors import CorruptRecord, InvalidArgument
 from ..storage import BatchView, PartitionLog
 from ..storage._format import HAS_EXT
-from ._deadletters import H_GROUP, H_ID, H_OFFSET, H_PARTITION, H_TOPIC
+from ._deadletters import H_GROUP, H_ID, H_OFFSET, H_PARTITION, H_TOPIC, drop_redriven_below
 from ._group import GroupState
 from ._idempotence import ids_in, ids_out
 from ._ids import DELAY_PARTITION, parse_id
@@ -62,6 +62,8 @@ def recover_topic(t: Topic, now_us: int, dead_letter_topic: DeadLetterTopics) ->
     t.producers.load(snap.get("producers", []))
     for g, d, p, off in snap.get("redrive", []):
         t.redrive[(g, d, p)] = off
+    for g, d, p, offs in snap.get("redriven", []):
+        t.redriven[(g, d, p)] = set(offs)
     # J3: rescan the data from the ends the last surviving journal record (or the
     # snapshot) names; before them every batch's producer and dedup events are journaled.
     # Snapshots and records of older versions name no ends: rescan whole logs then.
@@ -329,4 +331,11 @@ def _replay(t: Topic, ev: list[Any], group_base: dict[str, tuple[GroupSettings, 
         _, part, pid, epoch, seq, count, ids, used = ev
         t.producers.record(part, pid, epoch, seq, count, ids_in(ids), used)
     elif kind == "rd":
-        t.redrive[(ev[1], ev[2], ev[3])] = ev[4]
+        key = (ev[1], ev[2], ev[3])
+        t.redrive[key] = ev[4]
+        drop_redriven_below(t, key, ev[4])
+    elif kind == "ri":
+        key = (ev[1], ev[2], ev[3])
+        cursor = t.redrive.get(key, 0)
+        t.redriven.setdefault(key, set()).update(o for o in ev[4] if o >= cursor)
+        drop_redriven_below(t, key, cursor)

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Final
 
 from ..errors import InvalidArgument
 from ..storage import Record
-from ._deadletters import H_COUNT, H_GROUP, H_ID, H_OFFSET, H_PARTITION, H_REASON, H_TOPIC, ORIGIN
+from ._deadletters import (
+    H_COUNT,
+    H_GROUP,
+    H_ID,
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    H_TOPIC,
+    ORIGIN,
+    redriven_offsets,
+)
 from ._ids import make_id
 from ._limits import RESERVED_HEADERS
 from ._names import dead_letter_name, topic_key
@@ -348,13 +358,15 @@ class DeadLetterEntry:
 class _Progress:
     start: int
     pos: int
+    skipped: int = 0  # how many offsets were redriven by id when the scan started
     count: int = 0
     oldest_us: int | None = None
     reasons: Counter[str] = field(default_factory=Counter)
 
 
 class DeadLetterScanner:
-    """Counts a group's dead letters (those after its redrive cursor in the dead-letter topic)
+    """Counts a group's dead letters (those after its redrive cursor in the dead-letter topic,
+    less those redriven by id)
     incrementally: each call reads only what was appended since the last, unless the cursor
     moved (a redrive) or retention removed records, when it starts over. At most
     :data:`SCAN_BUDGET` records are read per call. Not thread-safe (the broker's thread)."""
@@ -376,10 +388,14 @@ class DeadLetterScanner:
             key = (t.key, t.incarnation, group, dlq.key, dlq.incarnation, p)
             live.add(key)
             start = _cursor(t, group, dlq, p, log)
+            skip = redriven_offsets(t, (group, dlq.key, p))
             prog = self._progress.get(key)
-            if prog is None or prog.start != start or prog.pos < log.start_offset:
-                prog = self._progress[key] = _Progress(start, start)
-            budget = _scan(log, prog, t.name, group, budget)
+            # The set of redriven-by-id offsets only grows while the cursor stays: its size
+            # tells whether the count must start over.
+            if (prog is None or prog.start != start or prog.skipped != len(skip)
+                    or prog.pos < log.start_offset):
+                prog = self._progress[key] = _Progress(start, start, len(skip))
+            budget = _scan(log, prog, t.name, group, budget, skip)
             out.count += prog.count
             out.reasons.update(prog.reasons)
             if prog.oldest_us is not None and (out.oldest_us is None
@@ -418,6 +434,7 @@ def dead_letters(broker: Broker, topic: str, group: str, *, after: tuple[int, in
         if after is not None and p < after[0]:
             continue
         off = _cursor(t, group, dlq, p, log)
+        skip = redriven_offsets(t, (group, dlq.key, p))
         if after is not None and p == after[0]:
             off = max(off, after[1] + 1)
         while off < log.end_offset and len(out) < limit and budget > 0:
@@ -436,6 +453,8 @@ def dead_letters(broker: Broker, topic: str, group: str, *, after: tuple[int, in
                     budget -= 1
                     off = o + 1
                     last = (p, o)
+                    if o in skip:
+                        continue
                     entry = _entry(dlq, p, o, view.first_timestamp_us, rec, t.name, group)
                     if entry is not None:
                         out.append(entry)
@@ -463,7 +482,8 @@ def _is_mine(rec: Record, topic: str, group: str) -> bool:
     return topic_key(h.get(H_TOPIC, "")) == topic_key(topic)
 
 
-def _scan(log: PartitionLog, prog: _Progress, topic: str, group: str, budget: int) -> int:
+def _scan(log: PartitionLog, prog: _Progress, topic: str, group: str, budget: int,
+          skip: set[int] | frozenset[int]) -> int:
     off = prog.pos
     while off < log.end_offset and budget > 0:
         views = log.read(off, max_records=min(1000, budget))
@@ -480,7 +500,7 @@ def _scan(log: PartitionLog, prog: _Progress, topic: str, group: str, budget: in
                     break
                 budget -= 1
                 off = o + 1
-                if _is_mine(rec, topic, group):
+                if o not in skip and _is_mine(rec, topic, group):
                     prog.count += 1
                     prog.reasons[(rec.headers or {}).get(H_REASON, "")] += 1
                     ts = view.first_timestamp_us

@@ -137,6 +137,9 @@ class Topic:
         self.dedup = DedupTable()
         self.producers = ProducerTable()
         self.redrive: dict[tuple[str, str, int], int] = {}
+        # Dead-letter offsets at or after a redrive cursor that were redriven by id (same key
+        # as ``redrive``): the cursor's redrive skips them; dropped once the cursor passes them.
+        self.redriven: dict[tuple[str, str, int], set[int]] = {}
         # Dead-letter topics' partitions this topic's dead letters went to: id(log) -> (log,
         # position). The next snapshot syncs them before it is written (see dead_lettered).
         self.dead_letter_syncs: dict[int, tuple[PartitionLog, int]] = {}
@@ -525,6 +528,7 @@ class Topic:
             "dedup": self.dedup.dump(),
             "producers": self.producers.dump(),
             "redrive": [[g, d, p, off] for (g, d, p), off in self.redrive.items()],
+            "redriven": [[g, d, p, sorted(offs)] for (g, d, p), offs in self.redriven.items()],
         }
         syncs = [(log, log.end_offset) for log in (*self.logs, self.delays.log, self.journal.log)]
         # Entries already durable are dropped; the others stay until a later plan finds them

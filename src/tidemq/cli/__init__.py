@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import _bench, _consume, _dlq, _group, _publish, _security, _serve, _topic
+from . import _bench, _consume, _dlq, _group, _publish, _security, _serve, _top, _topic
 from ._common import (
     DEFAULT_URL,
     Parser,
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--url", default=None, metavar="URL",
-                        help="tidemq://HOST:PORT, a data folder path, file://PATH or memory:// "
+                        help="tidemq://HOST:PORT, a data folder path, file://PATH, memory://, "
+                             "nats://HOST:4222 or amqp://USER:PASSWORD@HOST "
                              f"(default: $TIDEMQ_URL, else {DEFAULT_URL})")
     from .. import __version__
 
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=Parser)
     parents = [url_parent()]
-    for module in (_serve, _topic, _publish, _consume, _group, _dlq, _bench, _security):
+    for module in (_serve, _topic, _publish, _consume, _group, _dlq, _bench, _security, _top):
         module.register(sub, parents)
     return parser
 
@@ -156,4 +157,6 @@ def _connect_message(url: str, exc: BaseException) -> str:
     detail = str(exc) or type(exc).__name__
     if url in detail:  # the transport's message already names the URL and the remedy
         return detail
+    if url.split("://", 1)[0].lower() in ("nats", "amqp", "amqps"):  # another engine's
+        return f"cannot connect to {url}: {detail}"
     return f"cannot connect to {url}: {detail} (is 'tidemq serve' running there?)"

@@ -11,6 +11,12 @@ checked, and a deleted user or a revoked token is refused at its next request.
   clear: serve TLS (``--tls-cert``) when the API is reachable from elsewhere.
 - **Bearer** (a ``tidemq token create`` token): :meth:`Gate.verify_token`, only over TLS or
   from a loopback address, like the ``TOKEN`` mechanism of the binary protocol.
+- **Client certificate** (mTLS, a server started with ``--tls-client-ca``): a request without
+  an ``Authorization`` header is the user its verified certificate names, as the ``EXTERNAL``
+  mechanism of the binary protocol decides it (:meth:`Gate.start`: the subject CN, then the
+  DNS, e-mail and URI subjectAltNames, the first that is a user). With a header, the header
+  decides (a certificate's holder may still log in as another user with that user's password
+  or token, as on the binary port).
 
 A failure is answered after :data:`~tidemq.security.FAILURE_DELAY_S` (as on the binary port)
 with 401 and ``WWW-Authenticate: Basic realm="TideMQ"``; the gate's failure limiter counts it
@@ -48,6 +54,17 @@ def peer_is_loopback(request: web.Request) -> bool:
         return False
 
 
+def _cert_names(request: web.Request) -> list[str]:
+    """The names of the request's verified TLS client certificate (none without mTLS)."""
+    transport = request.transport
+    ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return []
+    from ..server._connection import cert_names  # one rule for both ports
+
+    return cert_names(ssl_object.getpeercert())
+
+
 async def authenticate(gate: Gate, request: web.Request) -> Principal:
     """The principal of ``request``; AuthenticationFailed (after the failure delay) if it has
     no acceptable credentials."""
@@ -61,9 +78,17 @@ async def authenticate(gate: Gate, request: web.Request) -> Principal:
 async def _authenticate(gate: Gate, request: web.Request) -> Principal:
     header = request.headers.get("Authorization")
     if header is None:
+        names = _cert_names(request)
+        if names:  # EXTERNAL: done at once, or AuthenticationFailed
+            exchange = gate.start("EXTERNAL", None, peer_addr=request.remote or "?",
+                                  loopback=peer_is_loopback(request), tls=True,
+                                  peer_cert_names=names, now_s=time.time())
+            if exchange.principal is None:  # (not reached: EXTERNAL has no challenge)
+                raise AuthenticationFailed("client certificate authentication did not finish")
+            return exchange.principal
         raise AuthenticationFailed(
             "authentication required: send 'Authorization: Basic' (user:password) or "
-            "'Authorization: Bearer <token>' (docs/http.md)")
+            "'Authorization: Bearer <token>', or a client certificate (docs/http.md)")
     if len(header) > _MAX_HEADER:
         raise AuthenticationFailed("the Authorization header is too large")
     scheme, _, value = header.strip().partition(" ")

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..broker import GroupInfo, GroupSettings
 from ..broker._stats import dead_letters, oldest_unfinished_us, public_headers
-from ..errors import InvalidArgument, UnknownGroup, Unsupported
+from ..errors import InvalidArgument, UnknownGroup
 from ._problem import json_response, problem, read_json
 from ._topics import message_fields, query_int
 from ._types import (
@@ -29,6 +29,7 @@ from ._types import (
     ReceiveIn,
     ReceiveOut,
     RedriveIn,
+    Redriven,
     RedriveOut,
     RejectIn,
     ResetIn,
@@ -246,8 +247,7 @@ async def dlq_redrive(api: HttpApi, request: web.Request) -> web.StreamResponse:
     topic, group = request.match_info["topic"], request.match_info["group"]
     body = await read_json(request, RedriveIn)
     if body.ids is not None:
-        raise Unsupported("redrive by ids is not supported: the broker redrives a group's dead "
-                          "letters in order; give limit (the oldest N) or nothing (all)")
+        return await _redrive_ids(api, topic, group, body)
     limit, rate = body.limit, body.rate
     if limit is not None and limit < 0:
         raise InvalidArgument(f"limit must be >= 0, got {limit}")
@@ -279,3 +279,22 @@ async def dlq_redrive(api: HttpApi, request: web.Request) -> web.StreamResponse:
     left = api.dead_letters.summary(broker, topic, group)
     return json_response(RedriveOut(moved=moved, remaining=left.count,
                                     complete=left.complete and not timed_out))
+
+
+async def _redrive_ids(api: HttpApi, topic: str, group: str, body: RedriveIn) -> web.Response:
+    """Move the dead letters named by ``body.ids``; one result per id (a stale or foreign id
+    is an error of its own, the others still move)."""
+    if body.limit is not None or body.rate is not None:
+        raise InvalidArgument("ids goes with neither limit nor rate: give the ids, or limit "
+                              "and rate without ids")
+    b = api.backend
+    broker = b.broker
+    errors = broker.redrive_ids(topic, group, body.ids or [], now_us=b.now_us())
+    b.want_push()
+    await b.durable(broker.barrier(topic))
+    results = [Redriven(id=i, ok=e is None, error=None if e is None else problem(e))
+               for i, e in zip(body.ids or [], errors, strict=True)]
+    left = api.dead_letters.summary(broker, topic, group)
+    return json_response(RedriveOut(moved=sum(1 for e in errors if e is None),
+                                    remaining=left.count, complete=left.complete,
+                                    results=results))

@@ -130,6 +130,7 @@ ROUTES: tuple[Route, ...] = (
               Param("limit", "integer", "1-1000 (default 100)"),
               Param("after", "string", "the `next` of the previous page"))),
     Route("POST", _G + "/dlq/redrive", G.dlq_redrive, "Redrive the group's dead letters "
-          "(all, or the oldest `limit`; at most `rate` per second).", "dead letters",
+          "(those named by `ids`, with a result per id; or all, or the oldest `limit`, at most "
+          "`rate` per second).", "dead letters",
           body=RedriveIn, answer=RedriveOut),
 )

@@ -23,7 +23,7 @@ __all__ = [
     "PartitionOut", "TopicSettingsIn", "TopicOut", "TopicListOut", "GroupSettingsIn",
     "GroupPartitionOut", "GroupOut", "GroupListOut", "ResetIn", "BrowsedMessage", "BrowseOut",
     "ReceiveIn", "ReceivedMessage", "ReceiveOut", "AckIn", "NackIn", "RejectIn", "ExtendIn",
-    "Settled", "SettleOut", "DlqOut", "DeadLetterOut", "DlqListOut", "RedriveIn", "RedriveOut",
+    "Settled", "SettleOut", "DlqOut", "DeadLetterOut", "DlqListOut", "RedriveIn", "Redriven", "RedriveOut",
     "HealthOut", "Check", "ReadyOut", "Sample", "StatsOut", "Backoff", "GroupSettings",
     "TopicConfig",
 ]
@@ -315,19 +315,29 @@ class DlqListOut(_Out):
 
 
 class RedriveIn(_In):
-    """Move the group's dead letters back (only that group sees them again), oldest first:
-    all, or the first ``limit``; at most ``rate`` per second. ``ids`` is not supported (the
-    broker redrives in order)."""
+    """Move the group's dead letters back (only that group sees them again): the ones named by
+    ``ids`` (their ``id`` in the dead-letter listing, at most 1,000), or oldest first all of
+    them or the first ``limit``; at most ``rate`` per second. ``ids`` goes with neither
+    ``limit`` nor ``rate``."""
 
     limit: int | None = None
     rate: float | None = None
     ids: list[str] | None = None
 
 
-class RedriveOut(_Out):
+class Redriven(_Out, omit_defaults=True):
+    """What became of one id of a redrive by ids."""
+
+    id: str
+    ok: bool
+    error: Problem | None = None
+
+
+class RedriveOut(_Out, omit_defaults=True):
     moved: int
     remaining: int  # dead letters of the group left (see `complete`)
     complete: bool  # False: stopped at the time limit of one request, or a partial count
+    results: list[Redriven] | None = None  # a redrive by ids: one per id, in order
 
 
 # --- health, readiness, overview --------------------------------------------------------------

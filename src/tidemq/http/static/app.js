@@ -329,16 +329,34 @@ async function deadLetters(view, topicName, name) {
   const base = `topics/${enc(topicName)}/groups/${enc(name)}/dlq`;
   const s = await api("GET", base);
   const list = await api("GET", base + "/messages?limit=100");
-  const redrive = async (limit) => {
-    const what = limit ? `the oldest ${limit}` : `all ${fmt(s.count)}`;
+  const redrive = async (limit, ids) => {
+    const what = ids ? `the ${fmt(ids.length)} selected` : limit ? `the oldest ${limit}` : `all ${fmt(s.count)}`;
     if (!(await confirmThen(`Redrive ${what} dead letters of group ${name}? They are delivered to this group again.`))) return;
     try {
-      const r = await api("POST", base + "/redrive", limit ? { limit } : {});
-      status(`Redrove ${fmt(r.moved)} dead letters; ${fmt(r.remaining)} left.`);
+      const r = await api("POST", base + "/redrive", ids ? { ids } : limit ? { limit } : {});
+      const failed = (r.results || []).filter((x) => !x.ok);
+      status(`Redrove ${fmt(r.moved)} dead letters; ${fmt(r.remaining)} left.` +
+        (failed.length ? ` ${fmt(failed.length)} not redriven: ${failed[0].error.detail}` : ""),
+        failed.length > 0);
     } catch (e) { status("Redrive failed: " + e.message, true); }
     route();
   };
   const limitInput = h("input", { id: "redrive-limit", class: "narrow", type: "number", min: "1" });
+  // Selection of dead letters by their ids (redrive selected): checkboxes in the table.
+  const boxes = list.messages.map((m) => h("input", { type: "checkbox", class: "dlq-pick",
+    "data-id": m.id, "aria-label": "select " + m.id, onchange: () => pick() }));
+  const selected = () => boxes.filter((b) => b.checked).map((b) => b.getAttribute("data-id"));
+  const selButton = h("button", { id: "redrive-selected", type: "button", disabled: true,
+    onclick: () => { const ids = selected(); if (ids.length) redrive(null, ids); } },
+    "Redrive selected");
+  const all = h("input", { type: "checkbox", id: "dlq-pick-all", "aria-label": "select all shown",
+    disabled: !boxes.length,
+    onchange: () => { for (const b of boxes) b.checked = all.checked; pick(); } });
+  function pick() {
+    const n = selected().length;
+    selButton.disabled = n === 0;
+    selButton.textContent = n ? `Redrive selected (${n})` : "Redrive selected";
+  }
   view.replaceChildren(
     h("h2", {}, "Dead letters of ", h("a", { href: `#/topics/${enc(topicName)}/groups/${enc(name)}` },
       name), " (", topicName, ")"),
@@ -353,11 +371,13 @@ async function deadLetters(view, topicName, name) {
       " or the oldest ", limitInput, " ",
       h("button", { id: "redrive-some", type: "button", disabled: !s.count,
         onclick: () => { const n = parseInt(limitInput.value, 10); if (n > 0) redrive(n); } },
-        "Redrive")),
+        "Redrive"),
+      " or ", selButton),
     h("table", { id: "dlq-table" },
-      h("thead", {}, h("tr", {}, h("th", {}, "dead-lettered"), h("th", {}, "reason"),
+      h("thead", {}, h("tr", {}, h("th", {}, all), h("th", {}, "dead-lettered"), h("th", {}, "reason"),
         h("th", { class: "num" }, "deliveries"), h("th", {}, "origin"), h("th", {}, "payload"))),
-      h("tbody", {}, list.messages.map((m) => h("tr", {},
+      h("tbody", {}, list.messages.map((m, i) => h("tr", {},
+        h("td", {}, boxes[i]),
         h("td", {}, when(m.dead_lettered_at)), h("td", {}, m.reason),
         h("td", { class: "num" }, m.delivery_count), h("td", {}, h("code", {}, m.origin_id)),
         payloadCell(m))))),
