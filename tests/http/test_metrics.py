@@ -9,6 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tidemq
@@ -116,6 +117,17 @@ def test_metrics_after_traffic(tmp_path: Path) -> None:
                          group="billing", reason="max_deliveries") == len(got2) == 2
             assert value(text, "tidemq_messages_redelivered_total", topic="orders",
                          group="billing", reason="consumer_left") == 0
+            # The binary port's error answers count with the HTTP API's: one more UnknownTopic
+            # (an Error frame), one GroupSettingsMismatch.
+            async with tidemq.AsyncClient(f"tidemq://127.0.0.1:{srv.port}") as mq:
+                with pytest.raises(tidemq.errors.UnknownTopic):
+                    await mq.describe_topic("missing")
+                with pytest.raises(tidemq.errors.GroupSettingsMismatch):
+                    await mq.create_group("orders", "billing", max_deliveries=7)
+            text = (await http.get("/metrics")).text
+            assert value(text, "tidemq_errors_total", code="22", name="UnknownTopic") == 2
+            assert value(text, "tidemq_errors_total", code="20",
+                         name="GroupSettingsMismatch") == 1
             # A deleted topic's series go.
             await http.delete(f"{T}/orders")
             text = (await http.get("/metrics")).text

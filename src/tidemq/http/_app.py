@@ -95,7 +95,7 @@ class HttpApi:
         self.version = __version__
         self.consumers = HttpConsumers(backend)
         self.dead_letters = DeadLetterScanner()
-        self.errors: Counter[int] = Counter()  # answered errors by catalogue code
+        self.errors: Counter[int] = backend.errors  # answered errors by code (all ports)
         self.ring = Ring()
         self._started = time.time()
         self._openapi: bytes | None = None

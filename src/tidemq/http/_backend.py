@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..broker import Broker, SyncToken
@@ -43,6 +44,9 @@ class Backend:
     listening: Callable[[], bool]  # the binary port accepts connections
     stopping: Callable[[], bool]
     tls: Callable[[], ssl.SSLContext | None]  # the current TLS context (reloaded on SIGHUP)
+    # Errors answered to clients by catalogue code, shared with the server's other ports
+    # (tidemq_errors_total); a Backend made alone counts its own.
+    errors: Counter[int] = field(default_factory=Counter)
 
     async def durable(self, token: SyncToken) -> None:
         """Return once ``token`` is durable at its topic's level (at once when that needs no

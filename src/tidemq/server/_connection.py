@@ -48,9 +48,9 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
@@ -108,6 +108,8 @@ class Services:
     # where nobody authenticates and every request is allowed (it listens on loopback only,
     # unless started with --insecure).
     gate: Gate | None = None
+    # Errors answered to clients by catalogue code (the server's, shared by every port).
+    errors: Counter[int] = field(default_factory=Counter)
 
 
 class Connection(asyncio.Protocol):
@@ -394,6 +396,7 @@ class Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush)
 
     def send_error(self, request_id: int, exc: TideMQError, *, fatal: bool = False) -> None:
+        self._services.errors[exc.code] += 1
         self.send(P.Error.from_exception(exc, request_id, fatal=fatal))
 
     def after_sync(self, token: SyncToken, answer: Callable[[], Any]) -> None:

@@ -33,6 +33,7 @@ import logging
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +128,8 @@ class Server:
         self._http: HttpApi | None = None
         self._http_tls: ssl.SSLContext | None = None
         self.external_members: dict[str, Callable[[], None]] = {}
+        # Errors answered to clients, by catalogue code, on every port (tidemq_errors_total).
+        self.errors: Counter[int] = Counter()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -184,6 +187,7 @@ class Server:
             blocked=driver.core.blocked,
             want_push=self.want_push, connections=self.connections,
             stopping=lambda: self._stopping, leave=self._leave, gate=self.gate,
+            errors=self.errors,
         )
         socks = await _bind(loop, self.config.host, self.config.port)
         self._listener = _Listener(loop, socks, self._accepted)
@@ -217,7 +221,7 @@ class Server:
             end_topic=self.subscriptions.end_topic, external_members=self.external_members,
             binary_connections=lambda: len(self.connections),
             listening=lambda: listener is not None and not listener.closed,
-            stopping=lambda: self._stopping, tls=lambda: self._http_tls)
+            stopping=lambda: self._stopping, tls=lambda: self._http_tls, errors=self.errors)
         self._http = HttpApi(backend)
         try:
             await self._http.start(cfg.host, port)
