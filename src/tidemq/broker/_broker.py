@@ -775,6 +775,16 @@ class Broker:
         self.stats.on_ack(g, len(ids))
         return self._finish(t, g, now_us)
 
+    def ack_ranges(self, member_id: str, ranges: Sequence[tuple[int, int, int]], *, now_us: int,
+                   mono_us: int) -> SyncToken:
+        """:meth:`ack` of the messages at ``(partition, first, last)`` offset ranges (inclusive)
+        of the member's topic, without their ids (GroupState.ack_ranges)."""
+        hit = self._members.get(member_id)
+        t, g = hit if hit is not None and not self._closed else self._member(member_id)
+        n = g.ack_ranges(member_id, ranges)
+        self.stats.on_ack(g, n)
+        return self._finish(t, g, now_us)
+
     def nack(self, member_id: str, ids: Sequence[str], delay: float | None, *, now_us: int,
              mono_us: int) -> SyncToken:
         delay = check_nack_delay(delay)

@@ -253,7 +253,31 @@ class GroupState(GroupDelivering):
             member = self._member(member_id)  # raises
         if len(ids) == 1 and self._ack_head(member, ids[0]):
             return
-        parsed = self._parse(ids)
+        self._ack_parsed(member, self._parse(ids))
+
+    def ack_ranges(self, member_id: str, ranges: Sequence[tuple[int, int, int]]) -> int:
+        """:meth:`ack` for ``(partition, first, last)`` offset ranges of the topic's partitions
+        (what the network client sends): the same checks and effects, without an id string
+        per message. Returns how many messages the ranges name. Raises
+        :class:`UnknownMessage` (and changes nothing) for a range outside the partitions' logs
+        (the delay partition included: its messages are acked by id)."""
+        member = self._members.get(member_id)
+        if member is None:
+            member = self._member(member_id)  # raises
+        parts = self._parts
+        parsed: dict[PartState, list[int]] = {}
+        n = 0
+        for p, first, last in ranges:
+            if not (0 <= p < len(parts) and 0 <= first <= last < parts[p].log.end_offset):
+                raise UnknownMessage(
+                    f"offsets {first}..{last} of partition {p} are not messages of "
+                    f"{self.topic!r} (group {self.name!r})")
+            parsed.setdefault(parts[p], []).extend(range(first, last + 1))
+            n += last - first + 1
+        self._ack_parsed(member, parsed)
+        return n
+
+    def _ack_parsed(self, member: Member, parsed: dict[PartState, list[int]]) -> None:
         self._check_holder(member, parsed, "ack")
         if self._mode != "shared":
             self._check_in_line(parsed)

@@ -324,6 +324,11 @@ def _ack(ctx: Context, f: P.Ack) -> None:
     broker, member = ctx.broker, sub.member
     step = ctx.config.settle_step
     if total <= step:  # the common case: one broker call, now
+        if ranges and not f.ids and all(p != P.WIRE_DELAY_PARTITION for p, _, _ in ranges):
+            # Ranges of the topic's partitions only (the client's usual ack): no ids made.
+            token = broker.ack_ranges(member, ranges, now_us=ctx.now_us(), mono_us=ctx.mono_us())
+            _settle(ctx, f.request_id, token, total)
+            return
         ids = next(sub.iter_ids(ranges, step), []) if ranges else []
         if f.ids:
             ids += f.ids
