@@ -16,8 +16,9 @@ from ._capabilities import Capability, capabilities
 
 if TYPE_CHECKING:
     from ._nats import NatsTransport
+    from ._rabbit import RabbitTransport
 
-__all__ = ["Capability", "capabilities", "connect_nats", "NatsTransport"]
+__all__ = ["Capability", "capabilities", "connect_nats", "connect_amqp", "NatsTransport"]
 
 
 async def connect_nats(url: str = "nats://127.0.0.1:4222", **options: Any) -> NatsTransport:
@@ -31,6 +32,21 @@ async def connect_nats(url: str = "nats://127.0.0.1:4222", **options: Any) -> Na
 
         raise Unsupported(f"the nats:// backend needs the nats-py package ({exc}); install "
                           "tidemq[peers] or 'pip install nats-py'") from None
+    return await connect(url, **options)
+
+
+async def connect_amqp(url: str = "amqp://guest:guest@127.0.0.1:5672/",
+                       **options: Any) -> RabbitTransport:
+    """Connect to RabbitMQ; see :func:`tidemq.backends._rabbit.connect_amqp`."""
+    try:
+        from ._rabbit import connect_amqp as connect
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("aiormq", "pamqp"):
+            raise
+        from ..errors import Unsupported
+
+        raise Unsupported(f"the amqp:// backend needs the aiormq package ({exc}); install "
+                          "tidemq[peers] or 'pip install aiormq'") from None
     return await connect(url, **options)
 
 
