@@ -26,7 +26,7 @@ from ..errors import (
     UnknownMessage,
     UnknownTopic,
 )
-from ..storage import LogStore, PartitionLog, Record
+from ..storage import LogStore, MetaStore, PartitionLog, Record
 from ..storage._fileops import is_disk_full
 from ._deadletters import (
     H_PARTITION,
@@ -176,6 +176,13 @@ class Broker:
         """The topic ``key`` if it is still that incarnation, else None (it was deleted)."""
         t = self._topics.get(key)
         return t if t is not None and t.incarnation == incarnation else None
+
+    @property
+    def meta(self) -> MetaStore:
+        """The store's named blobs (``storage.MetaStore``), for state that fronts above the
+        broker keep beside the logs (the AMQP front's catalogue); the broker's own names are
+        its catalogue and ``snap-*`` snapshots. Written on the caller's thread (an fsync)."""
+        return self._meta
 
     def close(self) -> None:
         """Snapshot every topic (here, synchronously: the driver has stopped) and close the

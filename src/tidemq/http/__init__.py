@@ -16,7 +16,7 @@ docs/metrics.md). Modules:
 
 from __future__ import annotations
 
+from ..server._fronts import Backend
 from ._app import HttpApi
-from ._backend import Backend
 
 __all__ = ["HttpApi", "Backend"]

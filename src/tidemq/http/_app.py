@@ -37,9 +37,9 @@ from ..errors import (
 from ..security import Principal
 from ..server._config import is_loopback_host
 from ..server._driver import SYNC_BUCKETS
+from ..server._fronts import Backend
 from ._auth import CHALLENGE, authenticate
 from ._authz import rule_for
-from ._backend import Backend
 from ._consume import HttpConsumers
 from ._metrics import disk_free
 from ._problem import PROBLEM_JSON, problem, problem_response

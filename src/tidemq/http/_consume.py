@@ -42,7 +42,7 @@ from ..broker._limits import MAX_PREFETCH
 from ..broker._names import topic_key
 from ..client._common import extend_seconds, nack_delay, reject_reason
 from ..errors import ConnectionLost, InvalidArgument, StaleLease, TideMQError, UnknownMessage
-from ._backend import Backend
+from ..server._fronts import Backend
 
 __all__ = ["HttpConsumers", "MEMBER_PREFETCH", "IDLE_S", "MAX_RECEIVE", "MAX_RECEIPTS"]
 

@@ -60,6 +60,9 @@ class ServerConfig:
     http_max_wait: float = 20.0  # longest long-poll of an HTTP receive, seconds
     ready_min_disk_free: int = 64 * 1024 * 1024  # /readyz fails with less free disk, bytes
 
+    # --- AMQP 0-9-1 front (docs/amqp.md) -------------------------------------------------------
+    amqp_port: int | None = None  # None: off; 0: an ephemeral port (Server.amqp_port tells)
+
     # --- security (docs/security.md) ---------------------------------------------------------
     users: str | None = None  # the users file (users, tokens, permissions); created if missing
     tls_cert: str | None = None  # PEM certificate chain: TLS on the port (with tls_key)
@@ -91,6 +94,14 @@ class ServerConfig:
             if self.http_port == self.port and self.port != 0:
                 raise InvalidArgument(f"http_port and port are both {self.port}; give the HTTP "
                                       "API a port of its own (default 7680)")
+        if self.amqp_port is not None:
+            if isinstance(self.amqp_port, bool) or not isinstance(self.amqp_port, int) \
+                    or not 0 <= self.amqp_port <= 65535:
+                raise InvalidArgument(f"amqp_port must be in 0..65535, got {self.amqp_port!r}")
+            if self.amqp_port != 0 and self.amqp_port in (self.port, self.http_port):
+                raise InvalidArgument(f"amqp_port {self.amqp_port} is taken by another of the "
+                                      "server's ports; give AMQP a port of its own (default "
+                                      "5673)")
         if not 1024 <= self.http_max_body_bytes <= MAX_FRAME_BYTES:
             raise InvalidArgument(f"http_max_body_bytes must be in [1024, {MAX_FRAME_BYTES}]")
         if not (isinstance(self.http_max_wait, int | float) and 0 <= self.http_max_wait <= 300):

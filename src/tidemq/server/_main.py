@@ -28,6 +28,8 @@ async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> 
     print(f"tidemq listening on {config.host}:{server.port}", flush=True)
     if server.http_port is not None:
         print(f"tidemq http on {config.host}:{server.http_port}", flush=True)
+    if server.amqp_port is not None:
+        print(f"tidemq amqp on {config.host}:{server.amqp_port}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,6 +70,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="serve the HTTP API, Prometheus metrics and the admin page on this "
                         "port (same host, users and TLS as the binary port; 0 picks a free "
                         "one; off unless given; docs/http.md)")
+    p.add_argument("--amqp-port", type=int, metavar="PORT", nargs="?", const=5673,
+                   help="serve AMQP 0-9-1 (pika, kombu, Celery ...) on this port (5673 when "
+                        "given without a value; 0 picks a free one; off unless given; "
+                        "docs/amqp.md)")
     sec = p.add_argument_group("security", "docs/security.md")
     sec.add_argument("--users", metavar="FILE",
                      help="users, tokens and permissions (created if missing; edit it with "
@@ -112,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "heartbeat_timeout": args.heartbeat_timeout, "max_frame_bytes": args.max_frame_bytes,
         "auto_create_topics": False if args.no_auto_create else None,
         "loop": args.loop, "http_port": args.http_port,
+        "amqp_port": args.amqp_port,
         "users": args.users, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca, "insecure": args.insecure,
         **{name: getattr(args, name, None) for name, _, _ in _LIMIT_FLAGS},

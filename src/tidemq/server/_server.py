@@ -46,11 +46,13 @@ from ..storage import open_store
 from ._config import ServerConfig
 from ._connection import Connection, Services
 from ._driver import LoopDriver
+from ._fronts import Backend
 from ._push import Subscription, delivery_bytes
 from ._registry import Subscriptions
 from ._tls import server_context
 
 if TYPE_CHECKING:
+    from ..amqp import AmqpFront
     from ..http import HttpApi
 
 __all__ = ["Server", "now_us", "mono_us"]
@@ -130,6 +132,7 @@ class Server:
         self.external_members: dict[str, Callable[[], None]] = {}
         # Errors answered to clients, by catalogue code, on every port (tidemq_errors_total).
         self.errors: Counter[int] = Counter()
+        self._amqp: AmqpFront | None = None  # the AMQP 0-9-1 front (amqp_port), docs/amqp.md
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -150,6 +153,11 @@ class Server:
     def http_port(self) -> int | None:
         """The bound HTTP port (``http_port`` set), else None."""
         return None if self._http is None else self._http.port
+
+    @property
+    def amqp_port(self) -> int | None:
+        """The bound AMQP port (``amqp_port`` set), else None."""
+        return None if self._amqp is None else self._amqp.port
 
     @property
     def http(self) -> HttpApi | None:
@@ -199,6 +207,12 @@ class Server:
             except BaseException:  # e.g. the port is taken: undo the start, then say why
                 await self.stop()
                 raise
+        if cfg.amqp_port is not None:
+            try:
+                await self._start_amqp(cfg.amqp_port)
+            except BaseException:
+                await self.stop()
+                raise
         self._tasks = [loop.create_task(self._heartbeat_loop(), name="tidemq-heartbeat")]
         if self.gate is not None:
             self._tasks.append(loop.create_task(self._watch_users(), name="tidemq-users"))
@@ -208,7 +222,7 @@ class Server:
 
     async def _start_http(self, port: int) -> None:
         """Serve the HTTP API on ``host:port`` (same host, gate and certificate)."""
-        from ..http import Backend, HttpApi
+        from ..http import HttpApi
 
         cfg = self.config
         if cfg.tls_cert is not None and cfg.tls_key is not None:
@@ -231,6 +245,30 @@ class Server:
         log.info("tidemq HTTP API on %s:%d%s", cfg.host, self._http.port,
                  " with TLS" if self._http_tls else "")
 
+    async def _start_amqp(self, port: int) -> None:
+        """Serve AMQP 0-9-1 on ``host:port`` (same host, gate, limits and certificate)."""
+        from ..amqp import AmqpFront
+
+        cfg = self.config
+        assert self._broker is not None and self.driver is not None
+        listener = self._listener
+        backend = Backend(
+            config=cfg, broker=self._broker, driver=self.driver, gate=self.gate,
+            now_us=now_us, mono_us=mono_us, want_push=self.want_push,
+            end_topic=self.subscriptions.end_topic, external_members=self.external_members,
+            binary_connections=lambda: len(self.connections),
+            listening=lambda: listener is not None and not listener.closed,
+            stopping=lambda: self._stopping, tls=lambda: self._tls, errors=self.errors)
+        self._amqp = AmqpFront(backend)
+        try:
+            await self._amqp.start(cfg.host, port)
+        except OSError as exc:
+            self._amqp = None
+            raise OSError(exc.errno, f"{exc.strerror} (binding the AMQP port on "
+                                     f"{cfg.host}:{port})") from None
+        log.info("tidemq AMQP 0-9-1 on %s:%d%s", cfg.host, self._amqp.port,
+                 " with TLS" if self._tls else "")
+
     async def serve_forever(self) -> None:
         """Wait until :meth:`stop` has finished."""
         await self._stopped.wait()
@@ -251,6 +289,8 @@ class Server:
             conn.go_away()
         if self._http is not None:  # its requests in flight finish; its leases are released
             await self._http.stop()
+        if self._amqp is not None:  # connection.close to every peer; leases released
+            await self._amqp.stop()
         if self.driver is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.driver.drain(), self.config.shutdown_grace)

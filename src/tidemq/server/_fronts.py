@@ -1,8 +1,9 @@
-"""What the server lends the HTTP API: all it may use of the server, nothing more.
+"""What the server lends its other fronts — the HTTP API (``tidemq.http``) and the AMQP 0-9-1
+front (``tidemq.amqp``): all they may use of the server, nothing more.
 
-The same idea as the binary protocol's ``Services`` (``server/_connection.py``): the HTTP
-layer never holds the ``Server``. Everything here is called on the server's event loop, which
-owns the broker (single-threaded by contract).
+The same idea as the binary protocol's ``Services`` (``server/_connection.py``): a front never
+holds the ``Server``. Everything here is called on the server's event loop, which owns the
+broker (single-threaded by contract). Importing this module imports no front (no aiohttp).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from ..errors import StorageFailed, TideMQError
 from ..security import Gate
 
 if TYPE_CHECKING:
-    from ..server._config import ServerConfig
-    from ..server._driver import LoopDriver
+    from ._config import ServerConfig
+    from ._driver import LoopDriver
 
 __all__ = ["Backend"]
 

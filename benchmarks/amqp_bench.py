@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""The same AMQP client programs against TideMQ's AMQP port and RabbitMQ (quorum queues).
+
+Run:  .venv/bin/python benchmarks/amqp_bench.py --runs 3 > docs/figures/amqp.jsonl
+      .venv/bin/python benchmarks/render.py docs/figures/amqp.jsonl > docs/figures/amqp.md
+
+Targets: ``tidemq`` — a ``tidemq serve --amqp-port`` subprocess on a fresh data folder, each
+queue's topic created first with durability ``always`` (an fsync before every confirm, as a
+quorum queue's; ``tidemq-interval``: TideMQ's default durability, fsync every 100 ms) — and
+``rabbitmq`` — the RabbitMQ on 127.0.0.1:5672 (guest/guest), queues
+declared with ``x-queue-type: quorum``. Skipped (a note on stderr) when it is not reachable.
+
+Programs (one fresh queue each, messages of ``--size`` bytes):
+
+- ``pika_publish_confirm``: pika BlockingConnection with ``confirm_delivery()``; each
+  ``basic_publish`` returns once the broker confirmed it (one message in flight);
+- ``aiopika_publish_confirm``: aio-pika with publisher confirms, ``--window`` publishes in
+  flight (``asyncio.gather`` over windows);
+- ``pika_consume_ack``: the queue filled first, then ``basic_consume`` with prefetch 100 and
+  a ``basic_ack`` per message; ``aiopika_consume_ack``: the same with aio-pika's queue
+  iterator;
+- ``pika_e2e_latency``: one publisher connection and one consumer connection (a thread); one
+  message at a time, the time from before ``basic_publish`` to the consumer's callback; p50
+  and p99 per run.
+
+Runs interleave the targets (run 1 of each, then run 2 ...). Each figure is the median of
+``--runs`` runs with min–max, one JSON line each (the shape
+``benchmarks/render.py`` renders); lines carry the load average, since this machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aio_pika
+import pika
+
+RABBIT = ("127.0.0.1", 5672)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Target:
+    name = ""
+    port = 0
+
+    def prepare_queue(self, queue: str) -> dict[str, Any]:
+        """Make ready a fresh queue; returns the queue_declare arguments to use."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class TideMQ(Target):
+    name = "tidemq"
+
+    def __init__(self, durability: str = "always") -> None:
+        self.durability = durability
+        if durability != "always":
+            self.name = f"tidemq-{durability}"
+        self._dir = tempfile.TemporaryDirectory(prefix="amqp-bench-")
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tidemq.server", "--data", self._dir.name, "--port", "0",
+             "--amqp-port", str(self.port), "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        assert self.proc.stdout is not None
+        buf = b""
+        deadline = time.monotonic() + 30
+        while b"tidemq amqp on" not in buf:
+            line = self.proc.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                raise RuntimeError("tidemq did not start")
+            buf += line
+        m = re.search(rb"tidemq listening on [\d.]+:(\d+)", buf)
+        assert m is not None
+        from tidemq.client import Client
+
+        self.admin = Client(f"tidemq://127.0.0.1:{int(m.group(1))}")
+
+    def prepare_queue(self, queue: str) -> dict[str, Any]:
+        self.admin.create_topic(f"amqp.q.{queue}", durability=self.durability, exist_ok=True)
+        return {}
+
+    def close(self) -> None:
+        self.admin.close()
+        self.proc.terminate()
+        self.proc.wait(30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._dir.cleanup()
+
+
+class RabbitMQ(Target):
+    name = "rabbitmq"
+    port = RABBIT[1]
+
+    def prepare_queue(self, queue: str) -> dict[str, Any]:
+        return {"x-queue-type": "quorum"}
+
+
+def _params(t: Target) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters("127.0.0.1", t.port, heartbeat=0)
+
+
+def _cleanup(t: Target, queue: str) -> None:
+    conn = pika.BlockingConnection(_params(t))
+    try:
+        conn.channel().queue_delete(queue)
+    finally:
+        conn.close()
+
+
+# --- programs ----------------------------------------------------------------------------------
+
+
+def pika_publish_confirm(t: Target, n: int, size: int, window: int) -> dict[str, float]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    args = t.prepare_queue(queue)
+    conn = pika.BlockingConnection(_params(t))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True, arguments=args)
+    ch.confirm_delivery()
+    body = b"x" * size
+    props = pika.BasicProperties(delivery_mode=2)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ch.basic_publish("", queue, body, props)
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    _cleanup(t, queue)
+    return {"msgs_per_s": n / elapsed}
+
+
+def aiopika_publish_confirm(t: Target, n: int, size: int, window: int) -> dict[str, float]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    args = t.prepare_queue(queue)
+
+    async def main() -> float:
+        conn = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{t.port}/")
+        async with conn:
+            ch = await conn.channel(publisher_confirms=True)
+            await ch.declare_queue(queue, durable=True, arguments=args)
+            body = b"x" * size
+            ex = ch.default_exchange
+            t0 = time.perf_counter()
+            for start in range(0, n, window):
+                await asyncio.gather(*(
+                    ex.publish(aio_pika.Message(body, delivery_mode=2), routing_key=queue)
+                    for _ in range(min(window, n - start))))
+            return time.perf_counter() - t0
+
+    elapsed = asyncio.run(main())
+    _cleanup(t, queue)
+    return {"msgs_per_s": n / elapsed}
+
+
+def pika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, float]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    args = t.prepare_queue(queue)
+    conn = pika.BlockingConnection(_params(t))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True, arguments=args)
+    body = b"x" * size
+    ch.confirm_delivery()
+    for _ in range(n):
+        ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+    ch.basic_qos(prefetch_count=100)
+    got = 0
+    t0 = time.perf_counter()
+
+    def on_message(c: Any, method: Any, props: Any, b: bytes) -> None:
+        nonlocal got
+        c.basic_ack(method.delivery_tag)
+        got += 1
+        if got >= n:
+            c.stop_consuming()
+
+    ch.basic_consume(queue, on_message)
+    stop = threading.Timer(120, lambda: conn.add_callback_threadsafe(ch.stop_consuming))
+    stop.start()
+    ch.start_consuming()
+    stop.cancel()
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    _cleanup(t, queue)
+    return {"msgs_per_s": got / elapsed}
+
+
+def _fill(t: Target, queue: str, args: dict[str, Any], n: int, size: int) -> None:
+    conn = pika.BlockingConnection(_params(t))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True, arguments=args)
+    ch.confirm_delivery()
+    body = b"x" * size
+    for _ in range(n):
+        ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+    conn.close()
+
+
+def aiopika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, float]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    args = t.prepare_queue(queue)
+    _fill(t, queue, args, n, size)
+
+    async def main() -> float:
+        conn = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{t.port}/")
+        async with conn:
+            ch = await conn.channel()
+            await ch.set_qos(prefetch_count=100)
+            q = await ch.declare_queue(queue, durable=True, arguments=args)
+            got = 0
+            t0 = time.perf_counter()
+            async with q.iterator() as it:
+                async for message in it:
+                    await message.ack()
+                    got += 1
+                    if got >= n:
+                        break
+            return time.perf_counter() - t0
+
+    elapsed = asyncio.run(asyncio.wait_for(main(), 120))
+    _cleanup(t, queue)
+    return {"msgs_per_s": n / elapsed}
+
+
+def pika_e2e_latency(t: Target, n: int, size: int, window: int) -> dict[str, float]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    args = t.prepare_queue(queue)
+    n = min(n, 500)
+    cconn = pika.BlockingConnection(_params(t))
+    cch = cconn.channel()
+    cch.queue_declare(queue, durable=True, arguments=args)
+    lat: list[float] = []
+    arrived = threading.Event()
+
+    def on_message(c: Any, method: Any, props: Any, b: bytes) -> None:
+        lat.append(time.perf_counter() - float(b.split(b"|", 1)[0]))
+        c.basic_ack(method.delivery_tag)
+        arrived.set()
+        if len(lat) >= n:
+            c.stop_consuming()
+
+    cch.basic_qos(prefetch_count=100)
+    cch.basic_consume(queue, on_message)
+    th = threading.Thread(target=cch.start_consuming, daemon=True)
+    th.start()
+    pconn = pika.BlockingConnection(_params(t))
+    pch = pconn.channel()
+    pch.confirm_delivery()
+    pad = b"x" * max(0, size - 20)
+    for _ in range(n):
+        arrived.clear()
+        pch.basic_publish("", queue, f"{time.perf_counter():.9f}|".encode() + pad,
+                          pika.BasicProperties(delivery_mode=2))
+        arrived.wait(10)
+    th.join(30)
+    pconn.close()
+    cconn.close()
+    _cleanup(t, queue)
+    lat.sort()
+    return {"p50_ms": lat[len(lat) // 2] * 1e3, "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1e3}
+
+
+PROGRAMS: dict[str, tuple[Callable[..., dict[str, float]], dict[str, str]]] = {
+    "pika_publish_confirm": (pika_publish_confirm, {"msgs_per_s": "msgs/s"}),
+    "aiopika_publish_confirm": (aiopika_publish_confirm, {"msgs_per_s": "msgs/s"}),
+    "pika_consume_ack": (pika_consume_ack, {"msgs_per_s": "msgs/s"}),
+    "aiopika_consume_ack": (aiopika_consume_ack, {"msgs_per_s": "msgs/s"}),
+    "pika_e2e_latency": (pika_e2e_latency, {"p50_ms": "ms", "p99_ms": "ms"}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("-n", type=int, default=2000, help="messages per run")
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--window", type=int, default=100, help="aio-pika publishes in flight")
+    p.add_argument("--targets", default="tidemq,rabbitmq",
+                   help="tidemq (durability always), tidemq-interval (the default "
+                        "durability), rabbitmq (quorum queues)")
+    p.add_argument("--programs", default=",".join(PROGRAMS))
+    a = p.parse_args(argv)
+    targets: list[Target] = []
+    try:
+        for target_name in a.targets.split(","):
+            if target_name == "rabbitmq" and not _reachable(*RABBIT):
+                print("rabbitmq: not reachable on 127.0.0.1:5672, skipped", file=sys.stderr)
+                continue
+            targets.append(RabbitMQ() if target_name == "rabbitmq"
+                           else TideMQ(durability="interval")
+                           if target_name == "tidemq-interval" else TideMQ())
+        # Runs interleave the targets (run 1 of each, then run 2 ...): this machine is
+        # shared, and a load that comes and goes then falls on every target alike.
+        results: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for _ in range(a.runs):
+            for prog in a.programs.split(","):
+                for target in targets:
+                    fn, _units = PROGRAMS[prog]
+                    result = fn(target, a.n, a.size, a.window)
+                    result["loadavg"] = os.getloadavg()[0]
+                    results.setdefault((prog, target.name), []).append(result)
+        for (prog, name), runs in results.items():
+            for key, unit in PROGRAMS[prog][1].items():
+                values = [r[key] for r in runs]
+                print(json.dumps({
+                    "bench": "amqp", "figure": f"{prog}.{key}.{name}", "unit": unit,
+                    "median": round(statistics.median(values), 4),
+                    "min": round(min(values), 4), "max": round(max(values), 4),
+                    "runs": len(values), "n": a.n, "size": a.size,
+                    "cpu_count": os.cpu_count(),
+                    # the mean of the 1-minute load average after each of its runs
+                    "loadavg_1m": round(statistics.mean(r["loadavg"] for r in runs), 2)}),
+                    flush=True)
+    finally:
+        for target in targets:
+            target.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,451 @@
+"""AMQP's model on TideMQ's (SPEC §5, docs/amqp.md): exchanges, queues and bindings.
+
+- an **exchange** is a topic (named as the exchange when that is a valid topic name);
+- a **queue** is a group: on its own topic (``amqp.q.<queue>``, where the default exchange
+  puts what is published to the queue's name) and on the topic of each exchange it is bound to;
+- a **binding** is that group's filter: the queue's binding keys to one exchange ORed as
+  routing-key patterns (AMQP topic patterns are TideMQ's), none for fanout, header conditions
+  for a headers exchange. A group made by a binding starts at the topic's end, so a queue sees
+  only what is published after it was bound, as in RabbitMQ.
+
+The catalogue (exchange types, queue flags and arguments, bindings) is kept as one JSON
+document in the broker's metadata store (atomic write). Queues that do not outlive their
+declarer (exclusive, auto-delete, non-durable) are in it too, so that after a restart their
+groups and topics are found and deleted, as RabbitMQ forgets them.
+
+Everything here runs on the server's event loop and calls the broker synchronously.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from ..broker import Backoff, GroupSettings
+from ..broker._filters import Filter, compile_filter
+from ..broker._matcher import check_pattern
+from ..broker._names import MAX_GROUP_NAME
+from ..broker._types import MAX_ACK_TIMEOUT, MAX_DELIVERIES
+from ..errors import InvalidFilter, TideMQError, UnknownGroup, UnknownTopic
+from ..server._fronts import Backend
+from ..storage import MetaStore
+from ._errors import AmqpError
+
+__all__ = ["Catalogue", "Exchange", "Queue", "EXCHANGE_TYPES", "QUEUE_ARGUMENTS"]
+
+log = logging.getLogger("tidemq.amqp")
+
+META_NAME: Final = "amqp-catalogue.json"
+EXCHANGE_TYPES: Final = ("direct", "topic", "fanout", "headers")
+QUEUE_ARGUMENTS: Final = frozenset({
+    "x-dead-letter-exchange", "x-message-ttl", "x-max-priority", "x-delivery-limit",
+    "x-queue-type", "x-expires",
+})
+PREDECLARED: Final = {"amq.direct": "direct", "amq.topic": "topic", "amq.fanout": "fanout",
+                      "amq.headers": "headers", "amq.match": "headers"}
+_TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_MAX_NAME: Final = 150  # room for the "amqp.q." prefix and ".dlq" within a topic name
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def exchange_topic(name: str) -> str:
+    """The topic of exchange ``name``: the name itself when it is a valid topic name."""
+    if len(name) <= _MAX_NAME and _TOPIC_NAME.fullmatch(name):
+        return name
+    return f"amqp.x.h{_digest(name)}"
+
+
+def queue_topic(name: str) -> str:
+    """The queue's own topic (what the default exchange routes to it)."""
+    if len(name) <= _MAX_NAME and _TOPIC_NAME.fullmatch(name):
+        return f"amqp.q.{name}"
+    return f"amqp.q.h{_digest(name)}"
+
+
+def group_name(queue: str) -> str:
+    return queue if len(queue) <= MAX_GROUP_NAME else f"amqp-{_digest(queue)}"
+
+
+@dataclass
+class Exchange:
+    name: str
+    type: str
+    durable: bool = True
+    auto_delete: bool = False
+    internal: bool = False
+
+    @property
+    def topic(self) -> str:
+        return exchange_topic(self.name)
+
+
+@dataclass
+class Queue:
+    name: str
+    durable: bool = True
+    exclusive: bool = False
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+    # exchange name -> binding keys (or, for a headers exchange, a JSON of the header args)
+    bindings: dict[str, list[str]] = field(default_factory=dict)
+    owner: int | None = None  # the exclusive queue's connection (not stored)
+    consumers: int = 0  # consumers open on it (not stored)
+    had_consumer: bool = False  # auto-delete happens once the last one left
+    expiry: Any = None  # the x-expires timer handle (not stored)
+
+    @property
+    def topic(self) -> str:
+        return queue_topic(self.name)
+
+    @property
+    def group(self) -> str:
+        return group_name(self.name)
+
+    @property
+    def transient(self) -> bool:
+        return self.exclusive or self.auto_delete or not self.durable
+
+    def sources(self) -> list[tuple[str, str]]:
+        """(exchange name, topic) of every topic the queue's group reads: its own first."""
+        return [("", self.topic), *((x, exchange_topic(x)) for x in self.bindings)]
+
+
+class _Doc(msgspec.Struct):
+    exchanges: list[dict[str, Any]] = []
+    queues: list[dict[str, Any]] = []
+
+
+def check_queue_arguments(args: dict[str, Any]) -> dict[str, Any]:
+    """The x-arguments a queue keeps (ints and strings), or AmqpError 406 naming the problem."""
+    out: dict[str, Any] = {}
+    for k, v in (args or {}).items():
+        if k not in QUEUE_ARGUMENTS:
+            raise AmqpError(406, f"PRECONDITION_FAILED - queue argument {k!r} is not supported "
+                                 f"(supported: {', '.join(sorted(QUEUE_ARGUMENTS))})")
+        if k in ("x-message-ttl", "x-max-priority", "x-delivery-limit", "x-expires"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0 \
+                    or (k == "x-expires" and v == 0):
+                raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r}")
+            if k == "x-delivery-limit":
+                v = min(v, MAX_DELIVERIES - 1)
+            out[k] = int(v)
+        else:
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            if not isinstance(v, str):
+                raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r}")
+            out[k] = v
+    return out
+
+
+class Catalogue:
+    """Exchanges, queues and bindings, kept in step with the broker's topics and groups."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._b = backend
+        self.exchanges: dict[str, Exchange] = {
+            n: Exchange(n, t) for n, t in PREDECLARED.items()}
+        self.queues: dict[str, Queue] = {}
+        self._routes: dict[str, list[tuple[Queue, Filter | None]]] = {}
+        self._meta: MetaStore = backend.broker.meta
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the catalogue; forget (and delete the groups of) queues that did not outlive
+        the server run that declared them."""
+        raw = self._meta.get(META_NAME)
+        if raw is None:
+            return
+        try:
+            doc = msgspec.json.decode(raw, type=_Doc)
+        except msgspec.DecodeError:
+            log.error("ignoring an unreadable AMQP catalogue (%s)", META_NAME)
+            return
+        for x in doc.exchanges:
+            ex = Exchange(x["name"], x["type"], bool(x.get("durable", True)),
+                          bool(x.get("auto_delete", False)), bool(x.get("internal", False)))
+            if ex.durable:
+                self.exchanges[ex.name] = ex
+        stale = []
+        for q in doc.queues:
+            queue = Queue(q["name"], bool(q.get("durable", True)), bool(q.get("exclusive")),
+                          bool(q.get("auto_delete")), dict(q.get("arguments", {})),
+                          {k: list(v) for k, v in q.get("bindings", {}).items()})
+            if queue.transient:
+                stale.append(queue)
+            else:
+                self.queues[queue.name] = queue
+        for queue in stale:
+            self._drop_groups(queue)
+        if stale:
+            self.save()
+        self._routes.clear()
+
+    def save(self) -> None:
+        doc = _Doc(
+            exchanges=[{"name": x.name, "type": x.type, "durable": x.durable,
+                        "auto_delete": x.auto_delete, "internal": x.internal}
+                       for x in self.exchanges.values() if x.name not in PREDECLARED],
+            queues=[{"name": q.name, "durable": q.durable, "exclusive": q.exclusive,
+                     "auto_delete": q.auto_delete, "arguments": q.arguments,
+                     "bindings": q.bindings} for q in self.queues.values()])
+        self._meta.put(META_NAME, msgspec.json.encode(doc))
+
+    # --- exchanges ---------------------------------------------------------------------------
+
+    def exchange(self, name: str) -> Exchange:
+        ex = self.exchanges.get(name)
+        if ex is None:
+            raise AmqpError(404, f"NOT_FOUND - no exchange '{name}' in vhost '/'")
+        return ex
+
+    def declare_exchange(self, name: str, kind: str, *, passive: bool, durable: bool,
+                         auto_delete: bool, internal: bool) -> Exchange:
+        if passive:
+            return self.exchange(name)
+        if name == "" or name.startswith("amq.") and name not in self.exchanges:
+            raise AmqpError(403, f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
+                                 "prefix 'amq.*'")
+        if kind not in EXCHANGE_TYPES:
+            raise AmqpError(503, f"COMMAND_INVALID - unknown exchange type '{kind}' "
+                                 f"(supported: {', '.join(EXCHANGE_TYPES)})", connection=True)
+        ex = self.exchanges.get(name)
+        if ex is not None:
+            if ex.type != kind or (ex.durable != durable and name not in PREDECLARED):
+                raise AmqpError(406, f"PRECONDITION_FAILED - inequivalent arg 'type' or "
+                                     f"'durable' for exchange '{name}' in vhost '/': received "
+                                     f"'{kind}' but current is '{ex.type}'")
+            return ex
+        ex = self.exchanges[name] = Exchange(name, kind, durable, auto_delete, internal)
+        self.save()
+        return ex
+
+    def delete_exchange(self, name: str, *, if_unused: bool) -> None:
+        ex = self.exchange(name)
+        if name in PREDECLARED:
+            raise AmqpError(403, f"ACCESS_REFUSED - cannot delete exchange '{name}'")
+        bound = [q for q in self.queues.values() if name in q.bindings]
+        if if_unused and bound:
+            raise AmqpError(406, f"PRECONDITION_FAILED - exchange '{name}' in use")
+        for q in bound:
+            del q.bindings[name]
+            self._routes.pop(name, None)
+        del self.exchanges[name]
+        b = self._b
+        try:
+            b.broker.delete_topic(ex.topic, now_us=b.now_us())
+            b.end_topic(ex.topic)
+        except UnknownTopic:
+            pass
+        self._routes.pop(name, None)
+        self.save()
+
+    # --- queues ------------------------------------------------------------------------------
+
+    def queue(self, name: str) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise AmqpError(404, f"NOT_FOUND - no queue '{name}' in vhost '/'")
+        return q
+
+    def settings(self, q: Queue, filter_: dict[str, Any] | None, start: str) -> GroupSettings:
+        args = q.arguments
+        dlx = args.get("x-dead-letter-exchange")
+        limit = args.get("x-delivery-limit")
+        return GroupSettings(
+            mode="shared", filter=filter_, start=start, ack_timeout=MAX_ACK_TIMEOUT,
+            max_deliveries=MAX_DELIVERIES if limit is None else limit + 1,
+            backoff=Backoff(0.0, 1.0, 0.0),
+            dead_letter_topic=exchange_topic(dlx) if dlx else None)
+
+    def declare_queue(self, q: Queue) -> Queue:
+        """Create the queue's topic and group (or find them)."""
+        b = self._b
+        now = b.now_us()
+        b.broker.create_topic(q.topic, None, now_us=now, exist_ok=True)
+        try:
+            b.broker.create_group(q.topic, q.group, self.settings(q, None, "earliest"),
+                                  now_us=now)
+        except TideMQError as exc:
+            if type(exc).__name__ != "GroupSettingsMismatch":
+                raise
+            b.broker.update_group(q.topic, q.group, self.settings(q, None, "earliest"),
+                                  now_us=now, mono_us=b.mono_us())
+        self.queues[q.name] = q
+        self.save()
+        return q
+
+    def delete_queue(self, q: Queue) -> int:
+        """Delete the queue's groups and its topic; returns the messages it held."""
+        count = self.message_count(q)
+        self.queues.pop(q.name, None)
+        if q.expiry is not None:
+            q.expiry.cancel()
+        self._drop_groups(q)
+        for x in q.bindings:
+            self._routes.pop(x, None)
+        self.save()
+        return count
+
+    def _drop_groups(self, q: Queue) -> None:
+        b = self._b
+        now = b.now_us()
+        for x, topic in q.sources():
+            try:
+                if x == "":
+                    b.broker.delete_topic(topic, now_us=now)
+                    b.end_topic(topic)
+                else:
+                    b.broker.delete_group(topic, q.group, now_us=now)
+            except (UnknownTopic, UnknownGroup):
+                pass
+            except TideMQError as exc:
+                log.warning("deleting queue %r: %s", q.name, exc)
+
+    def message_count(self, q: Queue) -> int:
+        n = 0
+        for _, topic in q.sources():
+            try:
+                info = self._b.broker.describe_group(topic, q.group)
+            except TideMQError:
+                continue
+            n += max(0, info.lag - info.in_flight)
+        return n
+
+    def purge(self, q: Queue) -> int:
+        b = self._b
+        n = self.message_count(q)
+        for _, topic in q.sources():
+            try:
+                b.broker.reset_group(topic, q.group, "latest", now_us=b.now_us())
+            except TideMQError:
+                pass
+        return n
+
+    # --- bindings ----------------------------------------------------------------------------
+
+    def bind(self, q: Queue, ex: Exchange, key: str, args: dict[str, Any]) -> bool:
+        """Add a binding; True when it is new (the queue then reads one more topic, or its
+        filter there changed)."""
+        entry = _binding_entry(ex, key, args)
+        keys = q.bindings.get(ex.name)
+        if keys is not None and entry in keys:
+            return False
+        new = [*(keys or []), entry]
+        spec = _filter_of(ex, new)
+        b = self._b
+        now = b.now_us()
+        b.broker.create_topic(ex.topic, None, now_us=now, exist_ok=True)
+        if keys is None:
+            try:
+                b.broker.create_group(ex.topic, q.group, self.settings(q, spec, "latest"),
+                                      now_us=now)
+            except TideMQError as exc:
+                if type(exc).__name__ != "GroupSettingsMismatch":
+                    raise
+                keys = []  # left by an earlier run: take it over with these settings
+        if keys is not None:
+            b.broker.update_group(ex.topic, q.group, self.settings(q, spec, "latest"),
+                                  now_us=now, mono_us=b.mono_us())
+        q.bindings[ex.name] = new
+        self._routes.pop(ex.name, None)
+        self.save()
+        return True
+
+    def unbind(self, q: Queue, ex: Exchange, key: str, args: dict[str, Any]) -> bool:
+        """Remove a binding; True when the queue no longer reads the exchange's topic."""
+        entry = _binding_entry(ex, key, args)
+        keys = q.bindings.get(ex.name)
+        if keys is None or entry not in keys:
+            return False
+        keys = [k for k in keys if k != entry]
+        b = self._b
+        self._routes.pop(ex.name, None)
+        if not keys:
+            del q.bindings[ex.name]
+            try:
+                b.broker.delete_group(ex.topic, q.group, now_us=b.now_us())
+            except (UnknownTopic, UnknownGroup):
+                pass
+            self.save()
+            return True
+        q.bindings[ex.name] = keys
+        b.broker.update_group(ex.topic, q.group, self.settings(q, _filter_of(ex, keys),
+                                                               "latest"),
+                              now_us=b.now_us(), mono_us=b.mono_us())
+        self.save()
+        return False
+
+    def routes(self, ex: Exchange) -> list[tuple[Queue, Filter | None]]:
+        """The queues bound to ``ex`` with their compiled filters (cached)."""
+        hit = self._routes.get(ex.name)
+        if hit is None:
+            hit = []
+            for q in self.queues.values():
+                keys = q.bindings.get(ex.name)
+                if keys:
+                    spec = _filter_of(ex, keys)
+                    hit.append((q, None if spec is None else compile_filter(spec)))
+            self._routes[ex.name] = hit
+        return hit
+
+    def route(self, ex: Exchange, routing_key: str, headers: dict[str, str] | None) \
+            -> list[Queue]:
+        return [q for q, f in self.routes(ex) if f is None or f.matches(routing_key, headers)]
+
+
+def _binding_entry(ex: Exchange, key: str, args: dict[str, Any]) -> str:
+    if ex.type == "fanout":
+        return ""
+    if ex.type == "headers":
+        conds = {str(k): _header_text(v) for k, v in (args or {}).items()
+                 if not str(k).startswith("x-")}
+        match = args.get("x-match", "all") if args else "all"
+        if isinstance(match, bytes):
+            match = match.decode()
+        if match not in ("all", "any"):
+            raise AmqpError(406, "PRECONDITION_FAILED - x-match must be 'all' or 'any'")
+        if match == "any" and len(conds) > 1:
+            raise AmqpError(540, "NOT_IMPLEMENTED - a headers binding with x-match 'any' and "
+                                 "more than one header (TideMQ filters AND their headers)")
+        return msgspec.json.encode(conds).decode()
+    try:
+        check_pattern(key)
+    except InvalidFilter as exc:
+        if ex.type == "direct" and key == "":
+            raise AmqpError(540, "NOT_IMPLEMENTED - a direct binding with an empty key (use "
+                                 "a fanout exchange)") from None
+        raise AmqpError(406, f"PRECONDITION_FAILED - binding key {key!r}: {exc}") from None
+    if ex.type == "direct" and ("*" in key.split(".") or "#" in key.split(".")):
+        raise AmqpError(540, f"NOT_IMPLEMENTED - direct binding key {key!r} has a '*' or '#' "
+                             "word, which TideMQ filters read as a pattern")
+    return key
+
+
+def _header_text(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _filter_of(ex: Exchange, keys: list[str]) -> dict[str, Any] | None:
+    if ex.type == "fanout":
+        return None
+    if ex.type == "headers":
+        if len(set(keys)) > 1:
+            raise AmqpError(540, "NOT_IMPLEMENTED - more than one headers binding between "
+                                 "one queue and one exchange")
+        conds = msgspec.json.decode(keys[0].encode())
+        return {"headers": {k: [v] for k, v in conds.items()}} if conds else None
+    return {"routing_key": list(dict.fromkeys(keys))}

@@ -1,0 +1,113 @@
+"""AMQP message properties <-> TideMQ record fields.
+
+A record's headers are strings; AMQP properties are typed (a field table may nest tables,
+decimals, timestamps, byte strings). So the properties travel whole, encoded as AMQP encodes
+them (pamqp's content-header encoding, base64), in the record header ``amqp.p``, and come back
+unchanged on delivery. Beside it, each scalar entry of the ``headers`` table is copied as a
+plain record header (so header filters — headers exchanges — and TideMQ's own consumers see
+them); ``priority`` becomes the record's priority (0..9, higher values are 9) and
+``expiration`` (ms) its time to live. A record published by a TideMQ client (no ``amqp.p``)
+is delivered with its headers as the ``headers`` table.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Final
+
+from pamqp import commands, header
+
+from ..broker._limits import MAX_HEADERS
+
+__all__ = ["PROPS_HEADER", "to_record", "from_record", "raw_properties"]
+
+PROPS_HEADER: Final = "amqp.p"
+Properties = commands.Basic.Properties
+_EMPTY: Final = Properties()
+_COPIED_HEADERS: Final = MAX_HEADERS // 2
+_MAX_COPIED_VALUE: Final = 1024
+
+
+def to_record(props: Properties | None, raw: bytes | None = None) \
+        -> tuple[dict[str, str] | None, int, int]:
+    """``(record headers, priority, ttl µs)`` for a published message's properties; ``raw``:
+    their encoding as received (flags and values), stored as it is."""
+    if props is None:
+        return None, 0, 0
+    if raw is None:
+        raw = header.ContentHeader(0, 0, props).marshal()[12:]
+    if len(raw) <= 2 and not any(raw):  # no property set: the flags word only
+        return None, 0, 0
+    headers: dict[str, str] = {}
+    table = props.headers
+    if table:
+        for k, v in list(table.items())[:_COPIED_HEADERS]:
+            text = _scalar(v)
+            if text is not None and k != PROPS_HEADER and len(text) <= _MAX_COPIED_VALUE:
+                headers[str(k)] = text
+    # "<n>:<base64>": n headers were copied beside it (a record with more has others, e.g.
+    # a dead letter's, which delivery adds to the table).
+    headers[PROPS_HEADER] = f"{len(headers)}:{base64.b64encode(raw).decode('ascii')}"
+    priority = min(max(int(props.priority or 0), 0), 9)
+    ttl_us = 0
+    if props.expiration:
+        try:
+            ttl_us = max(int(props.expiration), 0) * 1000 or 1
+        except ValueError:
+            ttl_us = 0
+    return headers, priority, ttl_us
+
+
+def _scalar(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str | int | float):
+        return str(v)
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def raw_properties(headers: dict[str, str], priority: int) -> bytes:
+    """The encoded properties (flags and values) to deliver a record with: as published when
+    the record has no other headers (no decoding), else :func:`from_record` encoded."""
+    raw = headers.get(PROPS_HEADER) if headers else None
+    if raw is not None:
+        n, _, data = raw.partition(":")
+        if n.isdigit() and len(headers) == int(n) + 1:
+            try:
+                return base64.b64decode(data)
+            except (binascii.Error, ValueError):
+                pass
+    elif not headers and not priority:
+        return b"\x00\x00"
+    return bytes(from_record(headers, priority).marshal())
+
+
+def from_record(headers: dict[str, str], priority: int) -> Properties:
+    """The properties to deliver a record with."""
+    raw = headers.get(PROPS_HEADER) if headers else None
+    props: Properties | None = None
+    if raw is not None:
+        try:
+            ch = header.ContentHeader()
+            ch.unmarshal(b"\x00\x3c\x00\x00" + bytes(8)
+                         + base64.b64decode(raw.partition(":")[2]))
+            props = ch.properties
+        except (binascii.Error, ValueError, IndexError, TypeError):
+            props = None
+    if props is None:
+        props = Properties()
+        if priority:
+            props.priority = priority
+    if headers and (len(headers) > 1 or raw is None):
+        table = dict(props.headers or {})
+        for k, v in headers.items():
+            if k != PROPS_HEADER and k not in table:
+                table[k] = v
+        props.headers = table
+    return props

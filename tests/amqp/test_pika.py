@@ -1,0 +1,457 @@
+"""pika BlockingConnection against the AMQP front: confirms, consume, ack / nack / reject, get,
+qos, mandatory returns, x-arguments, errors with RabbitMQ's reply codes."""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from .conftest import InProcess, unique
+
+
+@pytest.fixture
+def channel(amqp_server: InProcess):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp_server.port))
+    try:
+        yield conn.channel()
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def _get(ch, queue: str, tries: int = 50):
+    for _ in range(tries):
+        m, p, b = ch.basic_get(queue)
+        if m is not None:
+            return m, p, b
+        time.sleep(0.02)
+    return None, None, None
+
+
+def test_server_properties_name_tidemq(amqp_server: InProcess) -> None:
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp_server.port))
+    try:
+        props = conn._impl.server_properties
+        assert props["product"] == b"TideMQ" or props["product"] == "TideMQ"
+        assert props["capabilities"]["publisher_confirms"]
+    finally:
+        conn.close()
+
+
+def test_publish_with_confirms_then_get(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q, durable=True)
+    channel.confirm_delivery()
+    props = pika.BasicProperties(content_type="text/plain", headers={"n": 1, "s": "x"},
+                                 message_id="m1", correlation_id="c1", reply_to="r1",
+                                 priority=3, delivery_mode=2)
+    channel.basic_publish("", q, b"one", props)
+    m, p, b = _get(channel, q)
+    assert b == b"one" and not m.redelivered and m.exchange == "" and m.routing_key == q
+    assert (p.content_type, p.message_id, p.correlation_id, p.reply_to, p.priority,
+            p.delivery_mode) == ("text/plain", "m1", "c1", "r1", 3, 2)
+    assert p.headers == {"n": 1, "s": "x"}
+    channel.basic_ack(m.delivery_tag)
+    assert channel.basic_get(q) == (None, None, None)  # get-empty
+
+
+def test_nack_requeue_comes_back_redelivered(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q)
+    channel.basic_publish("", q, b"x")
+    m, _, _ = _get(channel, q)
+    channel.basic_nack(m.delivery_tag, requeue=True)
+    m2, _, b = _get(channel, q)
+    assert b == b"x" and m2.redelivered
+    channel.basic_reject(m2.delivery_tag, requeue=True)
+    m3, _, _ = _get(channel, q)
+    channel.basic_ack(m3.delivery_tag)
+
+
+def test_reject_goes_to_dead_letter_exchange(channel) -> None:
+    dlx, dlq, q = unique("dlx"), unique("dlq"), unique("q")
+    channel.exchange_declare(dlx, "fanout")
+    channel.queue_declare(dlq)
+    channel.queue_bind(dlq, dlx)
+    channel.queue_declare(q, arguments={"x-dead-letter-exchange": dlx})
+    channel.basic_publish("", q, b"poison")
+    m, _, _ = _get(channel, q)
+    channel.basic_reject(m.delivery_tag, requeue=False)
+    m, p, b = _get(channel, dlq)
+    assert b == b"poison"
+    channel.basic_ack(m.delivery_tag)
+
+
+def test_delivery_limit_dead_letters(channel) -> None:
+    dlx, dlq, q = unique("dlx"), unique("dlq"), unique("q")
+    channel.exchange_declare(dlx, "fanout")
+    channel.queue_declare(dlq)
+    channel.queue_bind(dlq, dlx)
+    channel.queue_declare(q, arguments={"x-dead-letter-exchange": dlx, "x-delivery-limit": 1,
+                                        "x-queue-type": "quorum"})
+    channel.basic_publish("", q, b"twice")
+    for _ in range(2):
+        m, _, _ = _get(channel, q)
+        channel.basic_nack(m.delivery_tag, requeue=True)
+    m, _, b = _get(channel, dlq)
+    assert b == b"twice"
+
+
+def test_consume_with_prefetch_and_multiple_ack(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q)
+    for i in range(10):
+        channel.basic_publish("", q, str(i).encode())
+    channel.basic_qos(prefetch_count=3)
+    got = []
+    for method, _, body in channel.consume(q, inactivity_timeout=2):
+        if method is None:
+            break
+        got.append((method.delivery_tag, body))
+        # At most 3 unacked: ack every third with multiple=True.
+        if len(got) % 3 == 0 or len(got) == 10:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+        if len(got) == 10:
+            break
+    channel.cancel()
+    assert [b for _, b in got] == [str(i).encode() for i in range(10)]
+
+
+def test_queue_declared_after_publish_sees_only_later(channel) -> None:
+    ex, q = unique("ex"), unique("q")
+    channel.exchange_declare(ex, "topic")
+    channel.queue_declare(unique("early"))  # a first queue so the exchange has a topic
+    channel.basic_publish(ex, "a.b", b"before")
+    channel.queue_declare(q)
+    channel.queue_bind(q, ex, "a.#")
+    channel.basic_publish(ex, "a.b", b"after")
+    m, _, b = _get(channel, q)
+    assert b == b"after"
+    channel.basic_ack(m.delivery_tag)
+    assert channel.basic_get(q) == (None, None, None)
+
+
+def test_headers_exchange(channel) -> None:
+    ex, q = unique("hx"), unique("q")
+    channel.exchange_declare(ex, "headers")
+    channel.queue_declare(q)
+    channel.queue_bind(q, ex, arguments={"x-match": "all", "region": "eu"})
+    channel.basic_publish(ex, "", b"us", pika.BasicProperties(headers={"region": "us"}))
+    channel.basic_publish(ex, "", b"eu", pika.BasicProperties(headers={"region": "eu"}))
+    m, _, b = _get(channel, q)
+    assert b == b"eu"
+
+
+def test_mandatory_unroutable_is_returned(channel) -> None:
+    ex = unique("ex")
+    channel.exchange_declare(ex, "direct")
+    channel.confirm_delivery()
+    with pytest.raises(pika.exceptions.UnroutableError):
+        channel.basic_publish(ex, "nowhere", b"lost", mandatory=True)
+
+
+def test_purge_delete_and_counts(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q)
+    channel.confirm_delivery()
+    for _ in range(4):
+        channel.basic_publish("", q, b"x")
+    assert channel.queue_declare(q, passive=True).method.message_count == 4
+    assert channel.queue_purge(q).method.message_count == 4
+    assert channel.queue_declare(q, passive=True).method.message_count == 0
+    channel.basic_publish("", q, b"x")
+    assert channel.queue_delete(q).method.message_count == 1
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.queue_declare(q, passive=True)
+    assert err.value.reply_code == 404
+
+
+def test_recover_redelivers_unacked(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q)
+    channel.basic_publish("", q, b"x")
+    m, _, _ = _get(channel, q)
+    channel.basic_recover(requeue=True)
+    m2, _, b = _get(channel, q)
+    assert b == b"x" and m2.redelivered
+
+
+def test_unknown_x_argument_is_406(channel) -> None:
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.queue_declare(unique("q"), arguments={"x-overflow": "reject-publish"})
+    assert err.value.reply_code == 406
+
+
+def test_unknown_exchange_is_404(channel) -> None:
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.queue_bind(unique("none"), unique("nope"))
+    assert err.value.reply_code == 404
+
+
+def test_exclusive_queue_is_locked_and_goes_with_its_connection(amqp_server: InProcess) -> None:
+    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
+    owner = pika.BlockingConnection(params)
+    other = pika.BlockingConnection(params)
+    try:
+        q = owner.channel().queue_declare("", exclusive=True).method.queue
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            other.channel().basic_consume(q, lambda *a: None)
+        assert err.value.reply_code == 405
+        owner.close()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            other.channel().queue_declare(q, passive=True)
+        assert err.value.reply_code == 404
+    finally:
+        for c in (owner, other):
+            if c.is_open:
+                c.close()
+
+
+def test_unacked_go_back_when_the_connection_closes(amqp_server: InProcess) -> None:
+    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
+    q = unique("q")
+    a = pika.BlockingConnection(params)
+    ch = a.channel()
+    ch.queue_declare(q)
+    ch.basic_publish("", q, b"x")
+    m, _, _ = _get(ch, q)
+    assert m is not None
+    a.close()
+    b = pika.BlockingConnection(params)
+    try:
+        m, _, body = _get(b.channel(), q)
+        assert body == b"x" and m.redelivered
+    finally:
+        b.close()
+
+
+def test_bad_login_is_refused(amqp_server: InProcess) -> None:
+    creds = pika.PlainCredentials("guest", "wrong")
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp_server.port,
+                                                          credentials=creds))
+
+
+def test_message_ttl_expires(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q, arguments={"x-message-ttl": 50})
+    channel.basic_publish("", q, b"short")
+    channel.basic_publish("", q, b"shorter", pika.BasicProperties(expiration="10"))
+    time.sleep(0.3)
+    assert channel.basic_get(q) == (None, None, None)
+
+
+def test_large_message_spans_many_frames(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q)
+    body = bytes(range(256)) * 3000  # 768 000 bytes: several body frames each way
+    channel.confirm_delivery()
+    channel.basic_publish("", q, body)
+    m, _, got = _get(channel, q)
+    assert got == body
+
+
+def test_select_connection(amqp_server: InProcess) -> None:
+    """pika's callback-style SelectConnection: declare, confirm, consume, ack, close."""
+    q = unique("sel")
+    state: dict[str, object] = {"got": None, "confirmed": 0}
+
+    def on_open(conn):
+        conn.channel(on_open_callback=on_channel)
+
+    def on_channel(ch):
+        state["ch"] = ch
+        ch.confirm_delivery(lambda frame: state.__setitem__("confirmed", 1))
+        ch.queue_declare(q, callback=lambda _: on_declared(ch))
+
+    def on_declared(ch):
+        ch.basic_consume(q, on_message)
+        ch.basic_publish("", q, b"selected")
+
+    def on_message(ch, method, props, body):
+        state["got"] = body
+        ch.basic_ack(method.delivery_tag)
+        ch.connection.close()
+
+    conn = pika.SelectConnection(pika.ConnectionParameters("127.0.0.1", amqp_server.port),
+                                 on_open_callback=on_open,
+                                 on_close_callback=lambda *a: conn.ioloop.stop())
+    timer = conn.ioloop.call_later(15, conn.ioloop.stop)
+    conn.ioloop.start()
+    conn.ioloop.remove_timeout(timer)
+    conn.ioloop.close()
+    assert state["got"] == b"selected" and state["confirmed"] == 1
+
+
+def test_unacked_of_a_consumer_go_back_when_its_channel_closes(amqp_server: InProcess) -> None:
+    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
+    q = unique("q")
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q)
+        ch.basic_publish("", q, b"held")
+        for _, _, body in ch.consume(q, inactivity_timeout=5):
+            assert body == b"held"
+            break
+        ch.close()  # no ack: the message goes back to the queue at once
+        m, _, body = _get(conn.channel(), q)
+        assert body == b"held" and m.redelivered
+    finally:
+        conn.close()
+
+
+def test_cancel_with_unacked_keeps_them_ackable(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q)
+    channel.basic_publish("", q, b"a")
+    tag = None
+    for method, _, _ in channel.consume(q, inactivity_timeout=5):
+        tag = method.delivery_tag
+        break
+    channel.cancel()
+    channel.basic_ack(tag)
+    assert channel.queue_declare(q, passive=True).method.message_count == 0
+    assert channel.basic_get(q) == (None, None, None)
+
+
+def test_full_backlog_blocks_the_publisher_until_there_is_room(amqp_server: InProcess) -> None:
+    """A topic at its backlog limit with policy block: the publish waits (its connection is
+    not read) and goes through, confirmed, once a consumer made room; with policy reject it
+    is nacked."""
+    import threading
+
+    from tidemq.broker import TopicConfig
+
+    q, r = unique("blocked"), unique("rejecting")
+    srv = amqp_server.server
+    assert srv is not None
+    amqp_server.run(lambda: srv.broker.create_topic(
+        f"amqp.q.{q}", TopicConfig(backlog_limit=2, backlog_policy="block"), now_us=srv.now_us()))
+    amqp_server.run(lambda: srv.broker.create_topic(
+        f"amqp.q.{r}", TopicConfig(backlog_limit=1, backlog_policy="reject"),
+        now_us=srv.now_us()))
+    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
+    pub = pika.BlockingConnection(params)
+    con = pika.BlockingConnection(params)
+    try:
+        pch = pub.channel()
+        pch.queue_declare(q)
+        pch.confirm_delivery()
+        pch.basic_publish("", q, b"1")
+        pch.basic_publish("", q, b"2")
+        done = threading.Event()
+
+        def third() -> None:
+            pch.basic_publish("", q, b"3")  # returns once confirmed
+            done.set()
+
+        t = threading.Thread(target=third)
+        t.start()
+        assert not done.wait(0.5)  # held: the backlog is full
+        cch = con.channel()
+        m, _, body = _get(cch, q)
+        cch.basic_ack(m.delivery_tag)
+        assert done.wait(10)
+        t.join(10)
+        bodies = []
+        for _ in range(2):
+            m, _, body = _get(cch, q)
+            bodies.append(body)
+            cch.basic_ack(m.delivery_tag)
+        assert bodies == [b"2", b"3"]
+        pch.queue_declare(r)
+        pch.basic_publish("", r, b"fits")
+        with pytest.raises(pika.exceptions.NackError):
+            pch.basic_publish("", r, b"no room")
+    finally:
+        pub.close()
+        con.close()
+
+
+def test_auto_delete_queue_goes_with_its_last_consumer(channel) -> None:
+    q = unique("auto")
+    channel.queue_declare(q, auto_delete=True)
+    tag = channel.basic_consume(q, lambda *a: None)
+    channel.basic_cancel(tag)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.queue_declare(q, passive=True)
+    assert err.value.reply_code == 404
+
+
+def test_x_expires_deletes_an_unused_queue(channel) -> None:
+    q = unique("expiring")
+    channel.queue_declare(q, arguments={"x-expires": 200})
+    channel.connection.sleep(0.8)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.queue_declare(q, passive=True)
+    assert err.value.reply_code == 404
+
+
+def test_channel_flow_pauses_deliveries(channel) -> None:
+    q = unique("flow")
+    channel.queue_declare(q)
+    got: list[bytes] = []
+    channel.basic_consume(q, lambda ch, m, p, b: got.append(b), auto_ack=True)
+    channel._impl.flow(False, lambda active: None)
+    channel.connection.sleep(0.2)
+    channel.basic_publish("", q, b"later")
+    channel.connection.sleep(0.3)
+    assert got == []
+    channel._impl.flow(True, lambda active: None)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        channel.connection.sleep(0.05)
+    assert got == [b"later"]
+
+
+def test_message_over_the_topics_limit(channel) -> None:
+    """Larger than the topic's max_message_bytes (1 MiB by default): nacked under confirms;
+    without confirms the channel is closed with 406, as RabbitMQ does."""
+    q = unique("big")
+    channel.queue_declare(q)
+    channel.confirm_delivery()
+    channel.basic_publish("", q, b"small")
+    with pytest.raises(pika.exceptions.NackError):
+        channel.basic_publish("", q, b"x" * (2 << 20))
+    assert channel.queue_declare(q, passive=True).method.message_count == 1
+    conn = channel.connection
+    ch2 = conn.channel()
+    ch2.basic_publish("", q, b"x" * (2 << 20))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        ch2.queue_declare(q, passive=True)
+    assert err.value.reply_code == 406
+
+
+def test_one_queue_bound_to_two_exchanges_while_consuming(channel) -> None:
+    """A consumer already open gets messages of an exchange bound after it started; an
+    unbind stops them; the queue's own (default-exchange) messages keep coming."""
+    a, b, q = unique("xa"), unique("xb"), unique("q")
+    channel.exchange_declare(a, "topic")
+    channel.exchange_declare(b, "fanout")
+    channel.queue_declare(q)
+    channel.queue_bind(q, a, "k.#")
+    got: list[tuple[str, bytes]] = []
+    channel.basic_consume(q, lambda ch, m, p, body: got.append((m.exchange, body)),
+                          auto_ack=True)
+    channel.basic_publish(a, "k.1", b"from a")
+    channel.queue_bind(q, b)  # while consuming
+    channel.basic_publish(b, "", b"from b")
+    channel.basic_publish("", q, b"direct")
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(got) < n and time.monotonic() < deadline:
+            channel.connection.sleep(0.05)
+
+    wait_for(3)
+    assert sorted(got) == [("", b"direct"), (a, b"from a"), (b, b"from b")]
+    channel.queue_unbind(q, b)
+    channel.basic_publish(b, "", b"unbound")
+    channel.basic_publish(a, "k.2", b"still a")
+    wait_for(4)
+    channel.connection.sleep(0.2)
+    assert got[3:] == [(a, b"still a")]
