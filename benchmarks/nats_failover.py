@@ -3,7 +3,8 @@ stream leader while a producer and a consumer run through the TideMQ transport.
 
 Each run starts three ``nats-server`` processes on loopback ports (fresh store folders), creates
 an R3 topic, runs one producer (sequential publishes, each confirmed) and one shared-group
-consumer (receive, ack, flush every batch) through :func:`tidemq.backends.connect_nats`, kills
+consumer (receive, ack, flush every batch), each a thread with its own blocking
+``tidemq.Client("nats://...")`` (the cluster's three addresses in the URL), kills
 the leader of partition 0's stream with SIGKILL a few seconds in, keeps going, then drains and
 checks:
 
@@ -35,16 +36,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from tidemq.backends import NatsTransport, connect_nats  # noqa: E402
-from tidemq.broker._types import GroupSettings, TopicConfig  # noqa: E402
+import tidemq  # noqa: E402
+from tidemq.backends import connect_nats  # noqa: E402
 from tidemq.errors import TideMQError  # noqa: E402
-from tidemq.storage import Record  # noqa: E402
 
 NODES = 3
 
@@ -144,22 +145,35 @@ def _gap(times: list[float], start: float, end: float) -> float:
     return best
 
 
-async def one_run(run: int, args: argparse.Namespace) -> RunResult:
+async def _leader(url: str, prefix: str, topic: str) -> str:
+    """The current leader of partition 0's stream (asked through the transport)."""
+    t = await connect_nats(url, prefix=prefix, request_timeout=2.0)
+    try:
+        tm = await t.topic(topic)
+        info = await t.js.stream_info(tm.stream(t.prefix, 0))
+        return str((info.get("cluster") or {}).get("leader", ""))
+    finally:
+        await t.close()
+
+
+def one_run(run: int, args: argparse.Namespace) -> RunResult:
+    """One run: a producer thread and a consumer thread, each with its own blocking
+    ``tidemq.Client("nats://...")``, as an application would run them."""
     res = RunResult(run)
     root = Path(tempfile.mkdtemp(prefix="tidemq-failover-"))
     cluster = Cluster(args.server, args.base_port, root)
     cluster.start()
-    t: NatsTransport | None = None
+    clients: list[tidemq.Client] = []
+    prefix = f"fo{run}"
     try:
-        await _wait_ready(cluster.url)
-        t = await connect_nats(cluster.url, prefix=f"fo{run}", replicas=3, request_timeout=2.0,
-                               publish_timeout=30.0, pull_wait=0.5, owner_ttl=3.0,
-                               reconnect_time_wait=0.1)
+        asyncio.run(_wait_ready(cluster.url))
+        url = (f"{cluster.url}?prefix={prefix}&replicas=3&request_timeout=2&publish_timeout=30"
+               "&pull_wait=0.5&owner_ttl=3&reconnect_time_wait=0.1")
+        producer_mq, consumer_mq = tidemq.Client(url), tidemq.Client(url)
+        clients += [producer_mq, consumer_mq]
         topic = "failover.orders"
-        await t.create_topic(topic, TopicConfig(partitions=args.partitions), False)
-        tm = await t.topic(topic)
-        member = await t.subscribe(topic, "billing", GroupSettings(ack_timeout=5.0), 200)
-        stream0 = tm.stream(t.prefix, 0)
+        producer_mq.create_topic(topic, partitions=args.partitions)
+        sub = consumer_mq.subscribe(topic, "billing", ack_timeout=5.0, prefetch=200)
 
         confirmed: dict[bytes, float] = {}
         pub_times: list[float] = []
@@ -167,75 +181,70 @@ async def one_run(run: int, args: argparse.Namespace) -> RunResult:
         first_seen: dict[bytes, float] = {}
         deliver_times: list[float] = []
         acked_confirmed: set[bytes] = set()
-        stop_producing = asyncio.Event()
-        kill_time = 0.0
+        stop_producing, stop_consuming = threading.Event(), threading.Event()
 
-        async def produce() -> None:
+        def produce() -> None:
             n = 0
             while not stop_producing.is_set():
                 body = f"{n:08d}".encode()
                 try:
-                    assert t is not None
-                    await t.publish(topic, [Record(body)])
+                    producer_mq.publish(topic, body)
                 except TideMQError as exc:
                     res.publish_errors += 1
                     res.notes.append(f"publish {n}: {exc.message[:100]}")
-                    await asyncio.sleep(0.05)
+                    time.sleep(0.05)
                     continue
                 now = time.monotonic()
                 confirmed[body] = now
                 pub_times.append(now)
                 n += 1
 
-        async def consume(until: asyncio.Event) -> None:
-            assert t is not None
-            while not until.is_set():
+        def consume() -> None:
+            while not stop_consuming.is_set():
                 try:
-                    batch = await t.receive(member, 100, 0.25)
+                    batch = sub.receive(100, timeout=0.25)
                 except TideMQError as exc:
                     res.notes.append(f"receive: {exc.message[:100]}")
-                    await asyncio.sleep(0.1)
+                    time.sleep(0.1)
                     continue
                 if not batch:
                     continue
                 now = time.monotonic()
-                for d in batch:
-                    if d.body in acked_confirmed:
+                for m in batch:
+                    if m.body in acked_confirmed:
                         res.redelivered_after_confirmed_ack += 1
-                    elif d.body in delivered:
+                    elif m.body in delivered:
                         res.redelivered_other += 1
-                    delivered[d.body] = delivered.get(d.body, 0) + 1
-                    first_seen.setdefault(d.body, now)
+                    delivered[m.body] = delivered.get(m.body, 0) + 1
+                    first_seen.setdefault(m.body, now)
                     deliver_times.append(now)
                 try:
-                    await t.ack(member, [d.id for d in batch])
-                    await t.flush(member)
+                    sub.ack(batch)
+                    sub.flush()
                 except TideMQError:
                     continue  # not confirmed: those may come again (at-least-once)
-                acked_confirmed.update(d.body for d in batch)
+                acked_confirmed.update(m.body for m in batch)
 
-        done_consuming = asyncio.Event()
-        producer = asyncio.create_task(produce())
-        consumer = asyncio.create_task(consume(done_consuming))
-        await asyncio.sleep(args.kill_at)
-        info = await t.js.stream_info(stream0)
-        leader = (info.get("cluster") or {}).get("leader", "")
+        threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+        for th in threads:
+            th.start()
+        time.sleep(args.kill_at)
+        leader = asyncio.run(_leader(cluster.url, prefix, topic))
         res.killed = leader
         kill_time = time.monotonic()
         cluster.kill(leader)
-        await asyncio.sleep(max(0.0, args.seconds - args.kill_at))
+        time.sleep(max(0.0, args.seconds - args.kill_at))
         stop_producing.set()
-        await producer
+        threads[0].join()
         stop_time = time.monotonic()
         # Drain: every confirmed message must arrive.
         end = time.monotonic() + 60
         while time.monotonic() < end and not set(confirmed) <= set(delivered):
-            await asyncio.sleep(0.25)
-        done_consuming.set()
-        await consumer
-        with contextlib.suppress(TideMQError):
-            info = await t.js.stream_info(stream0)
-            res.leader_after = (info.get("cluster") or {}).get("leader", "")
+            time.sleep(0.25)
+        stop_consuming.set()
+        threads[1].join()
+        with contextlib.suppress(Exception):
+            res.leader_after = asyncio.run(_leader(cluster.url, prefix, topic))
         res.confirmed = len(confirmed)
         res.delivered_distinct = len(delivered)
         res.lost = len(set(confirmed) - set(delivered))
@@ -245,9 +254,9 @@ async def one_run(run: int, args: argparse.Namespace) -> RunResult:
                                        if b in first_seen), default=0.0), 3)
         res.ok = res.lost == 0 and res.redelivered_after_confirmed_ack == 0 and res.confirmed > 0
     finally:
-        if t is not None:
+        for mq in clients:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(t.close(), 15)
+                mq.close()
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     return res
@@ -262,6 +271,8 @@ def main() -> int:
     ap.add_argument("--server", default=shutil.which("nats-server") or "/usr/sbin/nats-server")
     ap.add_argument("--base-port", type=int, default=14222)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--figures", help="also write the summary as JSON lines for "
+                                      "benchmarks/render.py (docs/figures/nats_failover.jsonl)")
     args = ap.parse_args()
     if not os.path.exists(args.server):
         print(f"no nats-server binary at {args.server}", file=sys.stderr)
@@ -272,7 +283,7 @@ def main() -> int:
           f"{args.partitions} partitions, {args.seconds:g} s runs, kill -9 at {args.kill_at:g} s")
     results = []
     for run in range(1, args.runs + 1):
-        res = asyncio.run(one_run(run, args))
+        res = one_run(run, args)
         results.append(res)
         print(f"run {run}: killed {res.killed or '?'} -> leader {res.leader_after or '?'}; "
               f"confirmed {res.confirmed}, lost {res.lost}, delivered again after a confirmed "
@@ -292,6 +303,27 @@ def main() -> int:
           f"confirmed; {sum(r.ok for r in results)}/{len(results)} runs OK")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
+    if args.figures:
+        load = os.getloadavg()[0]
+
+        def line(figure: str, unit: str, values: list[float]) -> str:
+            return json.dumps({"bench": "nats_failover", "figure": figure, "unit": unit,
+                               "median": statistics.median(values), "min": min(values),
+                               "max": max(values), "runs": len(values),
+                               "cpu_count": os.cpu_count(), "loadavg_1m": round(load, 2)})
+
+        Path(args.figures).write_text("\n".join([
+            line("publish_pause", "s (longest gap between confirmations across the kill)", pubs),
+            line("consume_pause", "s (longest gap between deliveries across the kill)", cons),
+            line("confirm_to_delivery_max", "s", [r.max_latency_s for r in results]),
+            line("confirmed", "messages per run", [float(r.confirmed) for r in results]),
+            line("lost", "confirmed messages never delivered, per run",
+                 [float(r.lost) for r in results]),
+            line("delivered_after_confirmed_ack", "per run",
+                 [float(r.redelivered_after_confirmed_ack) for r in results]),
+            line("runs_ok", "1 = no loss and no delivery after a confirmed ack",
+                 [float(r.ok) for r in results]),
+        ]) + "\n")
     return 0 if all(r.ok for r in results) else 1
 
 

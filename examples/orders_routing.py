@@ -1,12 +1,14 @@
 """The seed's RabbitMQ example, on TideMQ: exchange `orders` is a topic, queue
 `order_processing` is a group bound with `order.*`, prefetch 10, ack / nack-requeue.
 
-Run: python examples/orders_routing.py [URL]   (default: a temporary data folder)
+Run: python examples/orders_routing.py [URL]   (default: $TIDEMQ_URL, else a temporary data
+folder; e.g. nats://127.0.0.1:4222)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,8 +44,8 @@ def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
+    if len(sys.argv) > 1 or os.environ.get("TIDEMQ_URL"):
+        main(sys.argv[1] if len(sys.argv) > 1 else os.environ["TIDEMQ_URL"])
     else:
         with tempfile.TemporaryDirectory() as d:
             main(d)

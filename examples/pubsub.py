@@ -1,20 +1,22 @@
 """The seed's partitioned pub/sub broker, on TideMQ: partitions by key (a stable hash, not
 Python's hash()), two groups that each get every message, and order per key.
 
-Run: python examples/pubsub.py
+Run: python examples/pubsub.py   (TIDEMQ_URL=nats://127.0.0.1:4222 to run it on another
+backend; default memory://)
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 
 import tidemq
 
 
-def main() -> None:
-    with tidemq.Client("memory://") as mq:
-        mq.create_topic("user-events", partitions=3)
+def main(url: str) -> None:
+    with tidemq.Client(url) as mq:
+        mq.create_topic("user-events", partitions=3, exist_ok=True)
         analytics = mq.subscribe("user-events", "analytics", mode="ordered")
         audit = mq.subscribe("user-events", "audit", mode="ordered")
 
@@ -44,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(os.environ.get("TIDEMQ_URL") or "memory://")

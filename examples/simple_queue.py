@@ -1,19 +1,21 @@
 """The seed's in-memory priority queue, on TideMQ: priorities, retries with backoff, and the
 dead-letter queue the seed left as a TODO.
 
-Run: python examples/simple_queue.py
+Run: python examples/simple_queue.py   (TIDEMQ_URL=... for another backend; default memory://.
+On nats:// it stops with Unsupported: JetStream has no priorities, see docs/backends.md)
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import tidemq
 
 
-def main() -> None:
-    with tidemq.Client("memory://") as mq:
-        mq.create_topic("jobs")
+def main(url: str) -> None:
+    with tidemq.Client(url) as mq:
+        mq.create_topic("jobs", exist_ok=True)
         # The group exists before publishing so it sees every job; failing jobs are retried
         # with exponential backoff and dead-lettered after 3 deliveries.
         sub = mq.subscribe("jobs", "workers", max_deliveries=3,
@@ -45,4 +47,4 @@ def main() -> None:
         assert [m.body for m in dead] == [b"corrupt job"], dead
 
 if __name__ == "__main__":
-    main()
+    main(os.environ.get("TIDEMQ_URL") or "memory://")

@@ -26,8 +26,10 @@ def test_parse_url(url: str, kind: str, path: str | None) -> None:
 def test_parse_url_errors() -> None:
     with pytest.raises(errors.InvalidArgument):
         _common.parse_url("gopher://x")
-    with pytest.raises(errors.Unsupported):
-        _common.parse_url("amqp://guest:guest@localhost:5672/")
+    # another engine's backend: the URL is kept whole for tidemq.backends.connect
+    ep = _common.parse_url("amqp://guest:guest@localhost:5672/")
+    assert (ep.kind, ep.url) == ("amqp", "amqp://guest:guest@localhost:5672/")
+    assert _common.parse_url("nats://127.0.0.1:4222").kind == "nats"
     with pytest.raises(errors.InvalidArgument):
         _common.parse_url("")
 

@@ -44,6 +44,13 @@ class AsyncFace:
 
         return call
 
+    @property
+    def url(self) -> str:
+        return self._ac.url
+
+    def capabilities(self) -> Any:
+        return self._ac.capabilities()  # a plain method: nothing to await
+
     def subscribe(self, topic: str, group: str, **options: Any) -> SubFace:
         async def join() -> tidemq.AsyncSubscription:
             return await self._ac.subscribe(topic, group, **options)

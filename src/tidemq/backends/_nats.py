@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
 import msgspec
-import nats
 import xxhash
 from nats.aio.client import Client as NatsClient
 
@@ -69,7 +68,7 @@ from ._capabilities import MIN_VERSION, Capability, capabilities, parse_version
 from ._nats_codec import META, MSG_ID, encode_meta
 from ._nats_js import Bucket, JetStream, JsError, PubAck
 from ._nats_member import Member
-from ._nats_names import check_prefix, routing_tokens, topic_token
+from ._nats_names import END, check_prefix, routing_tokens, topic_token
 
 __all__ = ["NatsTransport", "connect_nats", "TopicMeta"]
 
@@ -165,11 +164,18 @@ async def connect_nats(url: str = "nats://127.0.0.1:4222", **options: Any) -> Na
     async def quiet(_exc: Exception) -> None:  # nats-py logs through these; we report ours
         return None
 
+    # nats-py retries a first connection forever when reconnects are unlimited: a wrong URL
+    # would hang. The first connection gets connect_timeout per server (one more round).
+    first = float(nc_opts["connect_timeout"]) * (len(servers) + 1)
+    nc = NatsClient()
     try:
-        nc = await nats.connect(**nc_opts, error_cb=quiet, disconnected_cb=_noop,
-                                reconnected_cb=_noop)
+        await asyncio.wait_for(nc.connect(**nc_opts, error_cb=quiet, disconnected_cb=_noop,
+                                          reconnected_cb=_noop), first)
     except Exception as exc:
-        raise ConnectionLost(f"cannot connect to NATS at {_redact(url)}: {exc!r}; is "
+        with contextlib.suppress(Exception):
+            await nc.close()
+        why = f"no answer within {first:g} s" if isinstance(exc, TimeoutError) else repr(exc)
+        raise ConnectionLost(f"cannot connect to NATS at {_redact(url)}: {why}; is "
                              "nats-server running (with -js)?") from exc
     transport = NatsTransport(nc, **options)
     try:
@@ -231,6 +237,10 @@ class NatsTransport:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
             raise InvalidArgument(f"replicas must be an int from 1 to 5, got {replicas!r}")
         self.nc = nc
+        # The loop everything runs on. The blocking Client calls the plain methods
+        # (ack_start ...) from its caller's thread with the loop held but not running, so
+        # tasks are made on this loop explicitly, never on "the current" one.
+        self.loop = asyncio.get_running_loop()
         v = nc.connected_server_version
         self.server_version = f"{v.major}.{v.minor}.{v.patch}"
         self.js = JetStream(nc, self.server_version, float(request_timeout))
@@ -279,7 +289,7 @@ class NatsTransport:
         return self.js.unsupported(feature, why)
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro, loop=self.loop)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         return task
@@ -531,8 +541,58 @@ class NatsTransport:
         return await self._publish(tm, records)
 
     def publish_one(self, topic: str, record: Record) -> Awaitable[str] | None:
-        """The refactored client's per-message path: no faster way here than ``publish``."""
-        return None
+        """The per-message path: for a topic whose record is cached, one coroutine that sends
+        and returns the id (no batch machinery); else None, and the client takes
+        :meth:`publish`."""
+        hit = self._topics.get(topic_key(topic)) if isinstance(topic, str) else None
+        if hit is None or self._closed or time.monotonic() - hit[1] >= _META_TTL:
+            return None
+        return self._publish_one(hit[0], record)
+
+    async def _publish_one(self, tm: TopicMeta, r: Record) -> str:
+        p = self._rr % tm.partitions
+        self._rr += 1
+        if (r.key is None and r.routing_key is None and r.headers is None and not r.priority
+                and not r.deliver_at_us and not r.ttl_us and r.dedup_id is None
+                and type(r.body) is bytes):  # a bare body: only its size to check
+            if len(r.body) > tm.config.max_message_bytes:
+                check_records((r,), tm.config.max_message_bytes)  # raises MessageTooLarge
+            mid = self._msg_id(r, tm)
+            subject = f"{tm.base}.{p}.{END}"
+            headers: dict[str, str] | None = {MSG_ID: mid} if mid is not None else None
+        else:
+            check_records((r,), tm.config.max_message_bytes)
+            if r.priority and not self.ignore_priority:
+                raise self._no_priority()
+            p = self._partition(r, tm.partitions, p)
+            subject, headers = self._route(tm, r, p, self._msg_id(r, tm))
+        ack = await self._send(tm, subject, r.body, headers)
+        return make_id(tm.name, tm.incarnation, p, ack.seq - 1)
+
+    def _no_priority(self) -> Unsupported:
+        return self.unsupported("priority", "JetStream delivers in stream order; publish "
+                                "with priority 0, or connect with ignore_priority=True to "
+                                "store priorities without ordering by them")
+
+    def _route(self, tm: TopicMeta, r: Record, p: int,
+               mid: str | None) -> tuple[str, dict[str, str] | None]:
+        """The subject and headers of ``r`` in partition ``p`` (``mid``: its Nats-Msg-Id)."""
+        headers: dict[str, str] = {}
+        meta = encode_meta(r)
+        if meta is not None:
+            headers[META] = meta
+        if mid is not None:
+            headers[MSG_ID] = mid
+        return f"{tm.base}.{p}.{routing_tokens(r.routing_key)}", headers or None
+
+    @staticmethod
+    def _partition(r: Record, n: int, sticky: int) -> int:
+        """A user's record's partition: by key, else by dedup id, else ``sticky``."""
+        if r.key is not None:
+            return partition_for_key(r.key, n)
+        if r.dedup_id is not None:
+            return partition_for_key(r.dedup_id, n)
+        return sticky
 
     async def flush_all(self) -> None:
         """Publishes are confirmed when they return; wait for the members' acks."""
@@ -545,33 +605,18 @@ class NatsTransport:
         if partitions is None:  # a user's publish (internal ones carry broker headers)
             check_records(records, tm.config.max_message_bytes)
         if not self.ignore_priority and any(r.priority for r in records):
-            raise self.unsupported("priority", "JetStream delivers in stream order; publish "
-                                   "with priority 0, or connect with ignore_priority=True to "
-                                   "store priorities without ordering by them")
+            raise self._no_priority()
         n = tm.partitions
         sticky = self._rr % n
         self._rr += 1
         sends = []
         parts = []
         for i, r in enumerate(records):
-            if partitions is not None:
-                p = partitions[i]
-            elif r.key is not None:
-                p = partition_for_key(r.key, n)
-            elif r.dedup_id is not None:
-                p = partition_for_key(r.dedup_id, n)
-            else:
-                p = sticky
-            parts.append(p)
-            headers: dict[str, str] = {}
-            meta = encode_meta(r)
-            if meta is not None:
-                headers[META] = meta
+            p = partitions[i] if partitions is not None else self._partition(r, n, sticky)
             mid = msg_ids[i] if msg_ids is not None else self._msg_id(r, tm)
-            if mid is not None:
-                headers[MSG_ID] = mid
-            subject = f"{tm.base}.{p}.{routing_tokens(r.routing_key)}"
-            sends.append(self._send(tm, subject, r.body, headers or None))
+            subject, headers = self._route(tm, r, p, mid)
+            parts.append(p)
+            sends.append(self._send(tm, subject, r.body, headers))
         results = await asyncio.gather(*sends, return_exceptions=True)
         for res in results:
             if isinstance(res, BaseException):

@@ -229,6 +229,7 @@ class Member:
         self.reserved = 0
         self.credit = asyncio.Event()
         self.arrived = asyncio.Event()
+        self.waiter: asyncio.Future[None] | None = None  # a receive waiting for an arrival
         self.wake_keeper = asyncio.Event()
         self.acks: list[asyncio.Future[Any]] = []
         self.closed = False
@@ -363,6 +364,7 @@ class Member:
     def arrive(self, partition: int, msg: Msg) -> None:
         self.buffer.append((partition, msg, time.monotonic()))
         self.arrived.set()
+        _wake(self.waiter)
 
     def _freed(self) -> None:
         self.credit.set()
@@ -403,9 +405,22 @@ class Member:
             if remaining <= 0:
                 return out
             self.arrived.clear()
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), remaining)
+            await self._wait_arrival(remaining)
             self._check()
+
+    async def _wait_arrival(self, timeout: float) -> None:
+        """Until a message arrives (:meth:`arrive`) or ``timeout`` passes: one future and one
+        timer, so an arrival wakes the receiver in the next loop iteration (``wait_for`` on
+        the event would take a task and two more iterations: latency)."""
+        loop = self.t.loop
+        fut: asyncio.Future[None] = loop.create_future()
+        self.waiter = fut
+        timer = loop.call_later(timeout, _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.waiter = None
 
     async def _admit(self, p: int, msg: Msg, arrived: float) -> Delivery | None:
         s = self.settings
@@ -493,7 +508,7 @@ class Member:
             acked[(h.partition, h.offset + 1)] = None
         while len(acked) > 8 * self.prefetch + 1000:
             del acked[next(iter(acked))]
-        confirm = asyncio.ensure_future(self._confirm([h.msg for h in held]))
+        confirm = asyncio.ensure_future(self._confirm([h.msg for h in held]), loop=self.t.loop)
         confirm.add_done_callback(_retrieved)
         self.acks.append(confirm)
         if len(self.acks) > 64:
@@ -513,7 +528,10 @@ class Member:
                         raise TideMQError(
                             f"an ack was not confirmed by the NATS server ({exc!r}); the "
                             "message may be delivered again") from None
-        await asyncio.gather(*map(one, msgs))
+        if len(msgs) == 1:  # the common case at low rates: no task for one request
+            await one(msgs[0])
+        else:
+            await asyncio.gather(*map(one, msgs))
 
     async def flush(self) -> None:
         acks, self.acks = self.acks, []
@@ -580,3 +598,8 @@ class Member:
             wait = None if due is None else max(0.0, due - time.monotonic())
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake_keeper.wait(), wait)
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)

@@ -88,7 +88,10 @@ def url_parent() -> argparse.ArgumentParser:
     p.add_argument("--url", default=argparse.SUPPRESS, metavar="URL",
                    help="where TideMQ is: tidemq://HOST:PORT, a data folder path, file://PATH "
                         f"or memory:// (default: $TIDEMQ_URL, else {DEFAULT_URL}); "
-                        "tidemq://USER:PASSWORD@HOST:PORT logs in, tidemqs:// uses TLS")
+                        "tidemq://USER:PASSWORD@HOST:PORT logs in, tidemqs:// uses TLS; "
+                        "nats://HOST:4222 (NATS JetStream) and amqp://USER:PASSWORD@HOST "
+                        "(RabbitMQ) use those engines, options in the query "
+                        "(nats://HOST:4222?prefix=shop)")
     p.add_argument("--token", default=argparse.SUPPRESS, metavar="TOKEN",
                    help="log in with this token (default: $TIDEMQ_TOKEN); sent only over "
                         "tidemqs:// or to a loopback address")

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from types import TracebackType
 from typing import Any
 
+from ..backends._capabilities import Capability
 from ..broker._types import Delivery, GroupInfo, GroupSettings, StartPosition, TopicInfo
 from ..errors import Closed, TideMQError, UnknownGroup, UnknownTopic
 from . import _common
@@ -31,6 +32,27 @@ from ._transport import DONE, AsyncTransport, Done
 __all__ = ["AsyncClient", "AsyncSubscription", "AsyncMessage", "MessageFields"]
 
 log = logging.getLogger("tidemq.client")
+
+
+async def connect_backend(url: str, auto_create_topics: bool,
+                          options: dict[str, Any]) -> AsyncTransport:
+    """The transport of a ``nats://`` or ``amqp://`` URL (``tidemq.backends.connect``)."""
+    from ..backends import connect
+
+    opts = dict(options)
+    if not auto_create_topics:  # the backends' default is True, as the clients'
+        opts["auto_create_topics"] = False
+    return await connect(url, **opts)
+
+
+def capabilities_of(transport: Any) -> dict[str, Capability]:
+    """A transport's capability table: a backend's own, else every feature native."""
+    table = getattr(transport, "capabilities", None)
+    if table is not None:
+        return dict(table())
+    from ..backends import native_capabilities
+
+    return native_capabilities()
 
 
 class MessageFields:
@@ -246,6 +268,9 @@ class AsyncClient:
                 from ._tcp import TcpTransport
                 self._transport = await TcpTransport.connect(
                     self._ep.host, self._ep.port, **self._ep.tcp_options(self._options))
+            elif self._ep.url is not None:  # nats://, amqp://: another engine's backend
+                self._transport = await connect_backend(self._ep.url, self._auto,
+                                                        self._options)
             else:
                 from ._adapters import AsyncOverEmbedded
                 from ._embedded import EmbeddedTransport
@@ -254,6 +279,14 @@ class AsyncClient:
                                                 **self._ep.embedded_options(self._options))
                 self._transport = AsyncOverEmbedded(inner)
         return self
+
+    def capabilities(self) -> dict[str, Capability]:
+        """What each SPEC feature is on this client's backend: ``{feature: Capability(support,
+        how)}`` with ``support`` ``"native"``, ``"emulated"`` (``how``: how, at what cost) or
+        ``"unsupported"`` (``how``: why; using it raises ``Unsupported``). Everything is
+        native on TideMQ's own transports; ``docs/backends.md`` has the tables of
+        ``nats://`` and ``amqp://``."""
+        return capabilities_of(self._t)
 
     async def close(self) -> None:
         """Send what is batched, release the subscriptions and close the connection."""

@@ -20,14 +20,16 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Literal, overload
 
+from ..backends._capabilities import Capability
 from ..broker._types import Delivery, GroupInfo, StartPosition, TopicInfo
 from ..errors import Closed, InvalidArgument, TideMQError
 from . import _common
 from ._adapters import AsyncOverEmbedded
-from ._async import AsyncClient, MessageFields
+from ._async import AsyncClient, MessageFields, connect_backend
 from ._embedded import EmbeddedTransport
 from ._nowait import NowaitProducer
 from ._runner import InlineRunner, LoopRunner, new_loop
+from ._transport import AsyncTransport
 
 __all__ = ["Client", "Subscription", "Message", "Consumer", "open"]
 
@@ -238,9 +240,11 @@ class Consumer:
 
 class Client:
     """One client for every URL (SPEC §8): ``memory://``, a path or ``file://PATH`` (embedded,
-    durable), ``tidemq://host:port`` (a server). Blocking and thread-safe.
+    durable), ``tidemq://host:port`` (a server), ``nats://host:4222`` (NATS JetStream) or
+    ``amqp://user:password@host`` (RabbitMQ) — see :meth:`capabilities` and
+    ``docs/backends.md`` for what differs there. Blocking and thread-safe.
 
-    ``loop`` (``tidemq://`` only): the event loop the network transport runs on, in the
+    ``loop`` (network URLs only): the event loop the network transport runs on, in the
     callers' threads — ``"asyncio"`` (default) or ``"uvloop"``."""
 
     def __init__(self, url: str = "memory://", *, auto_create_topics: bool = True,
@@ -249,13 +253,17 @@ class Client:
         self.url = url
         self._nowait: NowaitProducer | None = None
         self._runner: LoopRunner | InlineRunner
-        if ep.kind == "tidemq":
+        if ep.kind == "tidemq" or ep.url is not None:
             from ._tcp import TcpTransport
 
-            tcp_options = ep.tcp_options(options)
             runner = LoopRunner(new_loop(loop or "asyncio"))
+            tcp: AsyncTransport
             try:
-                tcp = runner.run(TcpTransport.connect(ep.host, ep.port, **tcp_options))
+                if ep.url is not None:  # nats://, amqp://: another engine's backend
+                    tcp = runner.run(connect_backend(ep.url, auto_create_topics, options))
+                else:
+                    tcp = runner.run(TcpTransport.connect(ep.host, ep.port,
+                                                          **ep.tcp_options(options)))
             except BaseException:
                 runner.close()
                 raise
@@ -272,8 +280,8 @@ class Client:
             self._ac = AsyncClient._over(url, tcp)
         else:
             if loop is not None:
-                raise InvalidArgument("loop= applies to tidemq:// URLs; an embedded client "
-                                      "runs no event loop")
+                raise InvalidArgument("loop= applies to network URLs (tidemq://, nats://, "
+                                      "amqp://); an embedded client runs no event loop")
             inner = EmbeddedTransport(ep.path, auto_create_topics=auto_create_topics,
                                       **ep.embedded_options(options))
             self._runner = InlineRunner()
@@ -302,6 +310,14 @@ class Client:
             if self._nowait is not None:
                 self._nowait.fail_queued(Closed("the client was closed"))
             self._runner.close()
+
+    def capabilities(self) -> dict[str, Capability]:
+        """What each SPEC feature is on this client's backend: ``{feature: Capability(support,
+        how)}`` with ``support`` ``"native"``, ``"emulated"`` (``how``: how, at what cost) or
+        ``"unsupported"`` (``how``: why; using it raises ``Unsupported``). Everything is
+        native on TideMQ's own transports; ``docs/backends.md`` has the tables of
+        ``nats://`` and ``amqp://``."""
+        return self._ac.capabilities()
 
     async def _close_network(self) -> None:
         assert self._nowait is not None

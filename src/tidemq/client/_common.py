@@ -46,7 +46,9 @@ _US = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where a URL points: ``kind`` is ``memory``, ``file`` or ``tidemq``."""
+    """Where a URL points: ``kind`` is ``memory``, ``file``, ``tidemq``, or a backend of
+    another engine (``nats``, ``amqp``: ``url`` is then the whole URL, for
+    :func:`tidemq.backends.connect`)."""
 
     kind: str
     path: str | None = None
@@ -55,6 +57,7 @@ class Endpoint:
     tls: bool = False
     username: str | None = None  # from tidemq://USER:PASSWORD@host (percent-decoded)
     password: str | None = None
+    url: str | None = None  # the URL as given, for the backends of other engines
 
     def tcp_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The keyword arguments of ``TcpTransport.connect``: ``options`` plus what the URL
@@ -85,7 +88,9 @@ class Endpoint:
 def parse_url(url: str) -> Endpoint:
     """``memory://``, ``file://PATH``, a plain path, ``tidemq://[USER:PASSWORD@]host:port``
     or ``tidemqs://...`` (TLS on the same port: the server's --tls-cert); port 7600 unless
-    given."""
+    given. ``nats://...`` (NATS JetStream) and ``amqp://`` / ``amqps://...`` (RabbitMQ) are
+    the backends of other engines (``tidemq.backends``, ``docs/backends.md``): their URLs are
+    kept whole and read by the backend when the client connects."""
     if not isinstance(url, str) or not url:
         raise InvalidArgument("url must be a non-empty string such as 'memory://' or './data'")
     if url == "memory://" or url == "memory:":
@@ -106,10 +111,13 @@ def parse_url(url: str) -> Endpoint:
         password = unquote(parts.password) if parts.password is not None else None
         return Endpoint("tidemq", host=parts.hostname or "127.0.0.1", port=port,
                         tls=scheme == "tidemqs", username=user, password=password)
-    if scheme in ("amqp", "amqps", "nats"):
-        raise Unsupported(f"the {scheme}:// backend is not available in this version of TideMQ")
+    if scheme == "nats":
+        return Endpoint("nats", url=url)
+    if scheme in ("amqp", "amqps"):
+        return Endpoint("amqp", url=url)
     raise InvalidArgument(f"unknown URL scheme {scheme!r}: use memory://, a path, "
-                          "file://PATH or tidemq://host:port")
+                          "file://PATH, tidemq://host:port, nats://host:port or "
+                          "amqp://user:password@host")
 
 
 def redact(url: str) -> str:
