@@ -183,7 +183,7 @@ def decode_ack(request_id: int, view: memoryview) -> Ack:
 def encode_deliver(frame: Deliver) -> list[bytes]:
     count = len(frame.ids)
     bodies = frame.bodies
-    lengths = [len(b) for b in bodies]
+    lengths = list(map(len, bodies))
     columns = (frame.offsets, frame.timestamps_us, frame.partitions, frame.delivery_counts,
                lengths, frame.priorities)
     if count == 0:

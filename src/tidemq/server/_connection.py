@@ -448,6 +448,12 @@ class Connection(asyncio.Protocol):
         self._busy = False
         self._unblocked()
 
+    def flush_now(self) -> None:
+        """Hand what is queued to the transport now instead of at the scheduled flush (the
+        server's push pass: its ``Deliver`` frames leave in the pass's loop iteration)."""
+        if self._out:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out

@@ -13,7 +13,8 @@ any size up to ``max frame - DELIVER_OVERHEAD`` is delivered however many are re
 from __future__ import annotations
 
 from collections.abc import Iterator
-from operator import attrgetter
+from functools import partial
+from operator import attrgetter, is_not
 from typing import Any, Final, Protocol
 
 from .. import protocol as P
@@ -37,30 +38,55 @@ _FRAME_FIXED: Final = 12 + 16 + 5 + 1 + 15
 # Per delivery: columns 8+8+4+4+4+1, and a msgpack str header for its id (<= 5 bytes).
 _PER_DELIVERY: Final = 29 + 5
 
-_COLUMNS = attrgetter("id", "partition", "offset", "timestamp_us", "delivery_count", "priority",
-                      "body", "key", "routing_key", "headers")
-_body = attrgetter("body")
 _id = attrgetter("id")
+_partition = attrgetter("partition")
+_offset = attrgetter("offset")
+_timestamp = attrgetter("timestamp_us")
+_count = attrgetter("delivery_count")
+_priority = attrgetter("priority")
+_body = attrgetter("body")
 _key = attrgetter("key")
 _rk = attrgetter("routing_key")
 _headers = attrgetter("headers")
+_is_set = partial(is_not, None)
 
 
 def deliver_frame(sub_id: int, deliveries: list[Delivery]) -> P.Deliver:
-    """One ``Deliver`` frame for ``deliveries`` (columns transposed in C, no per-field loop)."""
-    ids, parts, offs, times, counts, prios, bodies, keys, rks, hdrs = zip(
-        *map(_COLUMNS, deliveries), strict=True)
+    """One ``Deliver`` frame for ``deliveries`` (one C-level pass per column, no per-field
+    loop)."""
+    return _frame(sub_id, deliveries, list(map(_id, deliveries)),
+                  list(map(_body, deliveries)), _plain(deliveries))
+
+
+def _plain(deliveries: list[Delivery]) -> bool:
+    """True if no delivery has a key, a routing key (even an empty one) or headers."""
+    return not (any(map(_is_set, map(_key, deliveries)))
+                or any(map(_is_set, map(_rk, deliveries)))
+                or any(map(_headers, deliveries)))
+
+
+def _frame(sub_id: int, deliveries: list[Delivery], ids: list[str], bodies: list[bytes],
+           plain: bool) -> P.Deliver:
+    parts = list(map(_partition, deliveries))
     if DELAY_PARTITION in parts:
-        parts = tuple(WIRE_DELAY_PARTITION if p == DELAY_PARTITION else p for p in parts)
-    n = len(ids)
-    return P.Deliver(
-        subscription_id=sub_id, ids=list(ids), partitions=list(parts), offsets=list(offs),
-        timestamps_us=list(times), delivery_counts=list(counts), priorities=list(prios),
-        bodies=list(bodies),
-        keys=list(keys) if keys.count(None) != n else None,
-        routing_keys=list(rks) if rks.count(None) != n else None,
+        parts = [WIRE_DELAY_PARTITION if p == DELAY_PARTITION else p for p in parts]
+    keys = rks = hdrs = None
+    if not plain:
+        n = len(ids)
+        keys = list(map(_key, deliveries))
+        rks = list(map(_rk, deliveries))
+        hdrs = list(map(_headers, deliveries))
+        keys = keys if keys.count(None) != n else None
+        rks = rks if rks.count(None) != n else None
         # The broker gives {} for "no headers"; the wire says None for the whole column.
-        headers=[h or None for h in hdrs] if any(hdrs) else None,
+        hdrs = [h or None for h in hdrs] if any(hdrs) else None
+    return P.Deliver(
+        subscription_id=sub_id, ids=ids, partitions=parts,
+        offsets=list(map(_offset, deliveries)),
+        timestamps_us=list(map(_timestamp, deliveries)),
+        delivery_counts=list(map(_count, deliveries)),
+        priorities=list(map(_priority, deliveries)),
+        bodies=bodies, keys=keys, routing_keys=rks, headers=hdrs,
     )
 
 
@@ -84,13 +110,13 @@ def deliver_frames(sub_id: int, deliveries: list[Delivery],
     do not fit a frame even alone (none when ``max_frame_size`` is at least the topic's
     ``max_message_bytes + DELIVER_OVERHEAD``)."""
     budget = max_frame_size - _FRAME_FIXED
-    plain = not (any(map(_key, deliveries)) or any(map(_rk, deliveries))
-                 or any(map(_headers, deliveries)))
+    plain = _plain(deliveries)
     n = len(deliveries)
-    total = (sum(map(len, map(_body, deliveries))) + sum(map(len, map(_id, deliveries)))
-             + _PER_DELIVERY * n)
-    if plain and total <= budget:
-        return [deliver_frame(sub_id, deliveries)], []  # the common case: one frame, no loop
+    ids = list(map(_id, deliveries))
+    bodies = list(map(_body, deliveries))
+    total = sum(map(len, bodies)) + sum(map(len, ids)) + _PER_DELIVERY * n
+    if plain and total <= budget:  # the common case: one frame, no loop
+        return [_frame(sub_id, deliveries, ids, bodies, True)], []
     frames: list[P.Deliver] = []
     too_large: list[Delivery] = []
     batch: list[Delivery] = []

@@ -436,6 +436,7 @@ class Server:
         now, mono = now_us(), mono_us()
         members = self.subscriptions.members
         external = self.external_members
+        pushed: list[Any] = []
         for member in wanting:
             sub = members.get(member)
             if sub is None:
@@ -445,14 +446,23 @@ class Server:
                 continue
             if sub.credit <= 0 or not sub.conn.ready_for_push():
                 continue
+            credit = sub.credit
             try:
                 more = self._push_member(broker, sub, now, mono)
             except Exception:  # a member that vanished under us: nothing to push
                 log.exception("fetch for member %s failed", member)
                 continue
+            if sub.credit != credit:
+                pushed.append(sub.conn)
             if more:  # maybe more ready: come back after the others had a turn
                 self._wanting.add(member)
                 again = True
+        # What this pass pushed leaves now, not one loop iteration later (the connection's
+        # own flush was scheduled for the next iteration): one wake-up less per delivery.
+        for conn in pushed:
+            flush = getattr(conn, "flush_now", None)
+            if flush is not None:
+                flush()
         if again:
             self.want_push()
 
