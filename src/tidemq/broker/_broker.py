@@ -748,7 +748,7 @@ class Broker:
         as the builder would have built it.
         """
         tb: TokenBuilder | None = None
-        if g.has_dead_letters():
+        if g._dead:  # g.has_dead_letters(), inlined: this runs after every ack
             tb = TokenBuilder()
             self._dead_letters(t, g, now_us, tb)
         t.drain_group(g)
@@ -760,8 +760,11 @@ class Broker:
             due = t.journal_flushed_us + t.journal_interval_us  # journal_due_us(), inlined
             if self._hint_wall is None or due < self._hint_wall:
                 self._hint_wall = due
-        if g.has_ready():
-            self._wake.add(g)
+        # A group already waiting in _wake needs no has_ready() (a loop over its partitions):
+        # adding it again would change nothing.
+        wake = self._wake
+        if g not in wake and g.has_ready():
+            wake.add(g)
         return EMPTY_TOKEN if tb is None else self._token(tb)
 
     def fetch(self, member_id: str, max_messages: int, *, now_us: int, mono_us: int) -> list[Delivery]:

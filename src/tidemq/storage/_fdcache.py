@@ -2,7 +2,9 @@
 
 However many segments and partitions exist, at most ``max_open`` descriptors stay open while
 idle; a descriptor in use (pinned by ``acquire`` until ``release``) is never closed under its
-user, so the cache may exceed the bound briefly while many are pinned at once.
+user, so the cache may exceed the bound briefly while many are pinned at once. The append's
+one ``pwritev`` uses ``call_cached`` instead: it runs under the cache's lock, which keeps the
+descriptor open for that moment without a pin.
 
 Running out of descriptors (EMFILE/ENFILE, or ENOMEM, on an open) is transient: the cache
 closes its idle descriptors and tries once more (``with_descriptor``); if that fails too it
@@ -23,6 +25,7 @@ from tidemq.storage._fileops import DEFAULT_OPS, FileOps, is_out_of_descriptors
 __all__ = ["FdCache", "DescriptorsExhausted"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 class DescriptorsExhausted(OSError):
@@ -75,6 +78,20 @@ class FdCache:
             self._evict()
             return fd
 
+    def call_cached(self, path: str, call: Callable[[int, A, int], int], arg: A, pos: int
+                    ) -> int | None:
+        """``call(fd, arg, pos)`` with ``path``'s descriptor if it is open, else None (nothing
+        called: use acquire/release). The per-append write path: the call runs under the
+        cache's lock, which keeps the descriptor open without a pin (one lock round instead
+        of acquire's and release's). So ``call`` must be short and must not use this cache
+        (a ``pwritev`` to the page cache). Exceptions from ``call`` propagate."""
+        with self._lock:
+            entry = self._open.get(path)
+            if entry is None:
+                return None
+            self._open.move_to_end(path)
+            return call(entry.fd, arg, pos)
+
     def with_descriptor(self, call: Callable[[], T]) -> T:
         """``call()``, which opens something (a file, a folder to fsync, a temp file): if it
         runs out of descriptors, close every idle cached one and call it once more. Raises
@@ -115,7 +132,8 @@ class FdCache:
             entry = self._open.get(path)
             if entry is not None and entry.fd == fd:
                 entry.pins -= 1
-                self._evict()
+                if len(self._open) > self.max_open:  # _evict's own first test, inlined
+                    self._evict()
                 return
             doomed = self._pinned_doomed.get(fd)
             if doomed is not None:

@@ -90,6 +90,9 @@ class FileLog:
         self._dir = os.fspath(directory)
         self._config = config or LogConfig()
         self._ops = ops
+        # The append's write: os.pwritev itself when ops is the plain FileOps (a Python frame
+        # fewer per append); a subclass's own pwritev (tests inject faults there) otherwise.
+        self._pwritev = os.pwritev if type(ops) is FileOps else ops.pwritev
         self._own_fds = fds is None
         self._fds = fds if fds is not None else FdCache(ops=ops)
         self._lock = threading.Lock()
@@ -286,14 +289,17 @@ class FileLog:
         base = self._end_offset
         last = self._last_ts
         ts = now_us if now_us > last else last
-        batch = encode_stamped(
-            records,
-            base,
-            ts,
-            producer_id=producer_id,
-            producer_epoch=producer_epoch,
-            base_sequence=base_sequence,
-        )
+        if producer_id == -1 and producer_epoch == 0 and base_sequence == -1:
+            batch = encode_stamped(records, base, ts)  # the defaults: no keywords to pass
+        else:
+            batch = encode_stamped(
+                records,
+                base,
+                ts,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+                base_sequence=base_sequence,
+            )
         if self._closed or self._failed is not None:
             self._check_writable()
         return self._write((batch,), len(batch), len(records), base, ts, now_us)
@@ -324,16 +330,55 @@ class FileLog:
             seg = self._segments[-1]
             pos = seg.size
         path = seg.path
+        done: int | OSError | None
+        try:
+            # The usual case: the segment's descriptor is cached and one pwritev writes the
+            # whole batch, run under the cache's lock instead of a pin (FdCache.call_cached).
+            done = self._fds.call_cached(path, self._pwritev, buffers, pos)
+        except OSError as exc:
+            done = exc
+        if done != size:
+            self._write_rest(path, buffers, size, pos, done)
+        nxt = base + count
+        index = seg.index
+        assert index is not None
+        with self._lock:
+            index.add(base, nxt, pos, size, ts)
+            seg.size = pos + size
+            self._end_offset = nxt
+            self._last_ts = ts
+            self._appends += 1
+        # tuple.__new__: the NamedTuple without its Python-level __new__ (per-message path).
+        return _tuple_new(AppendResult, (base, nxt - 1, nxt))
+
+    def _write_rest(
+        self,
+        path: str,
+        buffers: tuple[bytes | bytearray | memoryview, ...],
+        size: int,
+        pos: int,
+        done: int | OSError | None,
+    ) -> None:
+        """Finish ``_write``'s pwritev of ``size`` bytes at ``pos`` when its one call did not
+        write them all: ``done`` None (the descriptor was not cached: nothing written yet),
+        a byte count (a short write, rare) or the call's error. Raises as the write failed."""
         fds = self._fds
         try:
             fd = fds.acquire(path)  # self._acquire, inlined
-        except DescriptorsExhausted as exc:
-            raise self._busy(f"appending to segment {path}", exc) from None
         except OSError as exc:
+            if done is not None:
+                # Part of the batch may be in the file and cannot be cut back without a
+                # descriptor: the log must not carry on as if it were not (D9).
+                raise self._fail("write", done if isinstance(done, OSError) else exc) from None
+            if isinstance(exc, DescriptorsExhausted):
+                raise self._busy(f"appending to segment {path}", exc) from None
             raise StorageFailed(f"log {self._dir}: cannot open segment {path}: {exc}") from None
         try:
             ops = self._ops
-            done = ops.pwritev(fd, buffers, pos)
+            if isinstance(done, OSError):
+                raise done
+            if done is None:
+                done = ops.pwritev(fd, buffers, pos)
             if done != size:
                 # A short write (rare): finish the rest with the looping helper.
                 write_all(ops, fd, (memoryview(b"".join(buffers))[done:],), pos + done)
@@ -347,17 +392,6 @@ class FileLog:
             raise self._fail("write", exc) from None
         finally:
             fds.release(path, fd)
-        nxt = base + count
-        index = seg.index
-        assert index is not None
-        with self._lock:
-            index.add(base, nxt, pos, size, ts)
-            seg.size = pos + size
-            self._end_offset = nxt
-            self._last_ts = ts
-            self._appends += 1
-        # tuple.__new__: the NamedTuple without its Python-level __new__ (per-message path).
-        return _tuple_new(AppendResult, (base, nxt - 1, nxt))
 
     def _undo_partial(self, fd: int, pos: int, exc: OSError) -> None:
         # D10: cut what part of the batch reached the file so the segment ends on a batch.
