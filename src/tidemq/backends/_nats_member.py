@@ -248,6 +248,10 @@ class Member:
         self.closed = True
         for task in self.tasks:
             task.cancel()
+        # Wait for them to end: a blocking Client closes its loop right after, and a task
+        # still cancelling then is destroyed pending (asyncio logs it at exit).
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
         for p in list(self.pullers):
             await self._stop_puller(p)
         # Closing releases the leases at once (SPEC §3).
