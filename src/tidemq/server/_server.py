@@ -220,6 +220,18 @@ class Server:
                  self.port, " with TLS" if self._tls else "", self.config.data or "memory",
                  f"users from {cfg.users}" if cfg.users else "no users: no authentication")
 
+    def _front_backend(self, tls: Callable[[], ssl.SSLContext | None]) -> Backend:
+        """What a front (HTTP, AMQP) may use of this server; ``tls``: its current context."""
+        assert self._broker is not None and self.driver is not None
+        listener = self._listener
+        return Backend(
+            config=self.config, broker=self._broker, driver=self.driver, gate=self.gate,
+            now_us=now_us, mono_us=mono_us, want_push=self.want_push,
+            end_topic=self.subscriptions.end_topic, external_members=self.external_members,
+            binary_connections=lambda: len(self.connections),
+            listening=lambda: listener is not None and not listener.closed,
+            stopping=lambda: self._stopping, tls=tls, errors=self.errors)
+
     async def _start_http(self, port: int) -> None:
         """Serve the HTTP API on ``host:port`` (same host, gate and certificate)."""
         from ..http import HttpApi
@@ -227,16 +239,7 @@ class Server:
         cfg = self.config
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             self._http_tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-        assert self._broker is not None and self.driver is not None
-        listener = self._listener
-        backend = Backend(
-            config=cfg, broker=self._broker, driver=self.driver, gate=self.gate,
-            now_us=now_us, mono_us=mono_us, want_push=self.want_push,
-            end_topic=self.subscriptions.end_topic, external_members=self.external_members,
-            binary_connections=lambda: len(self.connections),
-            listening=lambda: listener is not None and not listener.closed,
-            stopping=lambda: self._stopping, tls=lambda: self._http_tls, errors=self.errors)
-        self._http = HttpApi(backend)
+        self._http = HttpApi(self._front_backend(lambda: self._http_tls))
         try:
             await self._http.start(cfg.host, port)
         except OSError as exc:
@@ -250,16 +253,7 @@ class Server:
         from ..amqp import AmqpFront
 
         cfg = self.config
-        assert self._broker is not None and self.driver is not None
-        listener = self._listener
-        backend = Backend(
-            config=cfg, broker=self._broker, driver=self.driver, gate=self.gate,
-            now_us=now_us, mono_us=mono_us, want_push=self.want_push,
-            end_topic=self.subscriptions.end_topic, external_members=self.external_members,
-            binary_connections=lambda: len(self.connections),
-            listening=lambda: listener is not None and not listener.closed,
-            stopping=lambda: self._stopping, tls=lambda: self._tls, errors=self.errors)
-        self._amqp = AmqpFront(backend)
+        self._amqp = AmqpFront(self._front_backend(lambda: self._tls))
         try:
             await self._amqp.start(cfg.host, port)
         except OSError as exc:
