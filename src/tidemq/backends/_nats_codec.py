@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from ..storage import Record
+from ._recmeta import record_meta
 
 __all__ = ["META", "MSG_ID", "encode_meta", "Decoded", "decode_meta"]
 
@@ -24,19 +25,7 @@ MSG_ID: Final = "Nats-Msg-Id"
 
 def encode_meta(rec: Record) -> str | None:
     """The ``Tidemq-Meta`` value for ``rec``, or None when it has nothing but a body."""
-    meta: dict[str, Any] = {}
-    if rec.key is not None:
-        meta["k"] = base64.b64encode(rec.key).decode()
-    if rec.routing_key is not None:
-        meta["r"] = rec.routing_key
-    if rec.headers:
-        meta["h"] = rec.headers
-    if rec.priority:
-        meta["p"] = rec.priority
-    if rec.deliver_at_us:
-        meta["a"] = rec.deliver_at_us
-    if rec.ttl_us:
-        meta["t"] = rec.ttl_us
+    meta = record_meta(rec)
     if not meta:
         return None
     return json.dumps(meta, separators=(",", ":"))

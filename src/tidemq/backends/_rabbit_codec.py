@@ -42,6 +42,7 @@ from ..broker._ids import parse_id
 from ..errors import UnknownMessage
 from ..storage import Record
 from ._nats_names import escape, shorten
+from ._recmeta import record_meta
 
 __all__ = ["META", "WAIT_HEADER", "encode", "Decoded", "decode", "token", "routing_key_for",
            "binding_keys", "REASONS"]
@@ -83,19 +84,7 @@ def binding_keys(partition: int, partitions: int, patterns: list[str] | None) ->
 def encode(rec: Record, message_id: str, timestamp_us: int, *, count: int = 0,
            expiration: bool = True) -> tuple[bytes, dict[str, Any]]:
     """(body, properties as ``aiormq.spec.Basic.Properties`` keywords)."""
-    meta: dict[str, Any] = {"ts": timestamp_us}
-    if rec.key is not None:
-        meta["k"] = base64.b64encode(rec.key).decode()
-    if rec.routing_key is not None:
-        meta["r"] = rec.routing_key
-    if rec.headers:
-        meta["h"] = rec.headers
-    if rec.priority:
-        meta["p"] = rec.priority
-    if rec.deliver_at_us:
-        meta["a"] = rec.deliver_at_us
-    if rec.ttl_us:
-        meta["t"] = rec.ttl_us
+    meta: dict[str, Any] = {"ts": timestamp_us, **record_meta(rec)}
     if count:
         meta["c"] = count
     props: dict[str, Any] = {
