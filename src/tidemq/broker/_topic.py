@@ -444,7 +444,7 @@ class Topic:
         else:
             self.check_backlog(count)
             log = self.logs[partition]
-            res = log.append(batch, now_us)
+            res = log.append(batch, now_us, verified=view)
             tb.add(log, res.position, self.always)
             ids_repr = (partition, res.base_offset, count)
         if idempotent:

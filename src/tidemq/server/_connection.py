@@ -217,6 +217,10 @@ class Connection(asyncio.Protocol):
         if self._processing:  # a callback fired by a frame being handled: that loop goes on
             return
         self._processing = True
+        # What the frames answer leaves in one write at the end of this pass, not from a
+        # flush callback scheduled by each send (one loop callback fewer per request).
+        flush_was_scheduled = self._flush_scheduled
+        self._flush_scheduled = True
         decoder = self.decoder
         held = self._held
         high = self._high
@@ -241,6 +245,8 @@ class Connection(asyncio.Protocol):
             self._processing = False
         if self._out:
             self._flush()
+        else:
+            self._flush_scheduled = flush_was_scheduled
         self._update_reading()
         self.want_push(None)
 

@@ -69,6 +69,14 @@ _MAX_EVENTS = 100
 _BUSY_WARN_EVERY_S = 10.0
 
 
+
+def _verified(batch: bytes | bytearray | memoryview) -> BatchView:
+    """``verify(batch)``, its failure said as the append's ``InvalidArgument``."""
+    try:
+        return verify(batch)
+    except CorruptRecord as exc:
+        raise InvalidArgument(f"the batch does not verify, nothing stored: {exc.message}") from None
+
 class FileLog:
     """A partition log in ``directory`` (created if missing); recovers on construction.
 
@@ -246,8 +254,11 @@ class FileLog:
             "open-files limit (ulimit -n) or lower max_open_files"
         )
 
-    def append(self, batch: bytes | bytearray | memoryview, now_us: int) -> AppendResult:
+    def append(self, batch: bytes | bytearray | memoryview, now_us: int, *,
+               verified: BatchView | None = None) -> AppendResult:
         """Append one encoded batch as it came: verified (body CRC included), stamped, written.
+        ``verified``: the caller's own ``verify(batch)`` of these very bytes (not verified
+        twice).
 
         Sets base offset and timestamp (``max(now_us, last timestamp)``, so timestamps never
         go backwards) and re-seals the header; the body is written from the caller's buffer
@@ -256,12 +267,7 @@ class FileLog:
         verify (nothing stored), ``DiskFull``, ``StorageFailed``, ``Closed``.
         """
         self._check_writable()
-        try:
-            view = verify(batch)
-        except CorruptRecord as exc:
-            raise InvalidArgument(
-                f"the batch does not verify, nothing stored: {exc.message}"
-            ) from None
+        view = verified if verified is not None and verified.raw is batch else _verified(batch)
         base = self._end_offset
         last = self._last_ts
         ts = now_us if now_us > last else last

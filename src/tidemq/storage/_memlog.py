@@ -86,15 +86,19 @@ class MemoryLog:
         if self._closed:
             raise Closed("memory log is closed")
 
-    def append(self, batch: bytes | bytearray | memoryview, now_us: int) -> AppendResult:
+    def append(self, batch: bytes | bytearray | memoryview, now_us: int, *,
+               verified: BatchView | None = None) -> AppendResult:
         """As ``FileLog.append``: verified, stamped with base offset and a non-decreasing time."""
         self._check_open()
-        try:
-            view = verify(batch)
-        except CorruptRecord as exc:
-            raise InvalidArgument(
-                f"the batch does not verify, nothing stored: {exc.message}"
-            ) from None
+        if verified is not None and verified.raw is batch:
+            view = verified
+        else:
+            try:
+                view = verify(batch)
+            except CorruptRecord as exc:
+                raise InvalidArgument(
+                    f"the batch does not verify, nothing stored: {exc.message}"
+                ) from None
         active = self._segments[-1]
         first_ts = active.first_ts if active.first_ts >= 0 else None
         if should_roll(self._config, active.size, first_ts, view.size, now_us):

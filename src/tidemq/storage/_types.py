@@ -177,7 +177,8 @@ class PartitionLog(Protocol):
     @property
     def recovery(self) -> RecoveryReport: ...
 
-    def append(self, batch: bytes | bytearray | memoryview, now_us: int) -> AppendResult: ...
+    def append(self, batch: bytes | bytearray | memoryview, now_us: int, *,
+               verified: BatchView | None = None) -> AppendResult: ...
 
     def append_records(
         self,
