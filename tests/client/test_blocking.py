@@ -15,6 +15,7 @@ import pytest
 
 import tidemq
 from tidemq import errors
+from tidemq.client._runner import LoopRunner
 
 from ..conformance.conftest import unique
 
@@ -244,3 +245,50 @@ def test_embedded_nowait_is_already_done(tmp_path: Path) -> None:
 def test_embedded_loop_option_is_refused() -> None:
     with pytest.raises(errors.InvalidArgument):
         tidemq.Client("memory://", loop="uvloop")
+
+
+def test_embedded_spin_option_is_refused() -> None:
+    with pytest.raises(errors.InvalidArgument, match="spin_us"):
+        tidemq.Client("memory://", spin_us=100)
+
+
+@pytest.mark.parametrize("bad", [-1, 10_001, 1.5, "100", True])
+def test_spin_us_out_of_range_is_refused(server: str, bad: object) -> None:
+    with pytest.raises(errors.InvalidArgument, match="spin_us"):
+        tidemq.Client(server, spin_us=bad)  # type: ignore[arg-type]
+
+
+def test_a_waiting_call_spins_for_its_answer_and_spin_0_never_does(server: str) -> None:
+    """A caller polls for its answer before sleeping (the answer of a one-message publish
+    under ``interval`` comes in far less than 10 ms); with ``spin_us=0`` it sleeps at once.
+    Either way every publish gets its own id, in order."""
+    topic = f"spin-{time.monotonic_ns()}"
+    for spin, spins in ((10_000, True), (0, False)):
+        with tidemq.Client(server, spin_us=spin) as mq:
+            mq.create_topic(topic, partitions=1, durability="interval", exist_ok=True)
+            ids = [mq.publish(topic, b"m%d" % i) for i in range(50)]
+            runner = mq._runner
+            assert isinstance(runner, LoopRunner)
+            assert (runner.spin_hits > 0) is spins
+            if not spins:
+                assert runner.spin_misses == 0
+        offsets = [int(i.rsplit(":", 1)[1]) for i in ids]
+        assert offsets == sorted(offsets) and len(set(ids)) == 50
+
+
+def test_spinning_backs_off_when_answers_are_slow(server: str) -> None:
+    """Answers slower than the budget (a 20 ms fsync stand-in: a subscription's receive that
+    waits out its timeout) halve the budget to none, so a slow server soon costs no spins."""
+    topic = f"spin-slow-{time.monotonic_ns()}"
+    with tidemq.Client(server, spin_us=200) as mq:
+        mq.create_topic(topic, partitions=1)
+        sub = mq.subscribe(topic, "g")
+        for _ in range(6):  # 200, 100, 50, 25, 12 µs, then none
+            assert sub.receive(10, timeout=0.02) == []
+        runner = mq._runner
+        assert isinstance(runner, LoopRunner)
+        assert runner._spin_budget == 0
+        misses = runner.spin_misses
+        for _ in range(10):  # fewer than SPIN_PROBE_EVERY: no probe among them
+            assert sub.receive(10, timeout=0.02) == []
+        assert runner.spin_misses == misses

@@ -27,7 +27,8 @@ PAIRS = [
 # (class name, member) -> why the faces differ there. A member listed here is skipped by the
 # signature comparison; one present on one face only must be listed too.
 DOCUMENTED: dict[tuple[str, str], str] = {
-    ("Client", "__init__"): "loop=: the event loop the blocking client runs over tidemq://",
+    ("Client", "__init__"): "loop=, spin_us=: the event loop the blocking client runs over "
+                            "network URLs, and how its callers wait on it",
     ("Client", "publish"): "wait=False: the blocking client's non-waiting producer (a "
                            "concurrent.futures.Future); the async publish returns an awaitable "
                            "and never blocks",

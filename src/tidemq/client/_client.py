@@ -28,7 +28,7 @@ from ._adapters import AsyncOverEmbedded
 from ._async import AsyncClient, MessageFields, connect_backend
 from ._embedded import EmbeddedTransport
 from ._nowait import NowaitProducer
-from ._runner import InlineRunner, LoopRunner, new_loop
+from ._runner import SPIN_US, InlineRunner, LoopRunner, check_spin_us, new_loop
 from ._transport import AsyncTransport
 
 __all__ = ["Client", "Subscription", "Message", "Consumer", "open"]
@@ -245,10 +245,13 @@ class Client:
     ``docs/backends.md`` for what differs there. Blocking and thread-safe.
 
     ``loop`` (network URLs only): the event loop the network transport runs on, in the
-    callers' threads — ``"asyncio"`` (default) or ``"uvloop"``."""
+    callers' threads — ``"asyncio"`` (default) or ``"uvloop"``. ``spin_us`` (network URLs,
+    the asyncio loop): how long a call polls for its answer before it sleeps, 0 never
+    (default ``_runner.SPIN_US``; see ``docs/architecture.md``)."""
 
     def __init__(self, url: str = "memory://", *, auto_create_topics: bool = True,
-                 loop: str | None = None, **options: Any) -> None:
+                 loop: str | None = None, spin_us: int | None = None,
+                 **options: Any) -> None:
         ep = _common.parse_url(url)
         self.url = url
         self._nowait: NowaitProducer | None = None
@@ -256,7 +259,8 @@ class Client:
         if ep.kind == "tidemq" or ep.url is not None:
             from ._tcp import TcpTransport
 
-            runner = LoopRunner(new_loop(loop or "asyncio"))
+            spin = check_spin_us(SPIN_US if spin_us is None else spin_us)
+            runner = LoopRunner(new_loop(loop or "asyncio"), spin_us=spin)
             tcp: AsyncTransport
             try:
                 if ep.url is not None:  # nats://, amqp://: another engine's backend
@@ -279,9 +283,10 @@ class Client:
             self._runner = runner
             self._ac = AsyncClient._over(url, tcp)
         else:
-            if loop is not None:
-                raise InvalidArgument("loop= applies to network URLs (tidemq://, nats://, "
-                                      "amqp://); an embedded client runs no event loop")
+            if loop is not None or spin_us is not None:
+                raise InvalidArgument(f"{'loop' if loop is not None else 'spin_us'}= applies "
+                                      "to network URLs (tidemq://, nats://, amqp://); an "
+                                      "embedded client runs no event loop")
             inner = EmbeddedTransport(ep.path, auto_create_topics=auto_create_topics,
                                       **ep.embedded_options(options))
             self._runner = InlineRunner()
