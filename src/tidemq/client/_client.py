@@ -272,10 +272,13 @@ class Client:
                 runner.close()
                 raise
             # The runner's hooks into a network transport (any AsyncTransport may have them):
-            # drop a connection an interrupt may have cut mid-frame, write before waiting,
-            # end a loop run in the iteration that read the answer.
+            # drop a connection an interrupt may have cut mid-frame, hold a caller's writes
+            # until it waits (then write them) or leaves (then schedule them), end a loop run
+            # in the iteration that read the answer.
             runner.on_interrupt = getattr(tcp, "abort_connection", None)
             runner.before_wait = getattr(tcp, "push_out", None)
+            runner.on_call = getattr(tcp, "defer", None)
+            runner.end_call = getattr(tcp, "end_deferred", None)
             if hasattr(tcp, "on_input"):
                 tcp.on_input = runner.on_input
             self._nowait = NowaitProducer(runner, tcp.publish,

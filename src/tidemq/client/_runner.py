@@ -133,6 +133,11 @@ class LoopRunner:
         # Called before a caller waits on the loop: write what its operation queued now,
         # instead of one loop iteration later (the transport's push_out).
         self.before_wait: Callable[[], None] | None = None
+        # Called when a caller takes the loop / leaves it without waiting: what its plain part
+        # queues is written by before_wait, or scheduled by end_call (the transport's defer
+        # and end_deferred), instead of by a loop callback per write.
+        self.on_call: Callable[[], None] | None = None
+        self.end_call: Callable[[], None] | None = None
         self._until: asyncio.Future[Any] | None = None  # what the leading caller waits for
         self._lock = threading.Lock()  # held by the thread that runs (or touches) the loop
         self._cond = threading.Condition(threading.Lock())  # followers wait on it
@@ -196,11 +201,15 @@ class LoopRunner:
             try:
                 if self.closed:
                     raise Closed("this client is closed; open a new one")
+                if self.on_call is not None:
+                    self.on_call()
                 aw = fn(*args, **kw)
                 if isinstance(aw, Done):
                     return aw.value  # type: ignore[no-any-return]
                 return self._run(aw)
             finally:
+                if self.end_call is not None:
+                    self.end_call()
                 self._released_at = _monotonic()
                 self._lock.release()
                 if self._followers:

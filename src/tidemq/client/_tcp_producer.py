@@ -52,6 +52,18 @@ _BODY = attrgetter("body")
 Waiter = tuple["asyncio.Future[Any]", int, int]
 
 
+class _NoCallback:
+    """The timer of an open batch due at once while deferred (``Producer.deferred``): none."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+_DUE: Any = _NoCallback()
+
+
 @dataclass(slots=True)
 class SealedBatch:
     """An encoded batch waiting for (or awaiting) its PublishOk. ``payload`` never changes."""
@@ -106,6 +118,9 @@ class Producer:
         self._sticky: dict[str, int] = {}
         self._due: list[tuple[str, int]] = []  # partitions whose batch is sealed "soon"
         self.connected = False  # batches are only sent while connected
+        # The transport's blocking caller seals what is due itself (seal_due) before it waits,
+        # or has it scheduled (schedule_due): no callback per batch meanwhile.
+        self.deferred = False
 
     # --- adding records ---------------------------------------------------------------------
 
@@ -185,19 +200,31 @@ class Producer:
                 # Nothing in flight on this partition: waiting would only add latency. What is
                 # published during this loop iteration still shares the batch (or until
                 # seal_due(): a blocking caller seals before it waits).
-                op.timer = self._loop.call_soon(self._on_linger, topic, partition)
-                self._due.append((topic, partition))
+                if self.deferred:
+                    op.timer = _DUE
+                    self._due.append((topic, partition))
+                else:
+                    op.timer = self._loop.call_soon(self._on_linger, topic, partition)
             else:
                 op.timer = self._loop.call_later(self.linger, self._on_linger, topic, partition)
 
     def seal_due(self) -> None:
-        """Seal and send now the batches that were to be sealed at the end of this loop
-        iteration (their timers then find nothing to do)."""
+        """Seal and send now the batches queued while deferred (due at the end of this loop
+        iteration)."""
         due, self._due = self._due, []
         for topic, partition in due:
             st = self._parts[(topic, partition)]
             if st.open.timer is not None and st.open.records:
                 self._on_linger(topic, partition)
+
+    def schedule_due(self) -> None:
+        """The batches due that no callback seals (queued while deferred): seal them at the end
+        of this loop iteration."""
+        due, self._due = self._due, []
+        for topic, partition in due:
+            op = self._parts[(topic, partition)].open
+            if op.timer is _DUE:
+                op.timer = self._loop.call_soon(self._on_linger, topic, partition)
 
     def _on_linger(self, topic: str, partition: int) -> None:
         st = self._parts[(topic, partition)]
