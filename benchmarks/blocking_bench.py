@@ -9,10 +9,14 @@ Run: .venv/bin/python benchmarks/blocking_bench.py [--runs 3] [--messages 5000]
 Every system on 127.0.0.1, 100-byte bodies, a fresh uniquely named topic / stream / queue per
 run (deleted afterwards), each run bounded by ``--max-seconds``. Durability, like with like:
 
-- TideMQ topics use durability ``interval`` (fsync at least every 100 ms) next to Redis, whose
-  durability is its own configuration (printed: ``appendonly``/``appendfsync``; with
-  ``appendonly no`` nothing is fsynced per write), and ``always`` (fsync before the answer)
-  next to RabbitMQ quorum queues (fsync before a publisher confirm).
+- TideMQ topics use durability ``interval`` (written before the answer, fsync at least every
+  100 ms) next to a private ``redis-server`` started for the run with ``appendonly yes
+  appendfsync everysec`` (written to its AOF before the reply, fsync every second: the same
+  class), and ``always`` (fsync before the answer) next to RabbitMQ quorum queues (fsync
+  before a publisher confirm).
+- Both sides run with their defaults: TideMQ's client and server poll briefly before they
+  sleep (``spin_us``, docs/server.md); ``benchmarks/roundtrip_floor.py`` shows what that
+  buys and costs in CPU.
 - Clocks stop when the server has answered: a publish when it returned its id (redis: XADD's
   reply; pika: the publisher confirm), acks after ``sub.flush()`` (redis: each XACK's reply;
   pika: a passive ``queue_declare`` after the last ``basic_ack``, which the channel answers
@@ -47,7 +51,7 @@ from typing import Any
 import tidemq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _procs import cpu_ticks  # noqa: E402
+from _procs import cpu_ticks, start_redis  # noqa: E402
 
 BODY = b"x" * 100
 RUN = f"bb-{os.getpid()}-{int(time.time())}"
@@ -232,20 +236,20 @@ def sleeping_threads(n: int, workers: int = 8, sleep: float = 0.01) -> float:
 # --- Redis ------------------------------------------------------------------------------------
 
 
-def redis_config() -> dict[str, str]:
+def redis_config(port: int) -> dict[str, str]:
     import redis
 
-    r = redis.Redis("127.0.0.1", 6379)
+    r = redis.Redis("127.0.0.1", port)
     out = {k: str(v) for k, v in r.config_get("append*").items()
            if k in ("appendonly", "appendfsync")}
     r.close()
     return out
 
 
-def redis_xadd_one(n: int, max_s: float) -> float:
+def redis_xadd_one(port: int, n: int, max_s: float) -> float:
     import redis
 
-    r = redis.Redis("127.0.0.1", 6379)
+    r = redis.Redis("127.0.0.1", port)
     s = name("stream")
     try:
         deadline = time.perf_counter() + max_s
@@ -261,10 +265,10 @@ def redis_xadd_one(n: int, max_s: float) -> float:
         r.close()
 
 
-def redis_read_ack(n: int, max_s: float) -> float:
+def redis_read_ack(port: int, n: int, max_s: float) -> float:
     import redis
 
-    r = redis.Redis("127.0.0.1", 6379)
+    r = redis.Redis("127.0.0.1", port)
     s = name("stream")
     try:
         pipe = r.pipeline(transaction=False)
@@ -390,11 +394,15 @@ def main() -> None:
         emit(bench=figure, system=system, run=run + 1, value=round(shown, 1), unit=unit, **extra)
         return value
 
+    rport = 0
     try:
-        emit(bench="setup", redis=redis_config(), cores=os.cpu_count(),
+        redis_srv: Any = start_redis("everysec")
+        rport = redis_srv.port
+        emit(bench="setup", redis=redis_config(rport), cores=os.cpu_count(),
              python=sys.version.split()[0], messages=n, max_seconds=max_s)
     except Exception as exc:  # noqa: BLE001
-        emit(bench="setup", redis=f"unreachable: {exc}")
+        redis_srv = None
+        emit(bench="setup", redis=f"cannot start redis-server: {exc}")
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(f"{tmp}/server")
         try:
@@ -404,7 +412,7 @@ def main() -> None:
                     measure("publish_one", "tidemq-interval",
                             lambda: tidemq_publish_one(url, n, max_s, "interval", server.pid),
                             durability="interval")
-                    measure("publish_one", "redis-xadd", lambda: redis_xadd_one(n, max_s))
+                    measure("publish_one", "redis-xadd", lambda: redis_xadd_one(rport, n, max_s))
                     measure("publish_one", "tidemq-always",
                             lambda: tidemq_publish_one(url, n, max_s, "always", server.pid),
                             durability="always")
@@ -415,7 +423,7 @@ def main() -> None:
                             lambda: tidemq_receive_ack(url, n, max_s, "interval"),
                             durability="interval")
                     measure("receive_ack", "redis-xreadgroup-xack",
-                            lambda: redis_read_ack(n, max_s))
+                            lambda: redis_read_ack(rport, n, max_s))
                     measure("receive_ack", "tidemq-always",
                             lambda: tidemq_receive_ack(url, n, max_s, "always"),
                             durability="always")
@@ -444,6 +452,8 @@ def main() -> None:
                                  value=round(got[1], 2), unit="server µs/msg")
         finally:
             server.stop()
+            if redis_srv is not None:
+                redis_srv.stop()
     medians: dict[str, float] = {}
     for key, vals in results.items():
         figure, system = key.split("|")

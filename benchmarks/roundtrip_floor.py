@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Where the time of one blocking publish goes (issue 10's "publish one call at a time").
 
-For ``tidemq.Client.publish`` one call at a time against ``tidemq serve`` and redis-py's XADD
-one call at a time against the Redis on this machine, in the same run, prints per call:
+For ``tidemq.Client.publish`` one call at a time against ``tidemq serve`` — with its defaults
+(client and server poll before they sleep, ``spin_us``, docs/server.md) and with polling off on
+both sides (``tidemq-nospin``) — and redis-py's XADD one call at a time against a private
+``redis-server`` (``appendfsync everysec``: TideMQ ``interval``'s durability class), in the same
+run, prints per call:
 
 - ``rtt_us``: wall time of one call (the figure the throughput is 1e6 / rtt of);
 - ``server_us``: the server process's CPU (utime + stime, every thread) per call;
@@ -37,7 +40,7 @@ from tidemq import protocol as P
 from tidemq.storage import encode_bodies
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _procs import cpu_ticks  # noqa: E402
+from _procs import cpu_ticks, start_redis  # noqa: E402
 
 BODY = b"x" * 100
 TICK = os.sysconf("SC_CLK_TCK")
@@ -88,9 +91,9 @@ def _pipelined(port: int, pid: int, topic: str, frames: int) -> float:
         s.close()
 
 
-def _start_server(data: str) -> tuple[subprocess.Popen[str], int]:
+def _start_server(data: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tidemq.cli", "serve", "--data", data, "--port", "0"],
+        [sys.executable, "-m", "tidemq.cli", "serve", "--data", data, "--port", "0", *extra],
         stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "tidemq listening on HOST:PORT"
@@ -100,11 +103,11 @@ def _start_server(data: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.rsplit(":", 1)[1])
 
 
-def run_tidemq(calls: int, frames: int) -> dict[str, float]:
+def run_tidemq(calls: int, frames: int, *, spin: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = _start_server(tmp)
+        proc, port = _start_server(tmp, *(() if spin else ("--spin-us", "0")))
         try:
-            mq = tidemq.Client(f"tidemq://127.0.0.1:{port}")
+            mq = tidemq.Client(f"tidemq://127.0.0.1:{port}", spin_us=None if spin else 0)
             topic = f"floor.{os.getpid()}.{time.monotonic_ns()}"
             mq.create_topic(topic, partitions=1, durability="interval")
             row = _measure(proc.pid, calls, lambda: mq.publish(topic, BODY))
@@ -121,20 +124,22 @@ def run_redis(calls: int) -> dict[str, float] | None:
         import redis
     except ImportError:
         return None
-    r = redis.Redis(host="127.0.0.1")
     try:
-        info = r.info("server")
-    except redis.ConnectionError:
+        srv = start_redis("everysec")
+    except Exception as exc:  # noqa: BLE001 - no redis-server here: say so, measure the rest
+        print(json.dumps({"bench": "roundtrip_floor", "system": "redis-xadd",
+                          "error": f"cannot start redis-server: {exc}"}), flush=True)
         return None
+    r = redis.Redis(host="127.0.0.1", port=srv.port)
     stream = f"floor.{os.getpid()}.{time.monotonic_ns()}"
     try:
-        row = _measure(int(info["process_id"]), calls, lambda: r.xadd(stream, {"b": BODY}))
+        row = _measure(srv.proc.pid, calls, lambda: r.xadd(stream, {"b": BODY}))
         pers = r.info("persistence")
         row["appendonly"] = float(pers.get("aof_enabled", 0))
         return row
     finally:
-        r.delete(stream)
         r.close()
+        srv.stop()
 
 
 def main() -> None:
@@ -143,12 +148,14 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--frames", type=int, default=50_000)
     args = ap.parse_args()
-    rows: dict[str, list[dict[str, float]]] = {"tidemq": [], "redis-xadd": []}
+    rows: dict[str, list[dict[str, float]]] = {"tidemq": [], "tidemq-nospin": [],
+                                               "redis-xadd": []}
     for run in range(1, args.runs + 1):  # the same order every run
-        t = run_tidemq(args.calls, args.frames)
-        rows["tidemq"].append(t)
-        print(json.dumps({"bench": "roundtrip_floor", "system": "tidemq", "run": run,
-                          **{k: round(v, 1) for k, v in t.items()}}), flush=True)
+        for system, spin in (("tidemq", True), ("tidemq-nospin", False)):
+            t = run_tidemq(args.calls, args.frames, spin=spin)
+            rows[system].append(t)
+            print(json.dumps({"bench": "roundtrip_floor", "system": system, "run": run,
+                              **{k: round(v, 1) for k, v in t.items()}}), flush=True)
         r = run_redis(args.calls)
         if r is not None:
             rows["redis-xadd"].append(r)

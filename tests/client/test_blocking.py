@@ -269,9 +269,9 @@ def test_a_waiting_call_spins_for_its_answer_and_spin_0_never_does(server: str) 
             ids = [mq.publish(topic, b"m%d" % i) for i in range(50)]
             runner = mq._runner
             assert isinstance(runner, LoopRunner)
-            assert (runner.spin_hits > 0) is spins
+            assert (runner.spin.hits > 0) is spins
             if not spins:
-                assert runner.spin_misses == 0
+                assert runner.spin.misses == 0
         offsets = [int(i.rsplit(":", 1)[1]) for i in ids]
         assert offsets == sorted(offsets) and len(set(ids)) == 50
 
@@ -287,8 +287,8 @@ def test_spinning_backs_off_when_answers_are_slow(server: str) -> None:
             assert sub.receive(10, timeout=0.02) == []
         runner = mq._runner
         assert isinstance(runner, LoopRunner)
-        assert runner._spin_budget == 0
-        misses = runner.spin_misses
+        assert runner.spin.budget_us == 0
+        misses = runner.spin.misses
         for _ in range(10):  # fewer than SPIN_PROBE_EVERY: no probe among them
             assert sub.receive(10, timeout=0.02) == []
-        assert runner.spin_misses == misses
+        assert runner.spin.misses == misses

@@ -208,6 +208,7 @@ class _Protocol(asyncio.Protocol):
         self.started = time.monotonic()
         self.paused_since: float | None = None
         self.admitted = False
+        self.idle_fd = -1  # the socket as the server's idle poll watches it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -230,6 +231,7 @@ class _Protocol(asyncio.Protocol):
         self.session.reading = self._reading
         self.front.sessions.add(self.session)
         self.front._protocols.add(self)
+        self.idle_fd = self.front.backend.idle.add(self, transport)
 
     def data_received(self, data: bytes) -> None:
         s = self.session
@@ -242,6 +244,7 @@ class _Protocol(asyncio.Protocol):
             self.admitted = False
             self.front.leave(self.ip)
         self.front._protocols.discard(self)
+        self.front.backend.idle.remove(self, self.idle_fd)
         if self.session is not None:
             self.session.end()
 

@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Literal, overload
 
+from .._spin import check_spin_us
 from ..backends._capabilities import Capability
 from ..broker._types import Delivery, GroupInfo, StartPosition, TopicInfo
 from ..errors import Closed, InvalidArgument, TideMQError
@@ -28,7 +29,7 @@ from ._adapters import AsyncOverEmbedded
 from ._async import AsyncClient, MessageFields, connect_backend
 from ._embedded import EmbeddedTransport
 from ._nowait import NowaitProducer
-from ._runner import SPIN_US, InlineRunner, LoopRunner, check_spin_us, new_loop
+from ._runner import SPIN_US, InlineRunner, LoopRunner, new_loop
 from ._transport import AsyncTransport
 
 __all__ = ["Client", "Subscription", "Message", "Consumer", "open"]

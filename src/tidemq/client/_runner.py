@@ -22,15 +22,10 @@ that loop is run **in the caller's thread**, one caller at a time:
   loop, asleep in its selector (heartbeats answered, pushed deliveries buffered, linger timers
   fired), until a caller posts work; then it hands the loop over.
 
-*Spin*: the wakeup of a sleeping thread costs more than the rest of a round trip on a
-virtual machine (measured here: a one-message publish round trip ~180 µs when both sides sleep
-in their selectors, ~90 µs when the client does not). So a caller about to sleep in the
-selector waiting for its answer first polls it without sleeping for up to ``spin_us`` µs
-(default :data:`SPIN_US`); the poll is a syscall that releases the GIL, so other threads run
-meanwhile. The spin adapts: one that saw no input in time halves the next one's budget, down to
-none; then one wait in :data:`SPIN_PROBE_EVERY` tries the full budget again (answers that need
-an fsync under ``always``, or a slow server, soon stop costing spins). Only callers waiting for
-an answer spin, never the pump. ``Client(url, spin_us=0)`` turns it off.
+*Spin*: a caller about to sleep in the selector waiting for its answer first polls it without
+sleeping, for up to ``spin_us`` µs (default :data:`SPIN_US`; ``tidemq._spin``: why, and how the
+budget adapts). Only callers waiting for an answer spin, never the pump. ``Client(url,
+spin_us=0)`` turns it off.
 
 Ctrl-C: a ``KeyboardInterrupt`` raised while the caller's thread waits in the loop's selector
 leaves every state whole (the interrupted operation is cancelled); raised anywhere else it may
@@ -50,11 +45,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .._spin import Spin
 from ..errors import Closed, InvalidArgument
 from ._transport import Done
 
-__all__ = ["InlineRunner", "LoopRunner", "PUMP_INTERVAL", "LEAD_AFTER", "SPIN_US", "check_spin_us",
-           "new_loop"]
+__all__ = ["InlineRunner", "LoopRunner", "PUMP_INTERVAL", "LEAD_AFTER", "SPIN_US", "new_loop"]
 
 log = logging.getLogger("tidemq.client")
 
@@ -62,10 +57,7 @@ T = TypeVar("T")
 PUMP_INTERVAL = 0.002  # s: the pump's tick; also about the most an ack waits to be sent
 LEAD_AFTER = 0.05  # s of quiet after which the pump leads the loop (sleeping in the selector)
 SPIN_US = 200  # µs a caller polls for its answer before sleeping (see the module doc)
-SPIN_MAX_US = 10_000
-SPIN_PROBE_EVERY = 32  # with the budget spent down to none, every this many waits try it again
 _monotonic = time.monotonic
-_perf = time.perf_counter
 _get_running_loop = asyncio._get_running_loop
 
 
@@ -82,14 +74,6 @@ def new_loop(kind: str = "asyncio") -> asyncio.AbstractEventLoop:
     if kind != "asyncio":
         raise InvalidArgument("loop must be 'asyncio' or 'uvloop'")
     return asyncio.new_event_loop()
-
-
-def check_spin_us(spin_us: object) -> int:
-    """``spin_us`` as given, or ``InvalidArgument``."""
-    if type(spin_us) is not int or not 0 <= spin_us <= SPIN_MAX_US:
-        raise InvalidArgument(f"spin_us must be an int from 0 to {SPIN_MAX_US} (microseconds), "
-                              f"got {spin_us!r}")
-    return spin_us
 
 
 def _drive_inline(aw: Awaitable[T]) -> T:
@@ -123,11 +107,7 @@ class LoopRunner:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, spin_us: int = SPIN_US) -> None:
         self.loop = loop
-        self.spin_us = spin_us
-        self._spin_budget = spin_us  # µs the next spin may take (adapts, see _spin)
-        self._spin_skipped = 0
-        self.spin_hits = 0  # spins that saw the answer arrive (statistics)
-        self.spin_misses = 0  # spins that ran out and slept
+        self.spin = Spin(spin_us)
         self.closed = False
         self.on_interrupt: Callable[[], None] | None = None
         # Called before a caller waits on the loop: write what its operation queued now,
@@ -154,14 +134,19 @@ class LoopRunner:
 
     def _watch_select(self, selector: Any) -> None:
         select = selector.select
-        # epoll's own poll(timeout, maxevents): the spin asks "anything?" without sleeping
-        poll = (getattr(selector, "_selector").poll  # noqa: B009 - private, so mypy has no type
-                if isinstance(selector, selectors.EpollSelector) else None)
+        spin = self.spin
+        ready: Callable[[], Any] | None = None
+        if isinstance(selector, selectors.EpollSelector):
+            # epoll's own poll(timeout, maxevents): the spin asks "anything?" without sleeping
+            poll = getattr(selector, "_selector").poll  # noqa: B009 - private: mypy has no type
+
+            def ready() -> Any:
+                return poll(0, 1)
 
         def watched(timeout: float | None = None) -> Any:
             try:
-                if (poll is not None and self.spin_us and self._until is not None
-                        and (timeout is None or timeout > 0) and self._spin(poll, timeout)):
+                if (ready is not None and self._until is not None
+                        and (timeout is None or timeout > 0) and spin.wait(ready, timeout)):
                     return select(0)
                 return select(timeout)
             except BaseException:
@@ -169,29 +154,6 @@ class LoopRunner:
                 raise
 
         selector.select = watched
-
-    def _spin(self, poll: Callable[[float, int], list[Any]], timeout: float | None) -> bool:
-        """Poll without sleeping for up to the spin budget; True once there is input."""
-        budget = self._spin_budget
-        if budget <= 0:
-            self._spin_skipped += 1
-            if self._spin_skipped < SPIN_PROBE_EVERY:
-                return False
-            self._spin_skipped = 0
-            budget = self.spin_us
-        limit = budget / 1e6
-        if timeout is not None and timeout < limit:
-            limit = timeout
-        end = _perf() + limit
-        while True:
-            if poll(0, 1):
-                self._spin_budget = self.spin_us
-                self.spin_hits += 1
-                return True
-            if _perf() >= end:
-                self._spin_budget = budget // 2 if budget >= 20 else 0
-                self.spin_misses += 1
-                return False
 
     # --- calls ------------------------------------------------------------------------------
 

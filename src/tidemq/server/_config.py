@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from .._spin import check_spin_us
 from ..driver import BLOCK_TIMEOUT
 from ..errors import InvalidArgument
 from ..protocol import MIN_MAX_FRAME_SIZE
@@ -53,6 +54,8 @@ class ServerConfig:
     shutdown_grace: float = 5.0  # seconds to let in-flight requests finish on SIGTERM
     loop: str = "auto"  # "auto" (uvloop if installed), "asyncio" or "uvloop"; docs/server.md
     fsync_threads: int = 4  # parallel fsyncs of one group-commit phase
+    # µs the loop polls its connections for input before it sleeps (tidemq._spin; 0: never)
+    spin_us: int = 200
 
     # --- HTTP API, metrics, admin page (docs/http.md) -----------------------------------------
     http_port: int | None = None  # None: off; 0: an ephemeral port (Server.http_port tells)
@@ -131,6 +134,7 @@ class ServerConfig:
             raise InvalidArgument("need 0 <= write_low_water < write_high_water")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise InvalidArgument("loop must be 'auto', 'asyncio' or 'uvloop'")
+        check_spin_us(self.spin_us)
         if self.fsync_threads < 1:
             raise InvalidArgument("fsync_threads must be >= 1")
         if self.push_batch < 1:

@@ -71,6 +71,7 @@ from ..security import FAILURE_DELAY_S, AuthExchange, Gate, Principal
 from ._authz import authorize
 from ._config import ServerConfig
 from ._dispatch import HANDLERS, Blocked, Handler
+from ._idlepoll import IdlePoll
 from ._registry import Subscriptions
 
 __all__ = ["Connection", "Services", "MakeDurable"]
@@ -110,6 +111,8 @@ class Services:
     gate: Gate | None = None
     # Errors answered to clients by catalogue code (the server's, shared by every port).
     errors: Counter[int] = field(default_factory=Counter)
+    # The poll before the loop sleeps (spin_us): the connections' sockets are watched by it.
+    idle: IdlePoll = field(default_factory=lambda: IdlePoll(0))
 
 
 class Connection(asyncio.Protocol):
@@ -140,6 +143,7 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.peer_ip = peer_ip
         self._counted = True  # Services.leave not called yet
+        self._idle_fd = -1  # the socket as the idle poll watches it (Services.idle)
         self.ready = False  # Hello received and answered
         # Authentication (servers with users): the mechanism's exchange while it runs, then
         # who this session is. Permission answers are cached until the users file changes.
@@ -190,6 +194,7 @@ class Connection(asyncio.Protocol):
             self.tls = True
             self.cert_names = cert_names(ssl_object.getpeercert())
         self._services.connections.add(self)
+        self._idle_fd = self._services.idle.add(self, t)
         # One deadline for the TLS handshake (done before this call) and the Hello together.
         left = cfg.handshake_timeout - (time.monotonic() - self._accepted_at)
         self._handshake_timer = asyncio.get_running_loop().call_later(
@@ -680,6 +685,7 @@ class Connection(asyncio.Protocol):
         self._held.clear()
         self._held_bytes = 0
         self._services.connections.discard(self)
+        self._services.idle.remove(self, self._idle_fd)
         if self._counted:
             self._counted = False
             self._services.leave(self.peer_ip)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..broker import Broker, SyncToken
 from ..errors import StorageFailed, TideMQError
 from ..security import Gate
+from ._idlepoll import IdlePoll
 
 if TYPE_CHECKING:
     from ._config import ServerConfig
@@ -48,6 +49,8 @@ class Backend:
     # Errors answered to clients by catalogue code, shared with the server's other ports
     # (tidemq_errors_total); a Backend made alone counts its own.
     errors: Counter[int] = field(default_factory=Counter)
+    # The poll before the loop sleeps (spin_us): a front's connections may be watched by it.
+    idle: IdlePoll = field(default_factory=lambda: IdlePoll(0))
 
     async def durable(self, token: SyncToken) -> None:
         """Return once ``token`` is durable at its topic's level (at once when that needs no

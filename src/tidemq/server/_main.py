@@ -63,6 +63,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--max-frame-bytes", type=int, help="largest frame accepted")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"],
                    help="event loop: auto (default: uvloop if installed), asyncio, uvloop")
+    p.add_argument("--spin-us", type=int, metavar="N",
+                   help="microseconds the loop polls its connections for input before it "
+                        "sleeps, adapting to the traffic (default 200; 0 never; docs/server.md)")
     p.add_argument("--no-auto-create", action="store_true",
                    help="refuse publishes to topics that do not exist")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ...")
@@ -117,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "sync_interval": args.sync_interval, "heartbeat_interval": args.heartbeat_interval,
         "heartbeat_timeout": args.heartbeat_timeout, "max_frame_bytes": args.max_frame_bytes,
         "auto_create_topics": False if args.no_auto_create else None,
-        "loop": args.loop, "http_port": args.http_port,
+        "loop": args.loop, "spin_us": args.spin_us, "http_port": args.http_port,
         "amqp_port": args.amqp_port,
         "users": args.users, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca, "insecure": args.insecure,

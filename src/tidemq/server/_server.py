@@ -47,6 +47,7 @@ from ._config import ServerConfig
 from ._connection import Connection, Services
 from ._driver import LoopDriver
 from ._fronts import Backend
+from ._idlepoll import IdlePoll
 from ._push import Subscription, delivery_bytes
 from ._registry import Subscriptions
 from ._tls import server_context
@@ -133,6 +134,8 @@ class Server:
         # Errors answered to clients, by catalogue code, on every port (tidemq_errors_total).
         self.errors: Counter[int] = Counter()
         self._amqp: AmqpFront | None = None  # the AMQP 0-9-1 front (amqp_port), docs/amqp.md
+        # The poll before the loop sleeps (spin_us; _idlepoll): after each push pass.
+        self.idle = IdlePoll(self.config.spin_us)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -195,7 +198,7 @@ class Server:
             blocked=driver.core.blocked,
             want_push=self.want_push, connections=self.connections,
             stopping=lambda: self._stopping, leave=self._leave, gate=self.gate,
-            errors=self.errors,
+            errors=self.errors, idle=self.idle,
         )
         socks = await _bind(loop, self.config.host, self.config.port)
         self._listener = _Listener(loop, socks, self._accepted)
@@ -230,7 +233,7 @@ class Server:
             end_topic=self.subscriptions.end_topic, external_members=self.external_members,
             binary_connections=lambda: len(self.connections),
             listening=lambda: listener is not None and not listener.closed,
-            stopping=lambda: self._stopping, tls=tls, errors=self.errors)
+            stopping=lambda: self._stopping, tls=tls, errors=self.errors, idle=self.idle)
 
     async def _start_http(self, port: int) -> None:
         """Serve the HTTP API on ``host:port`` (same host, gate and certificate)."""
@@ -300,6 +303,7 @@ class Server:
                 await self.driver.close()  # sync, last snapshot and close, on the worker
             except Exception:
                 log.exception("closing the broker failed")
+        self.idle.close()
         self._stopped.set()
         log.info("tidemq server stopped")
 
@@ -415,6 +419,12 @@ class Server:
         So a slow consumer slows itself only.
         """
         self._push_scheduled = False
+        self._push_round()
+        driver = self.driver
+        if not self._push_scheduled and driver is not None and driver.commits.idle:
+            self.idle.run()  # nothing due at once: poll for input before the loop sleeps
+
+    def _push_round(self) -> None:
         broker = self._broker
         if broker is None or self._stopping or self.driver is None:
             return
