@@ -64,6 +64,8 @@ def name(kind: str) -> str:
 
 
 def emit(**fields: Any) -> None:
+    if "run" in fields:  # a measurement: how busy the machine was
+        fields["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(fields), flush=True)
 
 
@@ -379,6 +381,7 @@ def main() -> None:
     want = set(a.only or ["publish", "receive", "nowait", "workers", "cpu"])
     n, max_s = a.messages, a.max_seconds
     results: dict[str, list[float]] = {}
+    units: dict[str, str] = {}
 
     def measure(figure: str, system: str, fn: Callable[[], Any], unit: str = "msgs/s",
                 **extra: Any) -> Any:
@@ -389,6 +392,7 @@ def main() -> None:
             return None
         shown = value[0] if isinstance(value, tuple) else value
         results.setdefault(f"{figure}|{system}", []).append(shown)
+        units[f"{figure}|{system}"] = unit
         if isinstance(value, tuple) and value[1] is not None and figure == "publish_one":
             extra["server_us_per_msg"] = round(value[1], 1)
         emit(bench=figure, system=system, run=run + 1, value=round(shown, 1), unit=unit, **extra)
@@ -448,6 +452,7 @@ def main() -> None:
                         got = measure("server_cpu_rate", f"tidemq-{system}", fn)
                         if got is not None:
                             results.setdefault(f"server_cpu|tidemq-{system}", []).append(got[1])
+                            units[f"server_cpu|tidemq-{system}"] = "server µs/msg"
                             emit(bench="server_cpu", system=f"tidemq-{system}", run=run + 1,
                                  value=round(got[1], 2), unit="server µs/msg")
         finally:
@@ -459,7 +464,8 @@ def main() -> None:
         figure, system = key.split("|")
         medians[key] = statistics.median(vals)
         emit(bench=figure, system=system, summary=True, runs=len(vals),
-             median=round(medians[key], 2), min=round(min(vals), 2), max=round(max(vals), 2))
+             median=round(medians[key], 2), min=round(min(vals), 2), max=round(max(vals), 2),
+             unit=units.get(key, ""))
 
     def ratio(label: str, num: str, den: str, target: str) -> None:
         if num in medians and den in medians and medians[den]:

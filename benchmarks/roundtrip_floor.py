@@ -43,6 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _procs import cpu_ticks, start_redis  # noqa: E402
 
 BODY = b"x" * 100
+_UNITS = {"rtt_us": "µs per call", "server_us": "server CPU µs per call",
+          "client_us": "client CPU µs per call", "msgs_per_s": "calls/s",
+          "server_pipelined_us": "server CPU µs per frame, back to back",
+          "appendonly": "1 = AOF on"}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -155,11 +159,13 @@ def main() -> None:
             t = run_tidemq(args.calls, args.frames, spin=spin)
             rows[system].append(t)
             print(json.dumps({"bench": "roundtrip_floor", "system": system, "run": run,
+                              "loadavg_1m": round(os.getloadavg()[0], 2),
                               **{k: round(v, 1) for k, v in t.items()}}), flush=True)
         r = run_redis(args.calls)
         if r is not None:
             rows["redis-xadd"].append(r)
             print(json.dumps({"bench": "roundtrip_floor", "system": "redis-xadd", "run": run,
+                              "loadavg_1m": round(os.getloadavg()[0], 2),
                               **{k: round(v, 1) for k, v in r.items()}}), flush=True)
     for system, runs in rows.items():
         if not runs:
@@ -169,7 +175,8 @@ def main() -> None:
             print(json.dumps({"bench": "roundtrip_floor", "system": system, "figure": key,
                               "summary": True, "runs": len(vals),
                               "median": round(statistics.median(vals), 1),
-                              "min": round(min(vals), 1), "max": round(max(vals), 1)}))
+                              "min": round(min(vals), 1), "max": round(max(vals), 1),
+                              "unit": _UNITS.get(key, "")}))
 
 
 if __name__ == "__main__":
