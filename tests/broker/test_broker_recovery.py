@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.powerloss import PowerLossOps, abandon
 from tidemq.broker import Broker, GroupSettings, TopicConfig
-from tidemq.storage import FileStore, Record, open_store
+from tidemq.storage import FileStore, Record, encode_bodies, open_store
 
 from ._support import Harness
 
@@ -326,5 +326,33 @@ def test_dead_letters_of_a_deleted_dead_letter_topic_count_as_done(tmp_path: Pat
         c.cut("drop")
         assert "t.dlq" not in [i.name for i in c.b.list_topics()]
         assert c.drain("t", "g") == [b"keep"]
+    finally:
+        c.close()
+
+
+def test_an_always_publish_waits_for_its_data_only_and_a_retry_after_a_power_cut_is_recognised(
+        tmp_path: Path) -> None:
+    """A publish's journal record holds only what recovery rebuilds from the data (its producer
+    sequence, its dedup id: J3), so its answer waits for the data's fsync alone. Cut the power
+    with that record unsynced: the retried batch and the repeated dedup id are still
+    recognised, and nothing is stored twice."""
+    c = _Cut(tmp_path / "data")
+    try:
+        b = c.b
+        b.create_topic("t", TopicConfig(durability="always", partitions=1), now_us=c.now)
+        b.sync(b.barrier("t"))
+        journal = b._topics["t"].journal.log
+        batch = encode_bodies([b"a", b"b"], producer_id=7, producer_epoch=0, base_sequence=0)
+        first = b.publish_encoded("t", 0, batch, now_us=c.now)
+        assert journal not in [log for log, _ in first.token.entries]
+        b.sync(first.token)  # what the driver does before it answers
+        assert journal.synced_position < journal.end_offset  # the record is not synced
+        dd = b.publish("t", [Record(b"c", dedup_id="order-1")], now_us=c.now)
+        b.sync(dd.token)
+        assert journal.synced_position < journal.end_offset
+        b = c.cut("drop")
+        assert b.publish_encoded("t", 0, batch, now_us=c.now).ids == first.ids
+        assert b.publish("t", [Record(b"c", dedup_id="order-1")], now_us=c.now).ids == dd.ids
+        assert c.drain("t", "g") == [b"a", b"b", b"c"]
     finally:
         c.close()

@@ -302,8 +302,13 @@ class Broker:
         token = tb.build()
         if token.always:
             token = self._complete(token)
+        positions = self._positions
+        for log, pos in tb.later:
+            prev = positions.get(id(log))
+            if prev is None or prev[1] < pos:
+                positions[id(log)] = (log, pos)
         for log, pos in token.entries:
-            self._positions[id(log)] = (log, pos)
+            positions[id(log)] = (log, pos)
         return token
 
     def _complete(self, token: SyncToken) -> SyncToken:

@@ -40,11 +40,14 @@ EMPTY_TOKEN = SyncToken()
 class TokenBuilder:
     """Collects appended positions during one broker call; keeps the largest per log."""
 
-    __slots__ = ("_entries", "always")
+    __slots__ = ("_entries", "always", "later")
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[PartitionLog, int]] = {}
         self.always = False
+        # Appends nobody waits for but the periodic sync must cover (journal records that
+        # recovery could rebuild from the data, J3): not in the token, recorded by the broker.
+        self.later: list[tuple[PartitionLog, int]] = []
 
     def add(self, log: PartitionLog, position: int, always: bool) -> None:
         key = id(log)

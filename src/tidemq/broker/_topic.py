@@ -39,6 +39,8 @@ _deliver_at = attrgetter("deliver_at_us")
 SNAPSHOT_EVERY_EVENTS = 20_000
 RELEASE_BATCH = 10_000
 JOURNAL_BATCH_EVENTS = 1_000  # pending event lists that force a journal append
+# Journal events that recovery rebuilds from the data (J3): producer sequences, dedup ids
+_REBUILT_FROM_DATA = frozenset(("pr", "dd"))
 
 
 def log_config(cfg: TopicConfig, *, retention_ms: int | None = None, internal: bool = False) -> LogConfig:
@@ -223,7 +225,13 @@ class Topic:
         self.events = []
         self._folded = 0
         self.journal_flushed_us = now_us
-        tb.add(self.journal.log, position, self.always)
+        if all(ev[0] in _REBUILT_FROM_DATA for ev in events):
+            # A publish's own events (its producer sequence, its dedup ids): recovery rebuilds
+            # them from the data after the last surviving record's ends (J3), so the answer
+            # waits for the data's fsync only; the periodic sync covers this record.
+            tb.later.append((self.journal.log, position))
+        else:
+            tb.add(self.journal.log, position, self.always)
 
     def data_ends(self) -> list[int]:
         return [log.end_offset for log in self.logs]
