@@ -67,7 +67,8 @@ class SyncTimes:
 
 
 class LoopDriver:
-    """Drives ``broker`` on ``loop``; ``on_tick`` runs after each broker tick (push pass)."""
+    """Drives ``broker`` on ``loop``; ``on_tick`` (a push pass) runs after each broker tick and
+    after each fsync round that leaves none queued."""
 
     def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, config: DriverConfig, *,
                  fsync_threads: int = 4, on_tick: Callable[[], None] = lambda: None) -> None:
@@ -217,6 +218,10 @@ class LoopDriver:
                 log.exception("a commit callback failed")
         if again:
             self._start_round()
+        else:
+            # The answers just queued leave from the push pass it asks for, which then polls
+            # for the next request before the loop sleeps (server/_idlepoll.py).
+            self._on_tick()
         self._check_idle()
 
     def _check_idle(self) -> None:
