@@ -10,14 +10,18 @@ up to ``max_us`` µs, as Linux's halt-polling and Aeron's back-off idle strategy
 
 The budget adapts, so a peer that is slow to come back costs little: a spin that saw nothing in
 time halves the next one's budget, down to none; with none, one wait in :data:`PROBE_EVERY`
-tries the full budget again; a spin that saw input restores the full budget. Each poll is a
-syscall that releases the GIL (other threads run meanwhile). ``max_us = 0`` never spins.
+tries the full budget again; a spin that saw input restores the full budget, and so does input
+that came within ``max_us`` after a spin gave up (:meth:`Spin.woke`: the peer was only just
+late — typically because it was asleep itself, which both sides spinning cures; halving then
+would leave both asleep for good). Each poll is a syscall that releases the GIL (other threads
+run meanwhile). ``max_us = 0`` never spins.
 
 Not thread-safe: one per waiting thread (the client's loop lock, the server's loop).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Final
@@ -29,6 +33,7 @@ __all__ = ["Spin", "check_spin_us", "MAX_SPIN_US", "PROBE_EVERY"]
 MAX_SPIN_US: Final = 10_000
 PROBE_EVERY: Final = 32  # with the budget spent down to none, every this many waits try it again
 _perf = time.perf_counter
+_yield = os.sched_yield
 
 
 def check_spin_us(spin_us: object, what: str = "spin_us") -> int:
@@ -42,14 +47,24 @@ def check_spin_us(spin_us: object, what: str = "spin_us") -> int:
 class Spin:
     """The adaptive budget (see the module doc) and its statistics."""
 
-    __slots__ = ("max_us", "budget_us", "_skipped", "hits", "misses")
+    __slots__ = ("max_us", "budget_us", "_skipped", "_missed_at", "hits", "misses")
 
     def __init__(self, max_us: int) -> None:
         self.max_us = check_spin_us(max_us)
         self.budget_us = max_us  # what the next spin may take
         self._skipped = 0
+        self._missed_at = 0.0  # when the last spin gave up (0: it did not)
         self.hits = 0  # spins that saw input arrive
         self.misses = 0  # spins that ran out (then the caller sleeps)
+
+    def woke(self) -> None:
+        """Input arrived after a wait: if the last spin gave up no more than ``max_us`` before,
+        the next spin gets the full budget again."""
+        missed = self._missed_at
+        if missed:
+            self._missed_at = 0.0
+            if _perf() - missed <= self.max_us / 1e6:
+                self.budget_us = self.max_us
 
     def wait(self, ready: Callable[[], object], limit: float | None = None) -> bool:
         """Call ``ready()`` until it is true (True) or the budget — at most ``limit`` s — is
@@ -72,7 +87,9 @@ class Spin:
                 self.budget_us = self.max_us
                 self.hits += 1
                 return True
-            if _perf() >= end:
+            if (now := _perf()) >= end:
                 self.budget_us = budget // 2 if budget >= 20 else 0
                 self.misses += 1
+                self._missed_at = now
                 return False
+            _yield()  # a thread waiting for this CPU (the peer, on a busy machine) runs now

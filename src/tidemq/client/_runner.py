@@ -145,9 +145,14 @@ class LoopRunner:
 
         def watched(timeout: float | None = None) -> Any:
             try:
-                if (ready is not None and self._until is not None
-                        and (timeout is None or timeout > 0) and spin.wait(ready, timeout)):
-                    return select(0)
+                if ready is not None and self._until is not None and (
+                        timeout is None or timeout > 0):
+                    if spin.wait(ready, timeout):
+                        return select(0)
+                    events = select(timeout)
+                    if events:
+                        spin.woke()
+                    return events
                 return select(timeout)
             except BaseException:
                 self._select_raised = True

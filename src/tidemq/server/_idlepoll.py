@@ -58,9 +58,12 @@ class IdlePoll:
             pass
 
     def run(self) -> None:
-        """Spin until a watched socket is readable or the budget is spent."""
+        """Spin until a watched socket is readable or the budget is spent. (Called after the
+        loop handled something: after a spin that gave up, that was the input it missed.)"""
         if self._ep is not None and self._owners:
-            self.spin.wait(self._ready)
+            spin = self.spin
+            spin.woke()
+            spin.wait(self._ready)
 
     def _ready(self) -> Any:
         return self._ep.poll(0, 1)
