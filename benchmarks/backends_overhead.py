@@ -17,10 +17,18 @@ Figures, each the median (min–max) of ``--runs`` runs, the three clients inter
 - ``consume_ack``: the same number, already stored, received ``--window`` at a time and acked,
   each batch's acks confirmed before the next receive, msgs/s.
 - ``e2e_p50`` / ``e2e_p99``: publish → delivery at ``--rate`` msgs/s for ``--seconds``, one
-  publish awaited at a time, a consumer receiving and acking concurrently, ms. TideMQ's
-  consumer is its pull-based member (``receive``, ``ack``: the ack's confirmation is awaited
-  in the background); nats-py's is a push consumer with a callback that awaits ``ack_sync()``
-  (the same confirmed ack), and ``e2e_*_plain_ack`` the same with fire-and-forget acks.
+  publish awaited at a time, a consumer receiving and acking concurrently, ms. The clock
+  stops when the consumer's code has the message (TideMQ: ``receive`` returned; nats-py /
+  aio-pika: the callback runs). Every ack is confirmed, and on both sides the consumer does
+  not wait for that before taking the next message: TideMQ's consumer is its pull-based
+  member (``receive``, then ``ack``, which returns once the ack is sent; ``sub.flush()`` at
+  the end waits for every confirmation, as over ``tidemq://``); nats-py's is a push consumer
+  whose callback sends ``ack_sync()`` in a task of its own (the same confirmed ack), all of
+  them awaited at the end; ``e2e_*_plain_ack`` the same with fire-and-forget acks (``ack()``).
+  aio-pika: a consumer callback that awaits ``ack()`` (aiormq runs each delivery's callback
+  in a task of its own, so that wait never holds up the next message either). (Until
+  TideMQ's ``ack`` on these backends stopped waiting for the confirmation, the nats-py
+  callback awaited ``ack_sync()`` itself, to match.)
 - ``publish_cpu`` / ``consume_ack_cpu``: the client process's CPU time per message (µs; all
   its threads): the layer's own cost, much less disturbed by other load on a shared machine
   than wall-clock throughput.
@@ -158,6 +166,7 @@ async def tidemq_async(a: Args, url: str) -> Result:
         task = asyncio.create_task(consume())
         await paced(a, lambda: mq.publish(t, stamped(a.size)), total)
         await asyncio.wait_for(task, 30)
+        await sub.flush()  # every ack confirmed (raises a failure)
         await sub.close()
         await mq.delete_topic(t)
     out["e2e_p50"], out["e2e_p99"] = pct(lat, 0.5), pct(lat, 0.99)
@@ -234,6 +243,7 @@ def tidemq_blocking(a: Args, url: str) -> Result:
                 time.sleep(delay)
             mq.publish(t, stamped(a.size))
         th.join()
+        sub.flush()  # every ack confirmed (raises a failure)
         sub.close()
         mq.delete_topic(t)
     out["e2e_p50"], out["e2e_p99"] = pct(lat, 0.5), pct(lat, 0.99)
@@ -290,16 +300,22 @@ async def nats_direct(a: Args, url: str) -> Result:
         await sub.unsubscribe()
 
         # Latency: a push consumer with a callback (nats-py's lowest-latency way). Acks
-        # confirmed (ack_sync) as TideMQ's are; and, for reference, plain acks.
+        # confirmed (ack_sync) as TideMQ's are, without holding up the next message (a task
+        # each, awaited at the end, as TideMQ's sub.flush()); and, for reference, plain acks.
         total = int(a.rate * a.seconds)
         for name, confirm in (("", True), ("_plain_ack", False)):
             lat: list[float] = []
             done = asyncio.Event()
+            confirms: list[asyncio.Future[Any]] = []
 
             async def on_msg(m: Any, lat: list[float] = lat, done: asyncio.Event = done,
-                             confirm: bool = confirm) -> None:
+                             confirm: bool = confirm,
+                             confirms: list[asyncio.Future[Any]] = confirms) -> None:
                 lat.append(time.perf_counter() - stamp_of(m.data))
-                await (m.ack_sync() if confirm else m.ack())
+                if confirm:
+                    confirms.append(asyncio.ensure_future(m.ack_sync()))
+                else:
+                    await m.ack()
                 if len(lat) >= total:
                     done.set()
 
@@ -309,6 +325,7 @@ async def nats_direct(a: Args, url: str) -> Result:
                 subject + f".l{n}", stamped(a.size),
                 headers={"Nats-Msg-Id": f"{pid}:{next(seq)}"}), total)
             await asyncio.wait_for(done.wait(), 30)
+            await asyncio.gather(*confirms)  # every ack confirmed (raises a failure)
             await lsub.unsubscribe()
             out[f"e2e_p50{name}"], out[f"e2e_p99{name}"] = pct(lat, 0.5), pct(lat, 0.99)
     finally:

@@ -532,3 +532,60 @@ def test_group_records_are_readable_by_another_client() -> None:
             await other.close()
 
     run(both)
+
+
+# -- the hot path: what the latency figures of benchmarks/backends_overhead.py rest on --------
+
+
+def test_deliveries_go_from_the_reader_to_the_member_and_acks_do_not_wait() -> None:
+    """With the installed nats-py, a puller's inbox has no callback task: nats-py's reader
+    hands each message to the member (``_Direct``; without it, a fallback that costs a loop
+    iteration per message). ``ack_start`` returns None (the ack leaves with the next write, as
+    over tidemq://); flush waits for the server's confirmations."""
+    from tidemq.backends._nats_member import _Direct
+
+    async def body(t: NatsTransport) -> None:
+        member = await t.subscribe("direct", "g", None, 10)
+        m = t._members[member]
+        assert m.pullers and all(isinstance(p.sub._pending_queue, _Direct)
+                                 for p in m.pullers.values())
+        await t.publish("direct", recs(b"a", b"b"))
+        got = await drain(t, member, 2, ack=False)
+        assert sorted(d.body for d in got) == [b"a", b"b"]
+        assert t.ack_start(member, [got[0].id]) is None
+        assert t.ack_start(member, [got[1].id]) is None
+        with pytest.raises(UnknownMessage):
+            t.ack_start(member, [got[0].id])
+        await t.flush(member)
+        assert (await t.describe_group("direct", "g")).lag == 0
+        assert await t.receive(member, 10, 0.3) == []
+        await t.unsubscribe(member)
+
+    run(body)
+
+
+def test_close_ends_a_task_whose_cancel_was_lost() -> None:
+    """Python 3.11's wait_for returns an answer that came in the same iteration as a cancel
+    and drops the cancel; the member's heartbeat (nats-py requests) then went on, and close()
+    waited for it for ever. close() cancels again until its tasks are done."""
+
+    async def body(t: NatsTransport) -> None:
+        member = await t.subscribe("lost", "g", None, 10)
+        m = t._members[member]
+        lost = []
+
+        async def stubborn() -> None:
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if lost:
+                        raise
+                    lost.append(True)  # the first cancel swallowed, as wait_for may
+
+        m.tasks.append(asyncio.ensure_future(stubborn()))
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(t.unsubscribe(member), 5)
+        assert lost == [True] and m.tasks == []
+
+    run(body)

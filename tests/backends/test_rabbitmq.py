@@ -849,3 +849,78 @@ def test_delete_topic_and_recreate_is_a_new_incarnation() -> None:
         assert "gone" in [x.name for x in await t.list_topics()]
 
     run(body)
+
+
+# -- the hot path: what the latency figures of benchmarks/backends_overhead.py rest on --------
+
+
+def test_ack_start_sends_at_once_and_flush_confirms() -> None:
+    """``ack_start`` returns None (the ack leaves with the next write, as over tidemq://), so
+    a consumer never waits for it before its next receive; flush still waits until the
+    channel processed it, and an unknown id still raises at once."""
+
+    async def body(t: RabbitTransport) -> None:
+        member = await t.subscribe("acknow", "g", None, 10)
+        await t.publish("acknow", recs(b"a", b"b"))
+        got = await drain(t, member, 2, ack=False)
+        assert t.ack_start(member, [got[0].id]) is None
+        assert t.ack_start(member, [got[1].id]) is None
+        with pytest.raises(UnknownMessage):
+            t.ack_start(member, [got[0].id])  # already acked
+        await t.flush(member)
+        assert (await t.describe_group("acknow", "g")).lag == 0
+        assert await t.receive(member, 10, 0.3) == []
+
+    run(body)
+
+
+def test_publish_one_fast_path_once_the_topic_is_known() -> None:
+    """``publish_one`` (one coroutine, the confirm awaited in the caller's task) once this
+    client has used the topic; None (the client takes ``publish``) before, after a delete,
+    and for a delayed message. Concurrent ones keep their call order in a partition."""
+
+    async def body(t: RabbitTransport) -> None:
+        assert t.publish_one("fast", Record(b"x")) is None  # unknown yet
+        member = await t.subscribe("fast", "g", None, 100)
+        [first] = await t.publish("fast", recs(b"0"))  # (also opens the confirm channel)
+        aw = t.publish_one("fast", Record(b"1"))
+        assert aw is not None
+        one = await aw
+        assert one.startswith("fast@") and one != first
+        assert t.publish_one("fast", Record(b"d", deliver_at_us=time.time_ns() // 1000
+                                            + 5_000_000)) is None
+        ones = [t.publish_one("fast", Record(f"{i}".encode(), key=b"k")) for i in range(2, 30)]
+        assert all(o is not None for o in ones)
+        ids = await asyncio.gather(*ones)  # type: ignore[arg-type]
+        got = await drain(t, member, 30)
+        assert {d.id for d in got} == {first, one, *ids}
+        keyed = [d.body for d in got if d.body not in (b"0", b"1")]
+        assert keyed == [f"{i}".encode() for i in range(2, 30)]  # one partition: in order
+        await t.unsubscribe(member)
+        await t.delete_topic("fast")
+        assert t.publish_one("fast", Record(b"x")) is None
+
+    run(body)
+
+
+def test_a_shorter_ack_timeout_wakes_the_lease_keeper() -> None:
+    """The keeper is woken by a receive only when the new leases may end before the time it
+    sleeps until: after ack_timeout is made shorter, they do."""
+
+    async def body(t: RabbitTransport) -> None:
+        member = await t.subscribe("keeper", "g", GroupSettings(ack_timeout=30.0), 10)
+        await t.publish("keeper", recs(b"long"))
+        [long] = await drain(t, member, 1, ack=False)
+        await asyncio.sleep(0.1)
+        m = t.member(member)
+        assert m.keeper_due is not None and m.keeper_due > time.monotonic() + 25
+        await t.update_group("keeper", "g", GroupSettings(ack_timeout=1.0))
+        await t.publish("keeper", recs(b"short"))
+        [short] = await drain(t, member, 1, ack=False)
+        assert short.body == b"short"
+        again = await drain(t, member, 1, ack=False, timeout=4)  # returned after ~1 s
+        assert [d.id for d in again] == [short.id]
+        await t.ack(member, [long.id, again[0].id])
+        await t.flush(member)
+
+    run(body)

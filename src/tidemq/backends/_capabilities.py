@@ -164,7 +164,8 @@ _TABLE: Final[dict[str, Capability]] = {
                            "message is still pending. A redelivery that reaches the member "
                            "that acked it is acked again and not handed out; one that reaches "
                            "another member is delivered there (at-least-once)"),
-    "ack_confirmation": E("flush() waits for the server's answer to each ack (double ack, "
+    "ack_confirmation": E("ack() sends the ack and returns, as over tidemq://; "
+                          "flush() waits for the server's answer to each ack (double ack, "
                           "+ACK with a reply). nats-server answers before a clustered "
                           "consumer has replicated the ack, so a kill -9 of the consumer "
                           "leader right after may bring an acked message back, as SPEC §6 "

@@ -1,8 +1,9 @@
 """One group member on NATS: pulls, leases, acks, dead letters and partition ownership.
 
 **Pulling.** One puller task per partition the member reads sends pull requests
-(``$JS.API.CONSUMER.MSG.NEXT``, ``expires`` = ``pull_wait``) to a private inbox and puts what
-arrives in the member's buffer. Credit: the buffer, the messages handed out and the messages
+(``$JS.API.CONSUMER.MSG.NEXT``, ``expires`` = ``pull_wait``) to a private inbox; nats-py's reader
+puts what arrives straight in the member's buffer and wakes a waiting :meth:`Member.receive`
+(``_Direct``: no subscription callback task in between). Credit: the buffer, the messages handed out and the messages
 requested but not yet arrived never exceed ``prefetch`` together (SPEC §3 flow control).
 A message that waited in the buffer past its lease is dropped (the server gives it again).
 
@@ -42,7 +43,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.aio.msg import Msg
@@ -68,6 +69,7 @@ log = logging.getLogger("tidemq.nats")
 
 _US: Final = 1_000_000
 _MAX_BATCH: Final = 256  # messages asked for in one pull request
+_NO_LIMIT: Final = 1 << 62  # pending bytes: a _Direct subscription keeps nothing pending
 
 
 def ack_info(reply: str) -> tuple[int, int, int]:
@@ -80,6 +82,24 @@ def ack_info(reply: str) -> tuple[int, int, int]:
     if len(t) >= 12:
         return int(t[6]), int(t[7]), int(t[9])
     raise ValueError(f"not a JetStream ack subject: {reply!r}")
+
+
+class _Direct(asyncio.Queue):  # type: ignore[type-arg]
+    """A subscription's message queue that keeps nothing: nats-py's reader puts each message
+    of the subscription here (``put_nowait``; ``put`` calls it too) and it is handed to
+    ``take`` there and then. Empty for every other use (``qsize``, ``join`` in a drain)."""
+
+    def __init__(self, take: Callable[[Msg], None]) -> None:
+        super().__init__()
+        self._take = take
+
+    def put_nowait(self, item: Msg) -> None:
+        self._take(item)
+
+
+async def _nak(msg: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nak()
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:
@@ -123,29 +143,46 @@ class _Puller:
         self.stopped = False
 
     async def start(self) -> None:
-        self.sub = await self.member.t.nc.subscribe(self.inbox, cb=self._on_msg)
+        nc = self.member.t.nc
+        # Without a callback, and with a queue that hands each message on as nats-py's
+        # reader puts it there (_Direct): with a callback, nats-py queues every message for
+        # a task of the subscription's that then calls it, one more loop iteration between
+        # the socket and a waiting receive (latency) and a task step per message (CPU).
+        sub = await nc.subscribe(self.inbox, pending_bytes_limit=_NO_LIMIT)
+        if isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue):
+            sub._pending_queue = _Direct(self._take)
+        else:  # a nats-py without that queue: its callback
+            await sub.unsubscribe()
+            sub = await nc.subscribe(self.inbox, cb=self._on_msg)
+        self.sub = sub
         self.task = asyncio.ensure_future(self._run())
 
     async def _on_msg(self, msg: Msg) -> None:
-        m = self.member
-        status = msg.headers.get("Status") if msg.headers else None
-        if status and not msg.reply:
-            if status != "100":  # 100: idle heartbeat; anything else ends the request
-                m.give_back(self.outstanding)
-                self.outstanding = 0
-                self.status = status
+        self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
+        """A message of this puller's inbox (called by nats-py's reader: never raises)."""
+        try:
+            m = self.member
+            status = msg.headers.get("Status") if msg.headers else None
+            if status and not msg.reply:
+                if status != "100":  # 100: idle heartbeat; anything else ends the request
+                    m.give_back(self.outstanding)
+                    self.outstanding = 0
+                    self.status = status
+                    self.done.set()
+                return
+            if self.outstanding > 0:
+                self.outstanding -= 1
+                m.reserved -= 1
+            if self.outstanding == 0:
                 self.done.set()
-            return
-        if self.outstanding > 0:
-            self.outstanding -= 1
-            m.reserved -= 1
-        if self.outstanding == 0:
-            self.done.set()
-        if self.stopped or m.closed:
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            return
-        m.arrive(self.partition, msg)
+            if self.stopped or m.closed:
+                m.t.spawn(_nak(msg))
+                return
+            m.arrive(self.partition, msg)
+        except Exception:  # never into nats-py's reader
+            log.exception("pull subscription %s: a message could not be taken", self.inbox)
 
     async def _run(self) -> None:
         m = self.member
@@ -246,11 +283,18 @@ class Member:
         if self.closed:
             return
         self.closed = True
-        for task in self.tasks:
-            task.cancel()
         # Wait for them to end: a blocking Client closes its loop right after, and a task
-        # still cancelling then is destroyed pending (asyncio logs it at exit).
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # still cancelling then is destroyed pending (asyncio logs it at exit). A cancel can
+        # be lost: Python 3.11's wait_for (nats-py's request) returns the answer instead of
+        # raising CancelledError when both come in one iteration, and the heartbeat went on
+        # for ever (close() hung; seen in benchmarks/backends_overhead.py). So cancel again
+        # until they are done; the loops also stop at ``closed``.
+        pending = list(self.tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.05)
+            pending = [task for task in pending if not task.done()]
         self.tasks.clear()
         for p in list(self.pullers):
             await self._stop_puller(p)
@@ -280,8 +324,10 @@ class Member:
         return f"o.{self.tm.token}.{self.consumer}.{p}"
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self.closed:
             await asyncio.sleep(self.t.owner_ttl / 3)
+            if self.closed:
+                return
             try:
                 await self._beat()
             except TideMQError as exc:
@@ -582,7 +628,7 @@ class Member:
         """Send +WPI for extensions longer than ack_timeout, a third of a lease before it
         would end; sleeps until the next one is due."""
         lease = self.settings.ack_timeout
-        while True:
+        while not self.closed:
             now = time.monotonic()
             due = None
             for h in list(self.held.values()):

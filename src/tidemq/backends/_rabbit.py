@@ -251,6 +251,10 @@ class RabbitTransport:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise InvalidArgument(f"{name} must be a number of seconds > 0, got {value!r}")
         self.conn = conn
+        # The loop everything runs on. The blocking Client calls the plain methods
+        # (ack_start ...) from its caller's thread with the loop held but not running, so
+        # tasks are made on this loop explicitly, never on "the current" one.
+        self.loop = asyncio.get_running_loop()
         self.urls = urls or []
         self.connect_timeout = float(connect_timeout)
         self.reconnect_timeout = float(reconnect_timeout)
@@ -275,6 +279,9 @@ class RabbitTransport:
         self._declared: set[str] = set()  # exchanges declared by this client
         self._waits: dict[str, float] = {}  # wait queue -> monotonic time declared
         self.members: dict[str, Member] = {}
+        # _topic_of's results by the record they came from (kept, so its id stays unique)
+        self._topics: dict[int, tuple[Any, Topic]] = {}
+        self._topic_keys: dict[str, str] = {}  # topic name as used -> its record's key
         self.acked: dict[str, None] = {}  # ids its members acked lately (idempotent late acks)
         self.created: set[tuple[str, str]] = set()  # ("queue"|"exchange", name), for tests
         self._closed = False
@@ -441,21 +448,18 @@ class RabbitTransport:
         """Send one message on the confirm channel; returns an awaitable of its confirm (sent
         in call order: the channel's lock is FIFO)."""
         ch = await self.pub()
-        fut = asyncio.ensure_future(asyncio.wait_for(ch.basic_publish(
+        # aiormq's own timeout (no wait_for task around it: one task per message, and
+        # aiormq rolls a cancelled publish back only in the task that made it)
+        fut = asyncio.ensure_future(ch.basic_publish(
             body, exchange=exchange, routing_key=routing_key,
-            properties=aiormq.spec.Basic.Properties(**props)), self.timeout))
+            properties=aiormq.spec.Basic.Properties(**props), timeout=self.timeout))
         fut.add_done_callback(_seen)
         return fut
 
     async def confirmed(self, sends: list[Awaitable[Any]], what: str) -> None:
         results = await asyncio.gather(*sends, return_exceptions=True)
         for res in results:
-            if isinstance(res, BaseException):
-                raise translate(res, what)
-            if isinstance(res, aiormq.spec.Basic.Nack):
-                raise TideMQError(f"{what}: RabbitMQ refused the message (basic.nack: a "
-                                  "queue is full or unavailable); nothing after it was "
-                                  "confirmed")
+            _verdict(res, what)
 
     async def close(self) -> None:
         if self._closed:
@@ -473,7 +477,18 @@ class RabbitTransport:
 
     def _topic_of(self, got: tuple[Any, int]) -> Topic:
         """A topic from its record; the incarnation is the revision of the record's creation
-        (kept in the record once it is updated)."""
+        (kept in the record once it is updated). Remembered per record: a publish or receive
+        asks for it every time, and a changed record is a new object."""
+        hit = self._topics.get(id(got))
+        if hit is not None and hit[0] is got:
+            return hit[1]
+        tm = self._parse_topic(got)
+        if len(self._topics) >= 1024:
+            self._topics.clear()
+        self._topics[id(got)] = (got, tm)
+        return tm
+
+    def _parse_topic(self, got: tuple[Any, int]) -> Topic:
         d, rev = got
         inc = int(d.get("incarnation", rev))
         config = msgspec.convert(d["config"], TopicConfig)
@@ -494,7 +509,13 @@ class RabbitTransport:
         validate_topic_name(name, derived=True)
         if fresh:
             await self.meta.sync()
-        got = self.meta.get(f"t.{token(topic_key(name))}")
+        key = self._topic_keys.get(name) if type(name) is str else None
+        if key is None:
+            key = f"t.{token(topic_key(name))}"
+            if len(self._topic_keys) >= 1024:
+                self._topic_keys.clear()
+            self._topic_keys[name] = key
+        got = self.meta.get(key)
         if got is None:
             if not create:
                 raise UnknownTopic(f"topic {name!r} does not exist; create it first")
@@ -704,13 +725,48 @@ class RabbitTransport:
         return await self._publish(tm, records)
 
     def publish_one(self, topic: str, record: Record) -> Awaitable[str] | None:
-        return None
+        """The per-message path: for a topic this client has used (its record unchanged, its
+        exchange declared) and a record without a delay, one coroutine that publishes on the
+        confirm channel and waits for the confirm in the caller's task, as aio-pika's
+        ``exchange.publish`` does (no task, no gather); else None, and the client takes
+        :meth:`publish`."""
+        if self._closed or record.deliver_at_us or type(topic) is not str:
+            return None
+        key = self._topic_keys.get(topic)
+        ch = self._pub
+        if key is None or ch is None or ch.is_closed or self.conn.is_closed \
+                or self.meta.failed is not None:
+            return None
+        got = self.meta.get(key)
+        if got is None:
+            return None
+        tm = self._topic_of(got)
+        if tm.exchange not in self._declared:
+            return None
+        return self._publish_one(tm, ch, record)
+
+    async def _publish_one(self, tm: Topic, ch: AbstractChannel, r: Record) -> str:
+        self._check_records(tm, (r,))
+        n = tm.partitions
+        p = partition_for_key(r.key, n) if r.key is not None else self._rr % n
+        self._rr += 1
+        mid = make_id(tm.name, tm.incarnation, p, self.next_offset())
+        body, props = encode(r, mid, time.time_ns() // 1000)
+        what = f"publishing to {tm.name!r}"
+        try:
+            res = await ch.basic_publish(
+                body, exchange=tm.exchange, routing_key=routing_key_for(p, r.routing_key),
+                properties=aiormq.spec.Basic.Properties(**props), timeout=self.timeout)
+        except Exception as exc:
+            raise translate(exc, what) from None
+        _verdict(res, what)
+        return mid
 
     async def flush_all(self) -> None:
         for member in list(self.members.values()):
             await member.flush()
 
-    async def _publish(self, tm: Topic, records: Sequence[Record]) -> list[str]:
+    def _check_records(self, tm: Topic, records: Sequence[Record]) -> None:
         check_records(records, tm.config.max_message_bytes)
         for r in records:
             if r.priority and not self.ignore_priority:
@@ -725,6 +781,9 @@ class RabbitTransport:
                 raise self.unsupported(
                     "routing keys longer than 250 bytes", "AMQP routing keys are at most 255 "
                     "bytes, and the backend puts the partition number in front")
+
+    async def _publish(self, tm: Topic, records: Sequence[Record]) -> list[str]:
+        self._check_records(tm, records)
         n = tm.partitions
         sticky = self._rr % n
         self._rr += 1
@@ -1179,7 +1238,13 @@ class RabbitTransport:
         self.member(member).ack(ids)
 
     def ack_start(self, member: str, ids: Sequence[str]) -> Awaitable[None] | None:
-        return self.member(member).ack(ids)
+        """Send the acks (raising at once for an id not held) and return None: like an ack
+        over ``tidemq://``, it leaves with the next write, and :meth:`flush` waits until the
+        channel has processed it and raises a failure. (Returning the send instead made every
+        ``await sub.ack(...)`` wait for the frame to be written and drained before the
+        consumer could receive again: e2e latency.)"""
+        self.member(member).ack(ids)
+        return None
 
     async def flush(self, member: str) -> None:
         await self.member(member).flush()
@@ -1197,6 +1262,15 @@ class RabbitTransport:
         m = self.members.pop(member, None)
         if m is not None:
             await m.close()
+
+
+def _verdict(res: Any, what: str) -> None:
+    """Raise what a publish's outcome (a confirm frame, or an exception) says went wrong."""
+    if isinstance(res, BaseException):
+        raise translate(res, what)
+    if isinstance(res, aiormq.spec.Basic.Nack):
+        raise TideMQError(f"{what}: RabbitMQ refused the message (basic.nack: a queue is full "
+                          "or unavailable); nothing after it was confirmed")
 
 
 def _seen(fut: asyncio.Future[Any]) -> None:

@@ -184,7 +184,9 @@ _TABLE: Final[dict[str, Capability]] = {
                         "letters keep their origin partition's routing word"),
     "stale_lease_error": E("the member knows when it returned a message at the end of its "
                            "lease; a later ack of it raises StaleLease and changes nothing"),
-    "ack_confirmation": E("AMQP acks have no answer: flush() sends a synchronous basic.qos on "
+    "ack_confirmation": E("ack() returns once the ack is queued on the member's channel, as "
+                          "over tidemq://. "
+                          "AMQP acks have no answer: flush() sends a synchronous basic.qos on "
                           "the member's channel after its acks, so the channel has processed "
                           "them (the quorum queue applies them through Raft after that). A "
                           "batch of acks is one basic.ack(multiple) when no other message up "

@@ -107,6 +107,11 @@ def _retrieved(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Member:
     """A subscription of one group on one client (see the module docstring)."""
 
@@ -132,13 +137,17 @@ class Member:
         # multiple ack must not cover them (see :meth:`_covers`)
         self.settling: set[int] = set()
         self.arrived = asyncio.Event()
+        self.waiter: asyncio.Future[None] | None = None  # a receive waiting for an arrival
         self.wake_keeper = asyncio.Event()
+        self.keeper_due: float | None = None  # when the keeper wakes next (None: not timed)
         self.ch: AbstractChannel | None = None
         self.consumers: list[str] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self._seq = itertools.count()
         self._rr = 0
         self._deaths: tuple[dict[str, tuple[str, int]], dict[str, int]] | None = None
+        self._record_key = f"t.{tm.token}"
+        self._record: Any = None  # the topic record _grow looked at last
         self.closed = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -164,7 +173,7 @@ class Member:
             with contextlib.suppress(Exception):
                 await self.ch.close()
         await self._consume()
-        self.arrived.set()
+        self._arrived()
 
     async def ensure(self) -> None:
         """Consume again if the channel (or the connection) was lost; follow partition
@@ -181,10 +190,11 @@ class Member:
             await self.restart()
 
     async def _grow(self) -> None:
-        got = self.t.meta.get(f"t.{self.tm.token}")
-        if got is None:
-            return
+        got = self.t.meta.get(self._record_key)
+        if got is None or got is self._record:
+            return  # (each receive asks: the record unchanged is one lookup)
         tm = self.t._topic_of(got)
+        self._record = got
         if tm.incarnation != self.tm.incarnation or tm.partitions <= self.tm.partitions:
             return
         old = self.tm.partitions
@@ -215,9 +225,18 @@ class Member:
             if self.closed:
                 return
             self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
-            self.arrived.set()
+            self._arrived()
 
         return on_message
+
+    def _arrived(self) -> None:
+        """Something to look at in the buffers: wake a waiting :meth:`receive` directly (its
+        future resolved here, so it runs in the next loop iteration; an ``Event`` waited on
+        with ``wait_for`` costs a task and two more iterations: latency)."""
+        self.arrived.set()
+        fut = self.waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     async def close(self) -> None:
         """Cancel the consumers and close the channel: the server requeues every message the
@@ -285,7 +304,11 @@ class Member:
                 if d is not None:
                     out.append(d)
             if out:
-                self.wake_keeper.set()
+                # The keeper sleeps until the earliest lease it knows of ends: wake it only
+                # when these leases (ack_timeout from now or later) may end before that.
+                due = self.keeper_due
+                if due is None or now + self.settings.ack_timeout < due:
+                    self.wake_keeper.set()
                 return out
             now = time.monotonic()
             remaining = deadline - now
@@ -295,11 +318,22 @@ class Member:
             if wake is not None:
                 remaining = min(remaining, max(0.0, wake - now))
             self.arrived.clear()
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), remaining)
+            await self._wait_arrival(remaining)
             if self.closed:
                 raise Closed("this subscription is closed")
             await self.ensure()
+
+    async def _wait_arrival(self, timeout: float) -> None:
+        """Until :meth:`_arrived` or ``timeout``: one future and one timer."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self.waiter = fut
+        timer = loop.call_later(timeout, _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.waiter = None
 
     def _deaths_map(self) -> tuple[dict[str, tuple[str, int]], dict[str, int]]:
         if self._deaths is None:
@@ -415,10 +449,10 @@ class Member:
         return out
 
     def ack(self, ids: Sequence[str]) -> Awaitable[None]:
-        """Take the messages now (raising at once for an id not held) and send the acks;
-        the awaitable ends when they are written. :meth:`flush` waits for all of them.
-        Called outside the event loop (the blocking client), it returns the coroutine that
-        sends them, for the caller's runner to run on the transport's loop."""
+        """Take the messages now (raising at once for an id not held) and send the acks (a
+        task on the transport's loop: called outside it, by the blocking client, the acks
+        leave when the loop next runs); the task ends when they are written.
+        :meth:`flush` waits for all of them and raises the first failure."""
         held = self._take(ids)
         ch = self._check()
         acked = self.t.acked
@@ -443,11 +477,7 @@ class Member:
                 raise ConnectionLost(f"acks of member {self.id!r} were not sent ({exc!r}); "
                                      "the messages will be delivered again") from None
 
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # the blocking client's fast path: its runner runs it
-            return send()
-        fut = loop.create_task(send())
+        fut = self.t.loop.create_task(send())
         fut.add_done_callback(_retrieved)
         self.acks.append(fut)
         if len(self.acks) > 64:
@@ -499,7 +529,7 @@ class Member:
             x.entry.extra += 1
             self.buffers[p].appendleft(x.entry)
         self.blocked[p] = time.monotonic() + max(0.0, delay)
-        self.arrived.set()
+        self._arrived()
 
     async def nack(self, ids: Sequence[str], delay: float | None) -> None:
         t = self.t
@@ -577,14 +607,16 @@ class Member:
             del self.late[next(iter(self.late))]
 
     async def _keeper(self) -> None:
-        """Return messages whose lease ran out; sleeps until the next deadline."""
-        while True:
+        """Return messages whose lease ran out; sleeps until the next deadline. (Stops at
+        ``closed`` too: Python 3.11's wait_for can lose the cancel of close().)"""
+        while not self.closed:
             try:
                 await self._expire()
             except Exception as exc:  # never let the keeper die
                 log.warning("member %s: returning expired leases failed (%r)", self.id, exc)
             self.wake_keeper.clear()
             due = min((h.deadline for h in self.held.values()), default=None)
+            self.keeper_due = due
             wait = None if due is None else max(0.01, due - time.monotonic())
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake_keeper.wait(), wait)
