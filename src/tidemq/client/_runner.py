@@ -56,7 +56,7 @@ log = logging.getLogger("tidemq.client")
 T = TypeVar("T")
 PUMP_INTERVAL = 0.002  # s: the pump's tick; also about the most an ack waits to be sent
 LEAD_AFTER = 0.05  # s of quiet after which the pump leads the loop (sleeping in the selector)
-SPIN_US = 200  # µs a caller polls for its answer before sleeping (see the module doc)
+SPIN_US = 500  # µs a caller polls for its answer before sleeping (see the module doc)
 _monotonic = time.monotonic
 _get_running_loop = asyncio._get_running_loop
 

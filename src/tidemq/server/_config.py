@@ -55,7 +55,7 @@ class ServerConfig:
     loop: str = "auto"  # "auto" (uvloop if installed), "asyncio" or "uvloop"; docs/server.md
     fsync_threads: int = 4  # parallel fsyncs of one group-commit phase
     # µs the loop polls its connections for input before it sleeps (tidemq._spin; 0: never)
-    spin_us: int = 200
+    spin_us: int = 500
 
     # --- HTTP API, metrics, admin page (docs/http.md) -----------------------------------------
     http_port: int | None = None  # None: off; 0: an ephemeral port (Server.http_port tells)

@@ -65,7 +65,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="event loop: auto (default: uvloop if installed), asyncio, uvloop")
     p.add_argument("--spin-us", type=int, metavar="N",
                    help="microseconds the loop polls its connections for input before it "
-                        "sleeps, adapting to the traffic (default 200; 0 never; docs/server.md)")
+                        "sleeps, adapting to the traffic (default 500; 0 never; docs/server.md)")
     p.add_argument("--no-auto-create", action="store_true",
                    help="refuse publishes to topics that do not exist")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ...")
