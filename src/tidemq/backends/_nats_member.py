@@ -56,6 +56,7 @@ from ..broker._limits import GROUP_HEADER
 from ..broker._names import dead_letter_name
 from ..broker._types import Delivery, GroupSettings
 from ..errors import Closed, TideMQError, UnknownMessage
+from ._arrival import wait_arrival, wake
 from ._nats_codec import META, decode_meta, to_record
 from ._nats_groups import ensure_consumer
 from ._nats_names import group_token
@@ -414,7 +415,7 @@ class Member:
     def arrive(self, partition: int, msg: Msg) -> None:
         self.buffer.append((partition, msg, time.monotonic()))
         self.arrived.set()
-        _wake(self.waiter)
+        wake(self.waiter)
 
     def _freed(self) -> None:
         self.credit.set()
@@ -455,22 +456,8 @@ class Member:
             if remaining <= 0:
                 return out
             self.arrived.clear()
-            await self._wait_arrival(remaining)
+            await wait_arrival(self, self.t.loop, remaining)
             self._check()
-
-    async def _wait_arrival(self, timeout: float) -> None:
-        """Until a message arrives (:meth:`arrive`) or ``timeout`` passes: one future and one
-        timer, so an arrival wakes the receiver in the next loop iteration (``wait_for`` on
-        the event would take a task and two more iterations: latency)."""
-        loop = self.t.loop
-        fut: asyncio.Future[None] = loop.create_future()
-        self.waiter = fut
-        timer = loop.call_later(timeout, _wake, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            self.waiter = None
 
     async def _admit(self, p: int, msg: Msg, arrived: float) -> Delivery | None:
         s = self.settings
@@ -648,8 +635,3 @@ class Member:
             wait = None if due is None else max(0.0, due - time.monotonic())
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake_keeper.wait(), wait)
-
-
-def _wake(fut: asyncio.Future[None] | None) -> None:
-    if fut is not None and not fut.done():
-        fut.set_result(None)

@@ -47,6 +47,7 @@ from ..broker._names import dead_letter_name, topic_key
 from ..broker._types import Delivery, GroupSettings
 from ..errors import Closed, ConnectionLost, StaleLease, TideMQError, UnknownMessage
 from ..storage import Record
+from ._arrival import wait_arrival, wake
 from ._rabbit_codec import WAIT_HEADER, decode, encode, offset_of, routing_key_for, with_origin
 
 if TYPE_CHECKING:
@@ -105,11 +106,6 @@ class Held:
 def _retrieved(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class Member:
@@ -234,9 +230,7 @@ class Member:
         future resolved here, so it runs in the next loop iteration; an ``Event`` waited on
         with ``wait_for`` costs a task and two more iterations: latency)."""
         self.arrived.set()
-        fut = self.waiter
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        wake(self.waiter)
 
     async def close(self) -> None:
         """Cancel the consumers and close the channel: the server requeues every message the
@@ -318,22 +312,10 @@ class Member:
             if wake is not None:
                 remaining = min(remaining, max(0.0, wake - now))
             self.arrived.clear()
-            await self._wait_arrival(remaining)
+            await wait_arrival(self, asyncio.get_running_loop(), remaining)
             if self.closed:
                 raise Closed("this subscription is closed")
             await self.ensure()
-
-    async def _wait_arrival(self, timeout: float) -> None:
-        """Until :meth:`_arrived` or ``timeout``: one future and one timer."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self.waiter = fut
-        timer = loop.call_later(timeout, _wake, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            self.waiter = None
 
     def _deaths_map(self) -> tuple[dict[str, tuple[str, int]], dict[str, int]]:
         if self._deaths is None:
