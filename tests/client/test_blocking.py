@@ -252,6 +252,15 @@ def test_embedded_spin_option_is_refused() -> None:
         tidemq.Client("memory://", spin_us=100)
 
 
+def test_spin_us_with_uvloop_is_refused(server: str) -> None:
+    """uvloop's selector cannot be polled from Python: asking for a spin there is an error,
+    not a silent no-op (its default is no spin)."""
+    with pytest.raises(errors.InvalidArgument, match="spin_us needs the asyncio loop"):
+        tidemq.Client(server, loop="uvloop", spin_us=100)
+    with tidemq.Client(server, loop="uvloop", spin_us=0) as mq:
+        mq.publish(unique("uv"), b"x")
+
+
 @pytest.mark.parametrize("bad", [-1, 10_001, 1.5, "100", True])
 def test_spin_us_out_of_range_is_refused(server: str, bad: object) -> None:
     with pytest.raises(errors.InvalidArgument, match="spin_us"):

@@ -261,6 +261,10 @@ class Client:
             from ._tcp import TcpTransport
 
             spin = check_spin_us(SPIN_US if spin_us is None else spin_us)
+            if loop == "uvloop" and spin_us:
+                raise InvalidArgument("spin_us needs the asyncio loop: uvloop's selector "
+                                      "cannot be polled from Python (use spin_us=0 or "
+                                      "loop='asyncio')")
             runner = LoopRunner(new_loop(loop or "asyncio"), spin_us=spin)
             tcp: AsyncTransport
             try:
