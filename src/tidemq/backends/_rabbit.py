@@ -931,9 +931,6 @@ class RabbitTransport:
             offset = datetime.datetime.fromtimestamp(max(0, int(since) - 1),
                                                      datetime.UTC)
         marker = f"{self.client_id:08x}-{next(self._seq)}"
-        send = await self.publish_raw("", tm.log, b"", {"headers": {MARKER: marker},
-                                                        "delivery_mode": 2})
-        await self.confirmed([send], f"marking the log of {tm.name!r}")
         ch = await (await self.connection()).channel()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         sends: list[Awaitable[Any]] = []
@@ -969,6 +966,13 @@ class RabbitTransport:
             await ch.basic_qos(prefetch_count=1000)
             await ch.basic_consume(tm.log, on_message,
                                    arguments={"x-stream-offset": offset})
+            # The marker goes in once the reader is attached, so it lies at or after where
+            # the reader starts: a timestamp offset looked up while a just-written marker was
+            # not yet committed could start past it, and the replay waited for it forever
+            # (seen once in CI).
+            send = await self.publish_raw("", tm.log, b"", {"headers": {MARKER: marker},
+                                                            "delivery_mode": 2})
+            await self.confirmed([send], f"marking the log of {tm.name!r}")
             await done
             await self.confirmed(sends, f"copying the log of {tm.name!r} to {group!r}")
         except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
