@@ -2,9 +2,9 @@
 
 On this project's machines (virtual machines) a thread asleep in ``epoll_wait`` costs the
 peer that wakes it more than the rest of a request/answer round trip: the wakeup crosses CPUs
-(an inter-processor interrupt, a VM exit). A one-message publish round trip on loopback took
-~180 µs with both sides asleep between messages and ~80–100 µs with both polling
-(``benchmarks/roundtrip_floor.py``). So a side that expects input very soon — a client waiting
+(an inter-processor interrupt, a VM exit): a one-message publish round trip on loopback takes
+about twice as long with both sides asleep between messages as with both polling
+(``benchmarks/roundtrip_floor.py``; the figures are in ``docs/figures/blocking.md``). So a side that expects input very soon — a client waiting
 for its answer, a server that has just answered — first asks "anything?" without sleeping for
 up to ``max_us`` µs, as Linux's halt-polling and Aeron's back-off idle strategy do.
 

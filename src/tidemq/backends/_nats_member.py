@@ -1,10 +1,11 @@
 """One group member on NATS: pulls, leases, acks, dead letters and partition ownership.
 
 **Pulling.** One puller task per partition the member reads sends pull requests
-(``$JS.API.CONSUMER.MSG.NEXT``, ``expires`` = ``pull_wait``) to a private inbox; nats-py's reader
-puts what arrives straight in the member's buffer and wakes a waiting :meth:`Member.receive`
-(``_Direct``: no subscription callback task in between). Credit: the buffer, the messages handed out and the messages
-requested but not yet arrived never exceed ``prefetch`` together (SPEC §3 flow control).
+(``$JS.API.CONSUMER.MSG.NEXT``, ``expires`` = ``pull_wait``) to a private inbox; nats-py's
+reader puts what arrives straight in the member's buffer and wakes a waiting
+:meth:`Member.receive` (``_Direct``: no subscription callback task in between). Credit: the
+buffer, the messages handed out and the messages requested but not yet arrived never exceed
+``prefetch`` together (SPEC §3 flow control).
 A message that waited in the buffer past its lease is dropped (the server gives it again).
 
 **Admission** (in :meth:`Member.receive`), per message, before the user sees it:

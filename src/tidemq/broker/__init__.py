@@ -14,8 +14,9 @@ Durable-state invariants, cited in the code as ``J<n>``:
      and dedup state, and releases of delayed messages, are rebuilt from the data after the last
      surviving record's ends (offsets, never timestamps), and what is rebuilt so is journaled
      again at once. So a record holding only producer and dedup events is left out of its
-     write's sync token (the periodic sync covers it): an ``always`` publish waits for its data. A journaled release counts only if its copy is in its partition; a
-     journaled dead-lettering (``"dl"``: where each copy went) counts only if the record there
+     write's sync token (the periodic sync covers it): an ``always`` publish waits for its
+     data. A journaled release counts only if its copy is in its partition; a journaled
+     dead-lettering (``"dl"``: where each copy went) counts only if the record there
      is that message's dead letter, else the message is pending again (a deleted dead-letter
      topic took its dead letters with it: they count).
 (J1') An ``always`` token syncs every data log with unsynced appends before its journals: writes

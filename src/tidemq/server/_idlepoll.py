@@ -6,8 +6,8 @@ due and no fsync round running, the server asks an epoll set of its connections'
 read by the event loop at once (its own poll then finds it ready) instead of after a wakeup.
 A request/answer client (one blocking call at a time) so stays in the loop's current turn.
 
-What the set does not hold waits at most the budget: timers, the answers of fsync rounds (no
-spin while one runs), the HTTP and AMQP ports. The epoll set is level-triggered and only read
+The set holds the binary and the AMQP connections. What it does not hold waits at most the
+budget: timers, the answers of fsync rounds (no spin while one runs), the HTTP port. The epoll set is level-triggered and only read
 here; the event loop's own registrations are untouched.
 """
 

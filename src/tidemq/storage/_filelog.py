@@ -37,7 +37,7 @@ from tidemq.storage._format import (
     Record,
     encode_stamped,
     stamp,
-    verify,
+    verify_for_append,
 )
 from tidemq.storage._index import SegmentIndex
 from tidemq.storage._policy import SegmentInfo, retention_victims, should_roll
@@ -68,14 +68,6 @@ _tuple_new = tuple.__new__
 _MAX_EVENTS = 100
 _BUSY_WARN_EVERY_S = 10.0
 
-
-
-def _verified(batch: bytes | bytearray | memoryview) -> BatchView:
-    """``verify(batch)``, its failure said as the append's ``InvalidArgument``."""
-    try:
-        return verify(batch)
-    except CorruptRecord as exc:
-        raise InvalidArgument(f"the batch does not verify, nothing stored: {exc.message}") from None
 
 class FileLog:
     """A partition log in ``directory`` (created if missing); recovers on construction.
@@ -267,7 +259,7 @@ class FileLog:
         verify (nothing stored), ``DiskFull``, ``StorageFailed``, ``Closed``.
         """
         self._check_writable()
-        view = verified if verified is not None and verified.raw is batch else _verified(batch)
+        view = verify_for_append(batch, verified)
         base = self._end_offset
         last = self._last_ts
         ts = now_us if now_us > last else last

@@ -73,6 +73,7 @@ __all__ = [
     "encode_batch",
     "stamp",
     "verify",
+    "verify_for_append",
     "peek_length",
     "decode_records",
     "select",
@@ -468,6 +469,19 @@ def peek_length(buf: bytes | bytearray | memoryview, pos: int = 0) -> int:
         raise CorruptRecord(f"truncated batch header at position {pos}")
     length: int = _U32.unpack_from(buf, pos + 8)[0]
     return length
+
+
+def verify_for_append(batch: bytes | bytearray | memoryview,
+                      verified: BatchView | None = None) -> BatchView:
+    """The view a log appends ``batch`` by: ``verified`` when it is the caller's own
+    :func:`verify` of these very bytes, else a fresh one; a batch that does not verify is an
+    ``InvalidArgument`` (nothing stored)."""
+    if verified is not None and verified.raw is batch:
+        return verified
+    try:
+        return verify(batch)
+    except CorruptRecord as exc:
+        raise InvalidArgument(f"the batch does not verify, nothing stored: {exc.message}") from None
 
 
 def verify(buf: bytes | bytearray | memoryview, *, check_body: bool = True) -> BatchView:

@@ -11,8 +11,15 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from tidemq.errors import Closed, CorruptRecord, InvalidArgument
-from tidemq.storage._format import BatchView, Record, encode_batch, stamp, verify
+from tidemq.errors import Closed, InvalidArgument
+from tidemq.storage._format import (
+    BatchView,
+    Record,
+    encode_batch,
+    stamp,
+    verify,
+    verify_for_append,
+)
 from tidemq.storage._policy import SegmentInfo, retention_victims, should_roll
 from tidemq.storage._types import (
     AppendResult,
@@ -90,15 +97,7 @@ class MemoryLog:
                verified: BatchView | None = None) -> AppendResult:
         """As ``FileLog.append``: verified, stamped with base offset and a non-decreasing time."""
         self._check_open()
-        if verified is not None and verified.raw is batch:
-            view = verified
-        else:
-            try:
-                view = verify(batch)
-            except CorruptRecord as exc:
-                raise InvalidArgument(
-                    f"the batch does not verify, nothing stored: {exc.message}"
-                ) from None
+        view = verify_for_append(batch, verified)
         active = self._segments[-1]
         first_ts = active.first_ts if active.first_ts >= 0 else None
         if should_roll(self._config, active.size, first_ts, view.size, now_us):
