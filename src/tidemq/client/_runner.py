@@ -239,7 +239,8 @@ class LoopRunner:
                 loop.call_soon_threadsafe(self._start, fn, args, kw, fut)
             except RuntimeError:
                 raise Closed("this client is closed; open a new one") from None
-            self._kick.set()  # nobody may be running the loop: the pump will
+            if not self._lock.locked():
+                self._kick.set()  # nobody runs the loop: the pump will
             try:
                 return self._wait_followed(fut, can_lead)
             except BaseException:
@@ -263,7 +264,12 @@ class LoopRunner:
                 return fut.result()
             if self.closed:
                 raise Closed("this client is closed; open a new one")
-            if can_lead and self._lock.acquire(False):  # the leader left first: lead now
+            if not can_lead:  # the leader left first: the pump runs the loop
+                self._kick.set()
+                with self._cond:
+                    if not fut.done() and not self._lock.locked():
+                        self._cond.wait(PUMP_INTERVAL)
+            elif self._lock.acquire(False):  # the leader left first: lead now
                 try:
                     return self._run(fut)
                 finally:
