@@ -120,6 +120,65 @@ def test_consume_with_prefetch_and_multiple_ack(channel) -> None:
     assert [b for _, b in got] == [str(i).encode() for i in range(10)]
 
 
+def test_a_consumer_waiting_for_more_before_it_acks_still_gets_them(channel) -> None:
+    # prefetch 12: credit freed by acks is refilled in batches of 3 (a quarter) or after
+    # REFILL_WAIT. A consumer that acked one delivery and waits for one more before it acks
+    # the rest holds back 1 credit: the refill must still come (the timer), not never.
+    q = unique("q")
+    channel.queue_declare(q)
+    for i in range(14):
+        channel.basic_publish("", q, str(i).encode())
+    channel.basic_qos(prefetch_count=12)
+    got = []
+    for method, _, body in channel.consume(q, inactivity_timeout=3):
+        assert method is not None, f"stalled after {len(got)} deliveries"
+        got.append(body)
+        if len(got) == 12:
+            channel.basic_ack(method.delivery_tag - 11)  # one of twelve: 1 credit free
+        if len(got) == 13:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+        if len(got) == 14:
+            channel.basic_ack(method.delivery_tag)
+            break
+    channel.cancel()
+    assert got == [str(i).encode() for i in range(14)]
+
+
+def test_refills_after_acks_are_batched(amqp_server: InProcess, channel) -> None:
+    # One basic.ack at a time must not cost one broker fetch each (a quarter of the prefetch
+    # at a time, or the timer's): count the fetches of a 200-message consume at prefetch 40.
+    broker = amqp_server.server.broker  # type: ignore[union-attr]
+    q = unique("q")
+    channel.queue_declare(q)
+    for i in range(200):
+        channel.basic_publish("", q, str(i).encode())
+    calls = []
+    fetch = broker.fetch
+
+    def counting(*args, **kw):
+        out = fetch(*args, **kw)
+        calls.append(len(out))
+        return out
+
+    channel.basic_qos(prefetch_count=40)
+    broker.fetch = counting
+    try:
+        got = []
+        for method, _, body in channel.consume(q, inactivity_timeout=3):
+            assert method is not None, f"stalled after {len(got)} deliveries"
+            got.append(body)
+            channel.basic_ack(method.delivery_tag)
+            if len(got) == 200:
+                break
+        channel.cancel()
+    finally:
+        del broker.fetch
+    assert got == [str(i).encode() for i in range(200)]
+    fetched = [n for n in calls if n]
+    assert sum(fetched) == 200
+    assert len(fetched) <= 200 // 10, fetched  # one per ack would be ~160
+
+
 def test_queue_declared_after_publish_sees_only_later(channel) -> None:
     ex, q = unique("ex"), unique("q")
     channel.exchange_declare(ex, "topic")

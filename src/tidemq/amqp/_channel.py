@@ -31,7 +31,7 @@ class Pending:
 
 class Consumer:
     __slots__ = ("session", "channel", "tag", "queue", "no_ack", "prefetch", "members",
-                 "unacked", "turn")
+                 "unacked", "turn", "refill_at", "refill_timer", "refill_now")
 
     def __init__(self, session: Delivering, channel: Channel, tag: str, queue: Queue,
                  no_ack: bool, prefetch: int) -> None:
@@ -44,6 +44,11 @@ class Consumer:
         self.members: list[tuple[str, str]] = []  # (member id, exchange name)
         self.unacked = 0
         self.turn = 0
+        # Credit freed by acks is refilled once it reaches refill_at (a quarter of the
+        # prefetch) or REFILL_WAIT after it was first held back (Delivering._pump).
+        self.refill_at = prefetch // 4 if prefetch >= 8 else 1
+        self.refill_timer = False
+        self.refill_now = False
 
 
 class Unacked:
