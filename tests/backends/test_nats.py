@@ -24,6 +24,7 @@ pytest.importorskip("nats")
 from tidemq.backends import Capability, NatsTransport, capabilities, connect_nats  # noqa: E402
 from tidemq.backends._nats_js import JetStream  # noqa: E402
 from tidemq.backends._nats_names import escape, pattern_subject, routing_tokens  # noqa: E402
+from tidemq.backends._reads import READ_SIZE  # noqa: E402
 from tidemq.broker import partition_for_key  # noqa: E402
 from tidemq.broker._types import Backoff, GroupSettings, TopicConfig  # noqa: E402
 from tidemq.errors import (  # noqa: E402
@@ -144,6 +145,23 @@ def test_capabilities_table() -> None:
 
 
 # -- topics and publishing ---------------------------------------------------------------------
+
+
+def test_nats_py_socket_reads_come_from_the_heap() -> None:
+    # asyncio's default 256 KiB read is an mmap + mremap + munmap per read (_reads.py): the
+    # backend sizes nats-py's socket reads down, on this nats-py (a private attribute chain:
+    # this test says when a new nats-py moves it).
+    async def body(t: NatsTransport) -> None:
+        sock = t.nc._transport._bare_io_writer.transport
+        assert sock.max_size == READ_SIZE
+        await t.create_topic("reads", TopicConfig(), False)
+        big = b"r" * (3 * READ_SIZE)  # more than one read
+        ids = await t.publish("reads", recs(big))
+        member = await t.subscribe("reads", "g", None, 10)
+        got = await drain(t, member, 1)
+        assert [d.id for d in got] == ids and got[0].body == big
+
+    run(body)
 
 
 def test_round_trip_across_partitions() -> None:

@@ -23,9 +23,10 @@ pytest.importorskip("aiormq")
 import aiormq  # noqa: E402
 
 from tidemq.backends import Capability, connect_amqp  # noqa: E402
-from tidemq.backends._rabbit import RabbitTransport, quantize_ms  # noqa: E402
+from tidemq.backends._rabbit import RabbitTransport, _HeapReads, quantize_ms  # noqa: E402
 from tidemq.backends._rabbit_capabilities import amqp_capabilities  # noqa: E402
 from tidemq.backends._rabbit_codec import binding_keys, decode, encode  # noqa: E402
+from tidemq.backends._reads import READ_SIZE, heap_reads  # noqa: E402
 from tidemq.broker import partition_for_key  # noqa: E402
 from tidemq.broker._types import Backoff, GroupSettings, TopicConfig  # noqa: E402
 from tidemq.errors import (  # noqa: E402
@@ -924,3 +925,23 @@ def test_a_shorter_ack_timeout_wakes_the_lease_keeper() -> None:
         await t.flush(member)
 
     run(body)
+
+
+def test_aiormq_socket_reads_come_from_the_heap() -> None:
+    # asyncio's default 256 KiB read is an mmap + mremap + munmap per read (_reads.py): an
+    # amqp:// connection is made through a transport factory that sizes them down.
+    async def main() -> None:
+        _, writer = await _HeapReads().create(aiormq.connection.URL(URL))
+        try:
+            assert writer.transport.max_size == READ_SIZE
+        finally:
+            writer.close()
+        assert not heap_reads(object())  # anything else is left alone
+        t = await connect_amqp(URL, prefix=f"t{secrets.token_hex(5)}")
+        try:
+            assert isinstance(t.conn._transport_factory, _HeapReads)
+        finally:
+            await t.close()
+            await _cleanup([t])
+
+    asyncio.run(main())

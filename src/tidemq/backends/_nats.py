@@ -69,6 +69,7 @@ from ._nats_codec import META, MSG_ID, encode_meta
 from ._nats_js import Bucket, JetStream, JsError, PubAck
 from ._nats_member import Member
 from ._nats_names import END, check_prefix, routing_tokens, topic_token
+from ._reads import heap_reads
 
 __all__ = ["NatsTransport", "connect_nats", "TopicMeta"]
 
@@ -168,15 +169,20 @@ async def connect_nats(url: str = "nats://127.0.0.1:4222", **options: Any) -> Na
     # would hang. The first connection gets connect_timeout per server (one more round).
     first = float(nc_opts["connect_timeout"]) * (len(servers) + 1)
     nc = NatsClient()
+
+    async def reconnected() -> None:
+        _heap_reads(nc)
+
     try:
         await asyncio.wait_for(nc.connect(**nc_opts, error_cb=quiet, disconnected_cb=_noop,
-                                          reconnected_cb=_noop), first)
+                                          reconnected_cb=reconnected), first)
     except Exception as exc:
         with contextlib.suppress(Exception):
             await nc.close()
         why = f"no answer within {first:g} s" if isinstance(exc, TimeoutError) else repr(exc)
         raise ConnectionLost(f"cannot connect to NATS at {_redact(url)}: {why}; is "
                              "nats-server running (with -js)?") from exc
+    _heap_reads(nc)
     transport = NatsTransport(nc, **options)
     try:
         await transport._start()
@@ -189,6 +195,13 @@ async def connect_nats(url: str = "nats://127.0.0.1:4222", **options: Any) -> Na
 
 async def _noop() -> None:
     return None
+
+
+def _heap_reads(nc: NatsClient) -> None:
+    """nats-py's socket (its plain one: under TLS, reads go through the SSL protocol's own
+    buffer) reads at most READ_SIZE at a time (``_reads``: why)."""
+    writer = getattr(getattr(nc, "_transport", None), "_bare_io_writer", None)
+    heap_reads(getattr(writer, "transport", None))
 
 
 def _servers(url: str) -> tuple[list[str], dict[str, str]]:

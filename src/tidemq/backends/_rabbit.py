@@ -86,6 +86,7 @@ from ._nats_names import check_prefix
 from ._rabbit_capabilities import AMQP_MIN_VERSION, amqp_capabilities
 from ._rabbit_codec import WAIT_HEADER, binding_keys, decode, encode, routing_key_for, token
 from ._rabbit_meta import MetaLog
+from ._reads import heap_reads
 
 if TYPE_CHECKING:
     from ._rabbit_member import Member
@@ -202,12 +203,26 @@ def host_urls(url: str) -> list[str]:
     return out
 
 
+class _HeapReads(aiormq.connection.TCPTransportFactory):
+    """aiormq's plain TCP connection, reading at most READ_SIZE at a time (``_reads``)."""
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader,
+                                                               asyncio.StreamWriter]:
+        reader, writer = await super().create(url, **kwargs)
+        heap_reads(writer.transport)
+        return reader, writer
+
+
 async def connect_any(urls: list[str], timeout: float) -> AbstractConnection:
     """A connection to the first of ``urls`` that answers."""
     errors = []
     for url in urls:
         try:
-            conn: AbstractConnection = await asyncio.wait_for(aiormq.connect(url), timeout)
+            opts: dict[str, Any] = {}
+            if urlsplit(url).scheme.lower() == "amqp":  # amqps: aiormq's TLS factory
+                opts["transport_factory"] = _HeapReads()
+            conn: AbstractConnection = await asyncio.wait_for(aiormq.connect(url, **opts),
+                                                              timeout)
             return conn
         except Exception as exc:
             errors.append(f"{_redact(url)}: {exc!r}")
