@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pamqp import commands as C
 from pamqp import frame, header
 
@@ -12,6 +14,7 @@ from tidemq.amqp._frames import (
     FrameError,
     FrameReader,
     Header,
+    encode_confirm,
     encode_content,
     encode_deliver,
 )
@@ -88,6 +91,14 @@ def test_properties_round_trip_unchanged() -> None:
     plain = header.ContentHeader()
     plain.unmarshal(b"\x00\x3c\x00\x00" + bytes(8) + raw_properties({"k": "v"}, 3))
     assert plain.properties.headers == {"k": "v"} and plain.properties.priority == 3
+
+
+@given(st.integers(0, 65535), st.integers(0, 2**64 - 1), st.booleans(), st.booleans())
+def test_confirm_encoding_matches_pamqp(channel: int, tag: int, multiple: bool,
+                                        ack: bool) -> None:
+    method = C.Basic.Ack(delivery_tag=tag, multiple=multiple) if ack else \
+        C.Basic.Nack(delivery_tag=tag, multiple=multiple, requeue=False)
+    assert encode_confirm(channel, tag, multiple, ack) == frame.marshal(method, channel)
 
 
 def test_deliver_encoding_matches_pamqp() -> None:

@@ -66,6 +66,8 @@ class Channel:
         self.closing = False
         self.confirm = False
         self.publish_seq = 0
+        self.confirmed_to = 0  # every publish tag up to this one is confirmed (or nacked)
+        self.confirmed_above: set[int] = set()  # confirmed tags above confirmed_to
         self.pending: Pending | None = None
         self.next_tag = 1
         self.unacked: dict[int, Unacked] = {}

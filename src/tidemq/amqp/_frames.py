@@ -28,7 +28,7 @@ from pamqp.exceptions import PAMQPException
 __all__ = [
     "PROTOCOL_HEADER", "FRAME_METHOD", "FRAME_HEADER", "FRAME_BODY", "FRAME_HEARTBEAT",
     "FrameError", "FrameReader", "Body", "Header", "encode_method", "encode_content",
-    "encode_deliver", "encode_content_raw", "HEARTBEAT",
+    "encode_deliver", "encode_content_raw", "encode_confirm", "HEARTBEAT",
 ]
 
 PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
@@ -169,6 +169,16 @@ def encode_content_raw(channel: int, raw_properties: bytes, body: bytes,
         out.append(chunk)
         out.append(FRAME_END_BYTE)
     return b"".join(out)
+
+
+_CONFIRM: Final = struct.Struct(">BHIHHQB")  # frame head, class id, method id, tag, bits
+
+
+def encode_confirm(channel: int, delivery_tag: int, multiple: bool, ack: bool = True) -> bytes:
+    """basic.ack (or basic.nack, requeue unset) from the server: a publisher confirm, encoded
+    by hand (the per-message path)."""
+    return _CONFIRM.pack(FRAME_METHOD, channel, 13, 60, 80 if ack else 120, delivery_tag,
+                         1 if multiple else 0) + FRAME_END_BYTE
 
 
 def encode_deliver(channel: int, consumer_tag: bytes, delivery_tag: int, redelivered: bool,
