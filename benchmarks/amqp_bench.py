@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The same AMQP client programs against TideMQ's AMQP port and RabbitMQ (quorum queues).
 
-Run:  .venv/bin/python benchmarks/amqp_bench.py --runs 3 > docs/figures/amqp.jsonl
+Run:  .venv/bin/python benchmarks/amqp_bench.py --runs 3 -n 5000 > docs/figures/amqp.jsonl
       .venv/bin/python benchmarks/render.py docs/figures/amqp.jsonl > docs/figures/amqp.md
 
 Targets: ``tidemq`` — a ``tidemq serve --amqp-port`` subprocess on a fresh data folder, each
