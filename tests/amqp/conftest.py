@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pamqp import commands as C
+from pamqp import frame
 
 from tidemq.server import Server
 from tidemq.server._config import ServerConfig
@@ -40,6 +42,38 @@ def free_port() -> int:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def read_until(sock: socket.socket, want: type, timeout: float = 5.0) -> Any:
+    """Raw AMQP: read frames until one of type ``want`` arrives; that frame."""
+    buf = b""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        while len(buf) >= 7:
+            size = int.from_bytes(buf[3:7], "big")
+            if len(buf) < size + 8:
+                break
+            _, _, f = frame.unmarshal(buf[:size + 8])
+            buf = buf[size + 8:]
+            if isinstance(f, want):
+                return f
+        buf += sock.recv(65536)
+    raise AssertionError(f"no {want.__name__}")
+
+
+def handshake(sock: socket.socket, heartbeat: int = 0) -> None:
+    """Raw AMQP: the protocol header, guest/guest, tune and open on a new socket."""
+    sock.sendall(b"AMQP\x00\x00\x09\x01")
+    read_until(sock, C.Connection.Start)
+    sock.sendall(frame.marshal(C.Connection.StartOk(
+        client_properties={}, mechanism="PLAIN", response="\x00guest\x00guest",
+        locale="en_US"), 0))
+    read_until(sock, C.Connection.Tune)
+    sock.sendall(frame.marshal(C.Connection.TuneOk(channel_max=10, frame_max=131072,
+                                                   heartbeat=heartbeat), 0)
+                 + frame.marshal(C.Connection.Open(virtual_host="/"), 0))
+    read_until(sock, C.Connection.OpenOk)
 
 
 class InProcess:

@@ -11,26 +11,16 @@ from pamqp import body as body_frame
 from pamqp import commands as C
 from pamqp import frame, header
 
-from .conftest import InProcess, unique
-from .test_lifecycle import _frames
+from .conftest import InProcess, handshake, read_until, unique
 
 
 def _open(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"AMQP\x00\x00\x09\x01")
-    _frames(s, C.Connection.Start)
-    s.sendall(frame.marshal(C.Connection.StartOk(
-        client_properties={}, mechanism="PLAIN", response="\x00guest\x00guest",
-        locale="en_US"), 0))
-    _frames(s, C.Connection.Tune)
-    s.sendall(frame.marshal(C.Connection.TuneOk(channel_max=10, frame_max=131072,
-                                                heartbeat=0), 0)
-              + frame.marshal(C.Connection.Open(virtual_host="/"), 0))
-    _frames(s, C.Connection.OpenOk)
+    handshake(s)
     s.sendall(frame.marshal(C.Channel.Open(), 1))
-    _frames(s, C.Channel.OpenOk)
+    read_until(s, C.Channel.OpenOk)
     s.sendall(frame.marshal(C.Confirm.Select(), 1))
-    _frames(s, C.Confirm.SelectOk)
+    read_until(s, C.Confirm.SelectOk)
     return s
 
 
@@ -70,7 +60,7 @@ def test_a_pipelined_batch_is_confirmed_by_one_multiple_ack(amqp_server: InProce
     q = unique("q")
     with _open(amqp_server.port) as s:
         s.sendall(frame.marshal(C.Queue.Declare(queue=q), 1))
-        _frames(s, C.Queue.DeclareOk)
+        read_until(s, C.Queue.DeclareOk)
         s.sendall(b"".join(_publish(q, b"m%d" % i) for i in range(20)))  # one write
         acks = _confirms(s, set(range(1, 21)))
     assert all(isinstance(a, C.Basic.Ack) for a in acks)
@@ -84,7 +74,7 @@ def test_confirms_out_of_order_are_one_frame_each(amqp_server: InProcess) -> Non
     q = unique("q")
     with _open(amqp_server.port) as s:
         s.sendall(frame.marshal(C.Queue.Declare(queue=q), 1))
-        _frames(s, C.Queue.DeclareOk)
+        read_until(s, C.Queue.DeclareOk)
         nowhere = unique("nowhere")
         s.sendall(b"".join(_publish(q if i % 2 else nowhere, b"m%d" % i)
                            for i in range(1, 6)))

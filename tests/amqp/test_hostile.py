@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pika
 
-from .conftest import InProcess, in_process
+from .conftest import InProcess, handshake, in_process, read_until
 
 HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -106,25 +106,14 @@ def test_content_in_flight_is_bounded_per_connection(tmp_path: Path) -> None:
     from pamqp import commands as C
     from pamqp import frame, header
 
-    from .test_lifecycle import _frames
-
     with in_process(tmp_path, max_frame_bytes=1 << 20, max_held_bytes=1 << 20) as srv, \
             _raw(srv.port) as s:
-        s.sendall(HEADER)
-        _frames(s, C.Connection.Start)
-        s.sendall(frame.marshal(C.Connection.StartOk(
-            client_properties={}, mechanism="PLAIN", response="\x00guest\x00guest",
-            locale="en_US"), 0))
-        _frames(s, C.Connection.Tune)
-        s.sendall(frame.marshal(C.Connection.TuneOk(channel_max=10, frame_max=131072,
-                                                    heartbeat=0), 0)
-                  + frame.marshal(C.Connection.Open(virtual_host="/"), 0))
-        _frames(s, C.Connection.OpenOk)
+        handshake(s)
         for ch in (1, 2):
             s.sendall(frame.marshal(C.Channel.Open(), ch))
-            _frames(s, C.Channel.OpenOk)
+            read_until(s, C.Channel.OpenOk)
             s.sendall(frame.marshal(C.Basic.Publish(exchange="amq.fanout"), ch)
                       + frame.marshal(header.ContentHeader(0, 700_000, C.Basic.Properties()),
                                       ch))
-        close = _frames(s, C.Channel.Close)
+        close = read_until(s, C.Channel.Close)
         assert isinstance(close, C.Channel.Close) and close.reply_code == 406

@@ -3,48 +3,18 @@
 from __future__ import annotations
 
 import socket
-import struct
 import time
 
 import pika
 import pika.exceptions
 import pytest
-from pamqp import commands as C
-from pamqp import frame
 
-from .conftest import InProcess
-
-
-def _frames(sock: socket.socket, want: type, timeout: float = 5.0) -> object:
-    """Read frames until one of type ``want`` arrives."""
-    buf = b""
-    sock.settimeout(timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        while len(buf) >= 7:
-            size = struct.unpack(">I", buf[3:7])[0]
-            if len(buf) < size + 8:
-                break
-            _, _, f = frame.unmarshal(buf[:size + 8])
-            buf = buf[size + 8:]
-            if isinstance(f, want):
-                return f
-        buf += sock.recv(65536)
-    raise AssertionError(f"no {want.__name__}")
+from .conftest import InProcess, handshake
 
 
 def test_a_silent_peer_is_closed_after_two_heartbeats(amqp_server: InProcess) -> None:
     with socket.create_connection(("127.0.0.1", amqp_server.port), timeout=10) as s:
-        s.sendall(b"AMQP\x00\x00\x09\x01")
-        _frames(s, C.Connection.Start)
-        s.sendall(frame.marshal(C.Connection.StartOk(
-            client_properties={}, mechanism="PLAIN", response="\x00guest\x00guest",
-            locale="en_US"), 0))
-        _frames(s, C.Connection.Tune)
-        s.sendall(frame.marshal(C.Connection.TuneOk(channel_max=10, frame_max=131072,
-                                                    heartbeat=1), 0)
-                  + frame.marshal(C.Connection.Open(virtual_host="/"), 0))
-        _frames(s, C.Connection.OpenOk)
+        handshake(s, heartbeat=1)
         t0 = time.monotonic()
         s.settimeout(10)
         beats = 0
