@@ -28,7 +28,7 @@ def server_thread(**settings: object) -> Iterator[Server]:
     box: list[Server] = []
 
     async def main() -> None:
-        srv = Server(ServerConfig(data=None, port=0, **settings))  # type: ignore[arg-type]
+        srv = Server(ServerConfig(**{"data": None, "port": 0, **settings}))  # type: ignore[arg-type]
         await srv.start()
         box.append(srv)
         stop.append(asyncio.Event())

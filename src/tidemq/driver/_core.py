@@ -129,7 +129,8 @@ class DriverCore:
 class CommitQueue:
     """Group commit, sans-IO. A shell calls :meth:`submit` for each token to make durable;
     when it returns True the shell starts a round: it takes :meth:`start_round`'s phases, runs
-    each phase's fsyncs (in parallel if it likes, phase after phase) off its loop, records
+    each phase's fsyncs (in parallel if it likes, phase after phase; off its loop, or on it
+    when nothing else waits: ``server/_driver.py``), records
     failures with :meth:`failed`, and calls :meth:`finish_round`, which returns the callbacks to
     run and whether another round is due."""
 

@@ -5,10 +5,18 @@ What runs where:
 - on the event loop: every broker call (the broker is single-threaded by contract), the timer
   (armed at the core's next wake-up; re-armed earlier after calls that leave a deadline hint;
   nothing polls), and the completion of every fsync round or job;
-- on one worker thread (``tidemq-commit``): every fsync — group-commit rounds for durability
-  ``always``, the periodic ``sync_all`` for ``interval``, and snapshot jobs — so the loop never
-  waits on the disk. The logs of one round phase are fsynced in parallel on a small helper
-  pool (measured on ext4 here: 5 files in parallel 0.5 ms, one after another 1.7 ms).
+- on one worker thread (``tidemq-commit``): the periodic ``sync_all`` for ``interval``,
+  snapshot jobs, and the group-commit rounds of durability ``always`` while the loop has other
+  work — so the loop does not wait on the disk while input waits for it. The logs of one
+  round phase are fsynced in parallel on a small helper pool (measured on ext4 here: 5 files
+  in parallel 0.5 ms, one after another 1.7 ms).
+- on the loop itself: a group-commit round that starts when no input is waiting on the
+  server's sockets, the worker is idle and the last round took less than
+  :data:`INLINE_ROUND_MAX` (what Redis does for ``appendfsync always``: the fsync in the
+  event loop before it sleeps). The loop had nothing else to do, and handing the fsync to the
+  worker costs two thread wake-ups (loop → worker → loop), ~100 µs each on this VM: as much
+  as the fdatasync itself. A round starts one loop turn after its first token (``call_soon``),
+  so what the same read of the sockets brought joins it.
 
 Every fsync it runs is timed into :class:`SyncTimes` (``LoopDriver.sync_times``): the metrics'
 ``tidemq_fsync_duration_seconds`` histogram.
@@ -30,7 +38,7 @@ from typing import Any, Final
 from ..broker import Broker, SyncToken
 from ..driver import CommitQueue, DriverConfig, DriverCore, mono_us, now_us
 
-__all__ = ["LoopDriver", "Done", "SyncTimes", "SYNC_BUCKETS"]
+__all__ = ["LoopDriver", "Done", "SyncTimes", "SYNC_BUCKETS", "INLINE_ROUND_MAX"]
 
 log = logging.getLogger("tidemq.server")
 
@@ -38,6 +46,10 @@ Done = Callable[[BaseException | None], None]
 
 #: Upper bounds (seconds) of the fsync-duration histogram: from 50 µs (an fdatasync of a few
 #: pages on fast flash) to 2.5 s (a disk in trouble); slower ones count only in +Inf.
+#: A group-commit round runs on the loop only while the last round took less than this (s):
+#: a slow disk must not stall the loop (heartbeats, other connections' input).
+INLINE_ROUND_MAX: Final = 0.002
+
 SYNC_BUCKETS: Final = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                        100e-3, 250e-3, 500e-3, 1.0, 2.5)
 
@@ -71,12 +83,19 @@ class LoopDriver:
     after each fsync round that leaves none queued."""
 
     def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, config: DriverConfig, *,
-                 fsync_threads: int = 4, on_tick: Callable[[], None] = lambda: None) -> None:
+                 fsync_threads: int = 4, on_tick: Callable[[], None] = lambda: None,
+                 input_waiting: Callable[[], bool] = lambda: True) -> None:
         self.broker = broker
         self.core = DriverCore(broker, config)
         self.commits: CommitQueue = self.core.commits
         self._loop = loop
         self._on_tick = on_tick
+        # True when input waits on the server's sockets (or when it cannot tell): then a
+        # commit round runs on the worker, not on the loop (see the module doc).
+        self._input_waiting = input_waiting
+        self._round_due = False  # a round is to start at the next loop turn (_begin_round)
+        self._last_round = 0.0  # s the last commit round took
+        self.inline_rounds = 0  # statistics: rounds run on the loop
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tidemq-commit")
         self._fsync_pool = concurrent.futures.ThreadPoolExecutor(
             fsync_threads, thread_name_prefix="tidemq-fsync")
@@ -179,13 +198,37 @@ class LoopDriver:
             self._start_round()
 
     def _start_round(self) -> None:
+        """A round is due: start it at the next loop turn, with what arrives until then."""
         self._idle.clear()
+        if not self._round_due:
+            self._round_due = True
+            self._loop.call_soon(self._begin_round)
+
+    def _begin_round(self) -> None:
+        self._round_due = False
         phases = self.commits.start_round()
+        if (self._last_round < INLINE_ROUND_MAX and not self._syncing
+                and not self._jobs_running and not self._input_waiting()):
+            self.inline_rounds += 1
+            try:
+                self._sync_phases(phases)
+            except Exception:  # a bug: the round's waiters still get their answer
+                log.exception("fsync round failed")
+            self._finish_round(None)
+            return
         fut = self._loop.run_in_executor(self._pool, self._sync_phases, phases)
         fut.add_done_callback(self._finish_round)
 
     def _sync_phases(self, phases: list[list[tuple[Any, int]]]) -> None:
-        """On the worker: phase after phase, the logs of a phase in parallel."""
+        """On the worker (or the loop: _begin_round): phase after phase, the logs of a phase
+        in parallel. Times the round (``_last_round``)."""
+        t0 = time.perf_counter()
+        try:
+            self._sync_phases_untimed(phases)
+        finally:
+            self._last_round = time.perf_counter() - t0
+
+    def _sync_phases_untimed(self, phases: list[list[tuple[Any, int]]]) -> None:
         commits = self.commits
         observe = self.sync_times.observe
 
@@ -207,9 +250,9 @@ class LoopDriver:
             else:
                 list(self._fsync_pool.map(one, phase))
 
-    def _finish_round(self, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:  # a bug in the worker
-            log.error("fsync round failed: %s", fut.exception())
+    def _finish_round(self, fut: asyncio.Future[None] | None) -> None:
+        if fut is not None and not fut.cancelled() and fut.exception() is not None:
+            log.error("fsync round failed: %s", fut.exception())  # a bug in the worker
         callbacks, again = self.commits.finish_round()
         for done, err in callbacks:
             try:

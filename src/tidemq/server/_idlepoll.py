@@ -7,8 +7,12 @@ read by the event loop at once (its own poll then finds it ready) instead of aft
 A request/answer client (one blocking call at a time) so stays in the loop's current turn.
 
 The set holds the binary and the AMQP connections. What it does not hold waits at most the
-budget: timers, the answers of fsync rounds (no spin while one runs), the HTTP port. The epoll set is level-triggered and only read
-here; the event loop's own registrations are untouched.
+budget: timers, the answers of fsync rounds (no spin while one runs on the worker), the HTTP
+port. The epoll set is level-triggered and only read here; the event loop's own registrations
+are untouched.
+
+The same set tells the driver whether input is waiting (:meth:`IdlePoll.input_waiting`): a
+group-commit round runs on the loop only when none is (``server/_driver.py``).
 """
 
 from __future__ import annotations
@@ -67,6 +71,13 @@ class IdlePoll:
 
     def _ready(self) -> Any:
         return self._ep.poll(0, 1)
+
+    def input_waiting(self) -> bool:
+        """Is a watched socket readable now? True when nothing is watched (``spin_us=0``:
+        it cannot tell), so the driver then keeps commit rounds off the loop."""
+        if self._ep is None:
+            return True
+        return bool(self._ep.poll(0, 1))
 
     def close(self) -> None:
         if self._ep is not None:

@@ -190,7 +190,8 @@ class Server:
             self._broker, loop,
             DriverConfig(sync_interval=self.config.sync_interval,
                          block_timeout=self.config.block_timeout),
-            fsync_threads=self.config.fsync_threads, on_tick=self.want_push)
+            fsync_threads=self.config.fsync_threads, on_tick=self.want_push,
+            input_waiting=self.idle.input_waiting)
         # All a connection may use of the server (it never sees the Server itself).
         self._services = Services(
             config=self.config, broker=self._broker, registry=self.subscriptions,
@@ -422,6 +423,10 @@ class Server:
         self._push_round()
         driver = self.driver
         if not self._push_scheduled and driver is not None and driver.commits.idle:
+            services = self._services
+            if services is not None and services.unflushed:  # answers first, then the spin
+                for conn in list(services.unflushed):
+                    conn._flush()
             self.idle.run()  # nothing due at once: poll for input before the loop sleeps
 
     def _push_round(self) -> None:

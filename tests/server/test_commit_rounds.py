@@ -1,0 +1,73 @@
+"""Where group-commit rounds run (``server/_driver.py``): on the loop when nothing else waits,
+else on the worker — and either way a publish under ``always`` is answered only once durable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tidemq
+from tidemq.server import _driver
+
+from .test_idle_poll import server_thread
+
+
+def _publish_one_at_a_time(srv: object, n: int) -> None:
+    with tidemq.Client(f"tidemq://127.0.0.1:{srv.port}") as mq:  # type: ignore[attr-defined]
+        mq.create_topic("t", durability="always")
+        log = srv.broker._topic("t").logs[0]  # type: ignore[attr-defined]
+        for k in range(n):
+            mq.publish("t", b"m%d" % k)
+            # answered only once durable: the fsync covered this message (offset k)
+            assert log.synced_position >= k + 1
+
+
+def test_a_lone_publisher_is_fsynced_on_the_loop(tmp_path: Path) -> None:
+    with server_thread(data=str(tmp_path)) as srv:
+        _publish_one_at_a_time(srv, 30)
+        assert srv.driver is not None
+        assert srv.driver.inline_rounds > 0
+        assert srv.driver.commits.rounds >= 30
+
+
+def test_without_the_idle_poll_rounds_stay_on_the_worker(tmp_path: Path) -> None:
+    # spin_us=0 watches no socket: the loop cannot tell whether input waits.
+    with server_thread(data=str(tmp_path), spin_us=0) as srv:
+        _publish_one_at_a_time(srv, 10)
+        assert srv.driver is not None
+        assert srv.driver.inline_rounds == 0
+        assert srv.driver.commits.rounds >= 10
+
+
+def test_after_a_slow_round_the_next_runs_on_the_worker(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # A round slower than INLINE_ROUND_MAX (a slow disk) must not stall the loop again.
+    monkeypatch.setattr(_driver, "INLINE_ROUND_MAX", 0.0)
+    with server_thread(data=str(tmp_path)) as srv:
+        _publish_one_at_a_time(srv, 10)
+        assert srv.driver is not None
+        assert srv.driver.inline_rounds == 0
+
+
+def test_answers_and_deliveries_leave_before_the_idle_poll_spins(tmp_path: Path) -> None:
+    # The idle poll spins up to spin_us for the next request: whatever a connection has queued
+    # (an answer sent when a commit round ended, deliveries of the push pass) is written first,
+    # or the client waits out the spin for it.
+    with server_thread(data=str(tmp_path)) as srv:
+        queued: list[int] = []
+        run = srv.idle.run
+
+        def watched() -> None:
+            queued.append(sum(len(c._out) for c in srv.connections))
+            run()
+
+        srv.idle.run = watched  # type: ignore[method-assign]
+        with tidemq.Client(f"tidemq://127.0.0.1:{srv.port}") as mq:
+            mq.create_topic("t", durability="always")
+            sub = mq.subscribe("t", "g")
+            for k in range(20):
+                mq.publish("t", b"m%d" % k)
+                [m] = sub.receive(1, 5.0)
+                m.ack()
+        assert queued and max(queued) == 0, queued
