@@ -71,3 +71,37 @@ def test_answers_and_deliveries_leave_before_the_idle_poll_spins(tmp_path: Path)
                 [m] = sub.receive(1, 5.0)
                 m.ack()
         assert queued and max(queued) == 0, queued
+
+
+def test_amqp_deliveries_are_pumped_before_the_idle_poll_spins(tmp_path: Path) -> None:
+    # The AMQP front pumps deliveries from a callback of its own (call_soon): it must run
+    # before the spin, not after it.
+    import pika
+
+    with server_thread(data=str(tmp_path), amqp_port=0) as srv:
+        front = srv._amqp
+        assert front is not None and srv.amqp_port is not None
+        pending: list[bool] = []
+        run = srv.idle.run
+
+        def watched() -> None:
+            pending.append(any(s._pump_scheduled for s in front.sessions))
+            run()
+
+        srv.idle.run = watched  # type: ignore[method-assign]
+        params = pika.ConnectionParameters("127.0.0.1", srv.amqp_port)
+        pub, con = pika.BlockingConnection(params), pika.BlockingConnection(params)
+        try:
+            pch, cch = pub.channel(), con.channel()
+            pch.queue_declare("q")
+            pch.confirm_delivery()
+            for k in range(20):
+                pch.basic_publish("", "q", b"m%d" % k)
+                method, _, body = next(cch.consume("q", inactivity_timeout=5))
+                assert body == b"m%d" % k
+                cch.basic_ack(method.delivery_tag)
+            cch.cancel()
+        finally:
+            pub.close()
+            con.close()
+        assert pending and not any(pending), pending

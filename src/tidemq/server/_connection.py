@@ -113,10 +113,6 @@ class Services:
     errors: Counter[int] = field(default_factory=Counter)
     # The poll before the loop sleeps (spin_us): the connections' sockets are watched by it.
     idle: IdlePoll = field(default_factory=lambda: IdlePoll(0))
-    # Connections with output queued for a flush at the next loop turn (an answer sent from a
-    # callback: a commit round's): the push pass flushes them before the idle poll spins, so
-    # no answer waits out the spin.
-    unflushed: set[Connection] = field(default_factory=set)
 
 
 class Connection(asyncio.Protocol):
@@ -408,7 +404,6 @@ class Connection(asyncio.Protocol):
         self._out_bytes += sum(map(len, parts))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._services.unflushed.add(self)
             asyncio.get_running_loop().call_soon(self._flush)
 
     def send_error(self, request_id: int, exc: TideMQError, *, fatal: bool = False) -> None:
@@ -472,7 +467,6 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self._services.unflushed.discard(self)
         out = self._out
         if not out:
             return

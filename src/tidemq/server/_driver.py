@@ -16,7 +16,9 @@ What runs where:
   event loop before it sleeps). The loop had nothing else to do, and handing the fsync to the
   worker costs two thread wake-ups (loop → worker → loop), ~100 µs each on this VM: as much
   as the fdatasync itself. A round starts one loop turn after its first token (``call_soon``),
-  so what the same read of the sockets brought joins it.
+  so what the same read of the sockets brought joins it, and one that may run on the loop
+  waits (up to :data:`MAX_DEFERRALS` turns) for the push pass of that turn: messages are
+  delivered before their fsync, as when the worker runs it.
 
 Every fsync it runs is timed into :class:`SyncTimes` (``LoopDriver.sync_times``): the metrics'
 ``tidemq_fsync_duration_seconds`` histogram.
@@ -49,6 +51,9 @@ Done = Callable[[BaseException | None], None]
 #: A group-commit round runs on the loop only while the last round took less than this (s):
 #: a slow disk must not stall the loop (heartbeats, other connections' input).
 INLINE_ROUND_MAX: Final = 0.002
+#: Loop turns a round that may run on the loop waits for the server's other work of the turn
+#: (push passes); then it runs on the worker if that work goes on.
+MAX_DEFERRALS: Final = 4
 
 SYNC_BUCKETS: Final = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                        100e-3, 250e-3, 500e-3, 1.0, 2.5)
@@ -84,7 +89,8 @@ class LoopDriver:
 
     def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, config: DriverConfig, *,
                  fsync_threads: int = 4, on_tick: Callable[[], None] = lambda: None,
-                 input_waiting: Callable[[], bool] = lambda: True) -> None:
+                 input_waiting: Callable[[], bool] = lambda: True,
+                 busy: Callable[[], bool] = lambda: False) -> None:
         self.broker = broker
         self.core = DriverCore(broker, config)
         self.commits: CommitQueue = self.core.commits
@@ -93,6 +99,10 @@ class LoopDriver:
         # True when input waits on the server's sockets (or when it cannot tell): then a
         # commit round runs on the worker, not on the loop (see the module doc).
         self._input_waiting = input_waiting
+        # True while the server has more of this loop turn's work scheduled (a push pass, its
+        # idle poll): a round that may run on the loop waits for it (deliveries first).
+        self._busy = busy
+        self._deferred = 0  # loop turns the due round waited for the server's work
         self._round_due = False  # a round is to start at the next loop turn (_begin_round)
         self._last_round = 0.0  # s the last commit round took
         self.inline_rounds = 0  # statistics: rounds run on the loop
@@ -205,10 +215,18 @@ class LoopDriver:
             self._loop.call_soon(self._begin_round)
 
     def _begin_round(self) -> None:
+        here = self._last_round < INLINE_ROUND_MAX and not self._syncing \
+            and not self._jobs_running
+        if here and self._busy() and self._deferred < MAX_DEFERRALS:
+            # The loop's other work of this turn first (a push pass: deliveries go out before
+            # the fsync, as they do while a round runs on the worker).
+            self._deferred += 1
+            self._loop.call_soon(self._begin_round)
+            return
+        self._deferred = 0
         self._round_due = False
         phases = self.commits.start_round()
-        if (self._last_round < INLINE_ROUND_MAX and not self._syncing
-                and not self._jobs_running and not self._input_waiting()):
+        if here and not self._busy() and not self._input_waiting():
             self.inline_rounds += 1
             try:
                 self._sync_phases(phases)

@@ -119,6 +119,7 @@ class Server:
         self.subscriptions = Subscriptions(self.end_member)
         self._wanting: set[str] = set()  # members to try pushing to on the next pass
         self._push_scheduled = False
+        self._spin_scheduled = False  # _idle_spin is due at the next loop turn
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -191,7 +192,8 @@ class Server:
             DriverConfig(sync_interval=self.config.sync_interval,
                          block_timeout=self.config.block_timeout),
             fsync_threads=self.config.fsync_threads, on_tick=self.want_push,
-            input_waiting=self.idle.input_waiting)
+            input_waiting=self.idle.input_waiting,
+            busy=lambda: self._push_scheduled or self._spin_scheduled)
         # All a connection may use of the server (it never sees the Server itself).
         self._services = Services(
             config=self.config, broker=self._broker, registry=self.subscriptions,
@@ -421,12 +423,17 @@ class Server:
         """
         self._push_scheduled = False
         self._push_round()
+        if not self._spin_scheduled and self._loop is not None:
+            # Poll for input before the loop sleeps — after whatever this turn scheduled
+            # (connections' flushes, AMQP pumps: call_soon is first in, first out), or they
+            # would wait out the spin.
+            self._spin_scheduled = True
+            self._loop.call_soon(self._idle_spin)
+
+    def _idle_spin(self) -> None:
+        self._spin_scheduled = False
         driver = self.driver
         if not self._push_scheduled and driver is not None and driver.commits.idle:
-            services = self._services
-            if services is not None and services.unflushed:  # answers first, then the spin
-                for conn in list(services.unflushed):
-                    conn._flush()
             self.idle.run()  # nothing due at once: poll for input before the loop sleeps
 
     def _push_round(self) -> None:
