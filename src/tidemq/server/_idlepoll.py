@@ -1,7 +1,8 @@
 """The server's poll before its loop sleeps (``spin_us``; ``tidemq._spin`` says why).
 
-After a push pass — the end of each loop iteration that handled input — with no further pass
-due and no fsync round running, the server asks an epoll set of its connections' sockets
+After a push pass — the end of each loop iteration that handled input — and everything that
+turn scheduled (one loop turn later), with no further pass due and no fsync round running or
+due, the server asks an epoll set of its connections' sockets
 "anything?" without sleeping, for up to the adaptive budget. Input that arrives meanwhile is
 read by the event loop at once (its own poll then finds it ready) instead of after a wakeup.
 A request/answer client (one blocking call at a time) so stays in the loop's current turn.
