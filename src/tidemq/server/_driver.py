@@ -40,14 +40,13 @@ from typing import Any, Final
 from ..broker import Broker, SyncToken
 from ..driver import CommitQueue, DriverConfig, DriverCore, mono_us, now_us
 
-__all__ = ["LoopDriver", "Done", "SyncTimes", "SYNC_BUCKETS", "INLINE_ROUND_MAX"]
+__all__ = ["LoopDriver", "Done", "SyncTimes", "SYNC_BUCKETS", "INLINE_ROUND_MAX",
+           "MAX_DEFERRALS"]
 
 log = logging.getLogger("tidemq.server")
 
 Done = Callable[[BaseException | None], None]
 
-#: Upper bounds (seconds) of the fsync-duration histogram: from 50 µs (an fdatasync of a few
-#: pages on fast flash) to 2.5 s (a disk in trouble); slower ones count only in +Inf.
 #: A group-commit round runs on the loop only while the last round took less than this (s):
 #: a slow disk must not stall the loop (heartbeats, other connections' input).
 INLINE_ROUND_MAX: Final = 0.002
@@ -55,6 +54,8 @@ INLINE_ROUND_MAX: Final = 0.002
 #: (push passes); then it runs on the worker if that work goes on.
 MAX_DEFERRALS: Final = 4
 
+#: Upper bounds (seconds) of the fsync-duration histogram: from 50 µs (an fdatasync of a few
+#: pages on fast flash) to 2.5 s (a disk in trouble); slower ones count only in +Inf.
 SYNC_BUCKETS: Final = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                        100e-3, 250e-3, 500e-3, 1.0, 2.5)
 
