@@ -85,3 +85,58 @@ def test_confirms_out_of_order_are_one_frame_each(amqp_server: InProcess) -> Non
     assert [a.delivery_tag for a in acks][:2] == [2, 4]  # type: ignore[attr-defined]
     assert not any(a.multiple for a in acks)  # type: ignore[attr-defined]
     assert len(later) < 10 and later[-1].delivery_tag == 15  # type: ignore[attr-defined]
+
+
+def _deliveries(s: socket.socket, n: int, timeout: float = 10.0) -> list[int]:
+    """Read frames until ``n`` basic.deliver arrived; their delivery tags."""
+    tags: list[int] = []
+    buf = b""
+    s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while len(tags) < n:
+        assert time.monotonic() < deadline, f"{len(tags)} of {n} deliveries"
+        while len(buf) >= 7 and len(buf) >= struct.unpack(">I", buf[3:7])[0] + 8:
+            size = struct.unpack(">I", buf[3:7])[0]
+            _, _, f = frame.unmarshal(buf[:size + 8])
+            buf = buf[size + 8:]
+            if isinstance(f, C.Basic.Deliver):
+                tags.append(f.delivery_tag)
+        if len(tags) < n:
+            buf += s.recv(65536)
+    return tags
+
+
+def test_the_acks_of_one_read_are_one_broker_call_and_survive_a_channel_close(
+        amqp_server: InProcess) -> None:
+    # A consumer acking each message sends a basic.ack each: those that arrive together are
+    # applied together. The channel then closes (its unacked messages are requeued): the
+    # acks sent before the close must stay acks.
+    broker = amqp_server.server.broker  # type: ignore[union-attr]
+    q = unique("q")
+    with _open(amqp_server.port) as s:
+        s.sendall(frame.marshal(C.Queue.Declare(queue=q), 1))
+        read_until(s, C.Queue.DeclareOk)
+        s.sendall(b"".join(_publish(q, b"m%d" % i) for i in range(30)))
+        _confirms(s, set(range(1, 31)))
+        s.sendall(frame.marshal(C.Basic.Qos(prefetch_count=50), 1))
+        read_until(s, C.Basic.QosOk)
+        s.sendall(frame.marshal(C.Basic.Consume(queue=q, consumer_tag="c"), 1))
+        tags = _deliveries(s, 30)
+        calls: list[int] = []
+        ack = broker.ack
+
+        def counting(member: str, ids: list[str], **kw: int) -> object:
+            calls.append(len(ids))
+            return ack(member, ids, **kw)
+
+        broker.ack = counting
+        try:
+            s.sendall(b"".join(frame.marshal(C.Basic.Ack(delivery_tag=t), 1)
+                               for t in tags[:20])  # 20 acks in one write, 10 left unacked
+                      + frame.marshal(C.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), 1))
+            read_until(s, C.Channel.CloseOk)
+        finally:
+            del broker.ack
+    assert sum(calls) == 20 and len(calls) <= 2, calls  # one per read: not 20
+    desc = broker.describe_group(f"amqp.q.{q}", q)
+    assert desc.lag == 10, desc  # the 10 unacked are back; the 20 acked are gone

@@ -59,6 +59,7 @@ class Delivering:
         writable: bool
         _pump_soon: set[Consumer]
         _pump_scheduled: bool
+        _acks: dict[str, list[str]]
 
         def send(self, channel: int, method: Method) -> None: ...
         def flush(self) -> None: ...
@@ -293,12 +294,17 @@ class Delivering:
         if ch.global_prefetch:
             self._pump_soon.update(ch.consumers.values())
         b = self.b
+        if how == "ack":  # applied with the rest of this read's acks (_flush_acks)
+            acks = self._acks
+            for member, ids in by_member.items():
+                acks.setdefault(member, []).extend(ids)
+            by_member = {}
+        elif self._acks:
+            self._flush_acks()
         for member, ids in by_member.items():
             now, mono = b.now_us(), b.mono_us()
             try:
-                if how == "ack":
-                    b.broker.ack(member, ids, now_us=now, mono_us=mono)
-                elif how == "requeue":
+                if how == "requeue":
                     b.broker.nack(member, ids, 0.0, now_us=now, mono_us=mono)
                 else:
                     b.broker.reject(member, ids, "rejected by an AMQP consumer (requeue=false)",
@@ -307,6 +313,19 @@ class Delivering:
                 pass
         for c in leaving:
             self._leave(c)
+        b.want_push()
+
+    def _flush_acks(self) -> None:
+        """Apply the acks gathered since the last call: one broker call per member for all
+        the ``basic.ack`` frames of a read (a client acking each message sends many), before
+        anything else of the session touches the broker's view of them."""
+        acks, self._acks = self._acks, {}
+        b = self.b
+        for member, ids in acks.items():
+            try:
+                b.broker.ack(member, ids, now_us=b.now_us(), mono_us=b.mono_us())
+            except UnknownMessage:  # the member left (queue unbound or deleted)
+                pass
         b.want_push()
 
     def _basic_ack(self, ch: Channel, m: C.Basic.Ack) -> None:

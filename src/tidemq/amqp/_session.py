@@ -78,6 +78,8 @@ class Session(Publishing, Delivering):
         self.writable = True
         self.last_read = self.last_write = time.monotonic()
         self._pump_soon: set[Consumer] = set()
+        # basic.ack'ed message ids by broker member, applied together (Delivering._flush_acks)
+        self._acks: dict[str, list[str]] = {}
         self._pump_scheduled = False
         # Routed publishes not yet stored: (topic, channel, confirm seq or 0, record); see
         # _store_publishes. While a topic's backlog is full (policy block) they are held
@@ -135,6 +137,8 @@ class Session(Publishing, Delivering):
             self.connection_error(exc)
         if self._outbox and self.state == "open":
             self._store_publishes()
+        if self._acks:
+            self._flush_acks()
         self._pump_now()
         self.flush()
 
@@ -153,6 +157,8 @@ class Session(Publishing, Delivering):
                     self.flush()
                 self.end()
             return
+        if self._acks and not isinstance(frame, C.Basic.Ack):
+            self._flush_acks()  # what was acked before is acked before this
         if self._outbox and isinstance(frame, Method) and not isinstance(frame, C.Basic.Publish):
             self._store_publishes()  # what was published before is stored before this
             if self._held_since is not None:
@@ -354,6 +360,8 @@ class Session(Publishing, Delivering):
         ch.pending = None
 
     def _unsubscribe(self, member: str) -> None:
+        if self._acks:
+            self._flush_acks()  # what the client acked stays acked when the member leaves
         self.b.external_members.pop(member, None)
         try:
             self.b.broker.unsubscribe(member, now_us=self.b.now_us(), mono_us=self.b.mono_us())
