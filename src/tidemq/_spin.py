@@ -4,9 +4,10 @@ On this project's machines (virtual machines) a thread asleep in ``epoll_wait`` 
 peer that wakes it more than the rest of a request/answer round trip: the wakeup crosses CPUs
 (an inter-processor interrupt, a VM exit): a one-message publish round trip on loopback takes
 about twice as long with both sides asleep between messages as with both polling
-(``benchmarks/roundtrip_floor.py``; the figures are in ``docs/figures/blocking.md``). So a side that expects input very soon — a client waiting
-for its answer, a server that has just answered — first asks "anything?" without sleeping for
-up to ``max_us`` µs, as Linux's halt-polling and Aeron's back-off idle strategy do.
+(``benchmarks/roundtrip_floor.py``; the figures are in ``docs/figures/blocking.md``). So a
+side that expects input very soon — a client waiting for its answer, a server that has just
+answered — first asks "anything?" without sleeping for up to ``max_us`` µs, as Linux's
+halt-polling and Aeron's back-off idle strategy do.
 
 The budget adapts, so a peer that is slow to come back costs little: a spin that saw nothing in
 time halves the next one's budget, down to none; with none, one wait in :data:`PROBE_EVERY`

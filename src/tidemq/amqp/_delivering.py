@@ -299,8 +299,6 @@ class Delivering:
             for member, ids in by_member.items():
                 acks.setdefault(member, []).extend(ids)
             by_member = {}
-        elif self._acks:
-            self._flush_acks()
         for member, ids in by_member.items():
             now, mono = b.now_us(), b.mono_us()
             try:

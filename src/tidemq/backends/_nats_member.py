@@ -267,7 +267,6 @@ class Member:
         self.owned: dict[int, int] = {}  # ordered modes: partition -> claim revision
         self.reserved = 0
         self.credit = asyncio.Event()
-        self.arrived = asyncio.Event()
         self.waiter: asyncio.Future[None] | None = None  # a receive waiting for an arrival
         self.wake_keeper = asyncio.Event()
         self.acks: list[asyncio.Future[Any]] = []
@@ -415,7 +414,6 @@ class Member:
 
     def arrive(self, partition: int, msg: Msg) -> None:
         self.buffer.append((partition, msg, time.monotonic()))
-        self.arrived.set()
         wake(self.waiter)
 
     def _freed(self) -> None:
@@ -456,7 +454,6 @@ class Member:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return out
-            self.arrived.clear()
             await wait_arrival(self, self.t.loop, remaining)
             self._check()
 

@@ -132,7 +132,6 @@ class Member:
         # delivery tags being settled by a nack, dead letter or filter ack right now: a
         # multiple ack must not cover them (see :meth:`_covers`)
         self.settling: set[int] = set()
-        self.arrived = asyncio.Event()
         self.waiter: asyncio.Future[None] | None = None  # a receive waiting for an arrival
         self.wake_keeper = asyncio.Event()
         self.keeper_due: float | None = None  # when the keeper wakes next (None: not timed)
@@ -229,7 +228,6 @@ class Member:
         """Something to look at in the buffers: wake a waiting :meth:`receive` directly (its
         future resolved here, so it runs in the next loop iteration; an ``Event`` waited on
         with ``wait_for`` costs a task and two more iterations: latency)."""
-        self.arrived.set()
         wake(self.waiter)
 
     async def close(self) -> None:
@@ -308,10 +306,9 @@ class Member:
             remaining = deadline - now
             if remaining <= 0:
                 return out
-            wake = self._wake_at()
-            if wake is not None:
-                remaining = min(remaining, max(0.0, wake - now))
-            self.arrived.clear()
+            wake_at = self._wake_at()
+            if wake_at is not None:
+                remaining = min(remaining, max(0.0, wake_at - now))
             await wait_arrival(self, asyncio.get_running_loop(), remaining)
             if self.closed:
                 raise Closed("this subscription is closed")

@@ -104,7 +104,6 @@ class LoopDriver:
         # idle poll): a round that may run on the loop waits for it (deliveries first).
         self._busy = busy
         self._deferred = 0  # loop turns the due round waited for the server's work
-        self._round_due = False  # a round is to start at the next loop turn (_begin_round)
         self._last_round = 0.0  # s the last commit round took
         self.inline_rounds = 0  # statistics: rounds run on the loop
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tidemq-commit")
@@ -209,11 +208,10 @@ class LoopDriver:
             self._start_round()
 
     def _start_round(self) -> None:
-        """A round is due: start it at the next loop turn, with what arrives until then."""
+        """A round is due (CommitQueue says so once per round): start it at the next loop
+        turn, with what arrives until then."""
         self._idle.clear()
-        if not self._round_due:
-            self._round_due = True
-            self._loop.call_soon(self._begin_round)
+        self._loop.call_soon(self._begin_round)
 
     def _begin_round(self) -> None:
         here = self._last_round < INLINE_ROUND_MAX and not self._syncing \
@@ -225,7 +223,6 @@ class LoopDriver:
             self._loop.call_soon(self._begin_round)
             return
         self._deferred = 0
-        self._round_due = False
         phases = self.commits.start_round()
         if here and not self._busy() and not self._input_waiting():
             self.inline_rounds += 1

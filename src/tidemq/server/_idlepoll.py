@@ -76,9 +76,7 @@ class IdlePoll:
     def input_waiting(self) -> bool:
         """Is a watched socket readable now? True when nothing is watched (``spin_us=0``:
         it cannot tell), so the driver then keeps commit rounds off the loop."""
-        if self._ep is None:
-            return True
-        return bool(self._ep.poll(0, 1))
+        return self._ep is None or bool(self._ready())
 
     def close(self) -> None:
         if self._ep is not None:
