@@ -16,7 +16,8 @@ disk to what a power cut could leave::
 
 The model (kept simple on purpose; each point is a choice, not a law of every filesystem):
 
-- Contents. A file's durable image is what it held when it was last fsynced. An ``fsync`` makes
+- Contents. A file's durable image is what it held when it was last fsynced. A ``preallocate``
+  that lengthens a file counts as a truncate to the new length (zeros). An ``fsync`` makes
   durable exactly the writes and truncates issued *before* it was called (writes made while it
   runs stay unsynced: the conservative reading of POSIX). ``"drop"`` restores the durable image;
   ``"prefix"`` keeps the durable image plus a random prefix (seeded ``random.Random``), in issue
@@ -182,6 +183,14 @@ class PowerLossOps(FileOps):
         with self._lock:
             super().ftruncate(fd, size)
             self._files[self._paths[fd]].pending.append(_Truncate(size))
+
+    def preallocate(self, fd: int, size: int) -> None:
+        # The file grows with zeros, like a truncate that extends it; shorter: no change.
+        with self._lock:
+            before = os.fstat(fd).st_size
+            super().preallocate(fd, size)
+            if size > before:
+                self._files[self._paths[fd]].pending.append(_Truncate(size))
 
     def fsync(self, fd: int) -> None:
         with self._lock:

@@ -68,6 +68,15 @@ Durability invariants. The code cites them as ``# D<n>``; ``docs/durability.md``
 (D11) One process at a time: a store holds an exclusive, non-blocking ``flock`` on
       ``<folder>/LOCK`` while open; a second opener (another process or the same one) gets
       ``DataDirLocked``.
+
+(D12) An ``always`` log preallocates its active segment past its data (``posix_fallocate``:
+      as much as the segment holds, 64 KiB to 4 MiB, never past ``segment_bytes``), so the
+      fdatasync after an append commits no new file size. The zeros are never data: a segment
+      is trimmed to its data when it is sealed (the trim fsynced with it, D6) and when the log
+      closes, and recovery takes an all-zero tail after a segment's last good batch for the end
+      of its data — trimmed, not reported as cut, and the next segment still follows — while
+      any other tail is damage (D7). A failed preallocation only costs speed: the append goes
+      on without it (and meets a full disk itself, D10).
 """
 
 from tidemq.storage._atomic import atomic_write

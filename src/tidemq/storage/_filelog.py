@@ -67,6 +67,13 @@ _READ_SLACK = 64 << 10
 _tuple_new = tuple.__new__
 _MAX_EVENTS = 100
 _BUSY_WARN_EVERY_S = 10.0
+#: D12: how far an ``always`` log's active segment is preallocated past its data: as much as
+#: the segment already holds, at least ``_PREALLOCATE_MIN`` and at most ``_PREALLOCATE_MAX``
+#: (and never past ``segment_bytes``). An fdatasync after an append inside the preallocated
+#: part commits no new file size: measured on this ext4 VM, 190 → 130 µs per fdatasync.
+_PREALLOCATE_MIN = 64 << 10
+_PREALLOCATE_MAX = 4 << 20
+_NO_PREALLOCATION = 1 << 62  # Segment.allocated after a preallocation failed: not tried again
 
 
 class FileLog:
@@ -328,6 +335,8 @@ class FileLog:
             seg = self._segments[-1]
             pos = seg.size
         path = seg.path
+        if pos + size > seg.allocated and cfg.durability == "always":
+            self._preallocate(seg, pos + size)
         done: int | OSError | None
         try:
             # The usual case: the segment's descriptor is cached and one pwritev writes the
@@ -397,6 +406,42 @@ class FileLog:
             self._ops.ftruncate(fd, pos)
         except OSError as exc2:
             raise self._fail("truncating a partial write", exc2) from exc
+        active = self._active
+        active.allocated = min(active.allocated, pos)  # the cut dropped the preallocation
+
+    def _preallocate(self, seg: Segment, end: int) -> None:
+        """D12: make the active segment's file longer than ``end`` (its data after the append
+        about to be written). Only a speed-up: when it fails (a full disk, a filesystem
+        without ``fallocate``) the write goes ahead alone and meets any real error itself,
+        and this segment is not preallocated again."""
+        want = end + min(max(_PREALLOCATE_MIN, end), _PREALLOCATE_MAX)
+        want = max(end, min(want, self._config.segment_bytes))
+        try:
+            fd = self._fds.acquire(seg.path)
+        except OSError:
+            return  # the write acquires it again and reports what is wrong
+        try:
+            self._ops.preallocate(fd, want)
+            seg.allocated = want
+        except OSError as exc:
+            seg.allocated = _NO_PREALLOCATION
+            log.warning("log %s: cannot preallocate segment %d (%s); appending without",
+                        self._dir, seg.base_offset, exc)
+        finally:
+            self._fds.release(seg.path, fd)
+
+    def _trim(self, seg: Segment) -> bool:
+        """D12: cut a preallocated segment back to its data (sealing it, or at close); an
+        error is the truncate's own (D9 for the caller). True if the file changed."""
+        if seg.allocated <= seg.size:
+            return False
+        fd = self._fds.acquire(seg.path)
+        try:
+            self._ops.ftruncate(fd, seg.size)
+        finally:
+            self._fds.release(seg.path, fd)
+        seg.allocated = seg.size
+        return True
 
     def _active_first_ts(self) -> int | None:
         idx = self._active.index
@@ -409,6 +454,12 @@ class FileLog:
     def _roll(self) -> None:
         """Seal the active segment and start a new one at the end offset (D6)."""
         old = self._active
+        try:
+            self._trim(old)  # fsynced with the sealed segment by the next sync (D6, D12)
+        except DescriptorsExhausted as exc:
+            raise self._busy("sealing a segment", exc) from None
+        except OSError as exc:
+            raise self._fail("trimming a sealed segment", exc) from None
         base = self._end_offset
         stem = os.path.join(self._dir, segment_name(base))
         try:
@@ -827,6 +878,8 @@ class FileLog:
                 self.sync()
                 with self._sync_lock:
                     active = self._active
+                    if self._trim(active):
+                        self._fsync_segment(active)  # D12: a closed log holds its data only
                     if active.base_offset != self._cp_segment or active.size != self._cp_position:
                         self._checkpoint(active, active.size, self._end_offset, self._last_ts)
                     elif active.index is not None:

@@ -46,6 +46,11 @@ class FileOps:
     def ftruncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
+    def preallocate(self, fd: int, size: int) -> None:
+        """Make the file at least ``size`` bytes long, its new bytes zeros on allocated blocks
+        (``posix_fallocate``): later writes inside it change no file size (D12)."""
+        os.posix_fallocate(fd, 0, size)
+
     def fsync_dir(self, path: str) -> None:
         """Make the folder's entries (files and folders created, renamed or deleted in it)
         durable. Opens the folder, so it can fail like ``open`` (EMFILE) as well as ``fsync``."""

@@ -21,7 +21,7 @@ from tidemq.storage._atomic import TMP_SUFFIX
 from tidemq.storage._fdcache import FdCache
 from tidemq.storage._fileops import FileOps, is_out_of_descriptors
 from tidemq.storage._index import SegmentIndex
-from tidemq.storage._scan import Damage, iter_batches
+from tidemq.storage._scan import Damage, iter_batches, zero_tail
 from tidemq.storage._types import LogConfig, RecoveryReport
 
 __all__ = ["Checkpoint", "Segment", "Recovered", "recover", "segment_name", "CHECKPOINT"]
@@ -73,7 +73,10 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
 
 @dataclass(slots=True)
 class Segment:
-    """One segment file. ``index`` is None until first needed (sealed segments load lazily)."""
+    """One segment file. ``index`` is None until first needed (sealed segments load lazily).
+
+    ``size`` is where its data ends; ``allocated`` how long the file is known to be, when the
+    log preallocated it further (D12; 0: not preallocated in this process)."""
 
     base_offset: int
     path: str
@@ -81,6 +84,7 @@ class Segment:
     size: int
     index: SegmentIndex | None = None
     index_checked: bool = False  # index rebuilt from the segment itself in this process
+    allocated: int = 0
 
 
 @dataclass(slots=True)
@@ -218,7 +222,13 @@ def recover(
                 idx.add(batch.base_offset, offset, at, batch.size, batch.max_timestamp_us)
                 scanned += batch.size
         except Damage as d:
-            cut_at = (j, d.position, d.reason)
+            if zero_tail(ops, fd, d.position, s.size):
+                # D12: the zeros a preallocation left after the data; not damage. Trimmed
+                # (fsynced with the other dirty segments), and the next segment follows.
+                ops.ftruncate(fd, d.position)
+                s.size = d.position
+            else:
+                cut_at = (j, d.position, d.reason)
         finally:
             fds.release(s.path, fd)
         if cut_at is not None:

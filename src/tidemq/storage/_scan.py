@@ -11,7 +11,7 @@ from tidemq.errors import CorruptRecord
 from tidemq.storage._fileops import FileOps
 from tidemq.storage._format import HEADER_SIZE, BatchView, peek_length, verify
 
-__all__ = ["Damage", "iter_batches"]
+__all__ = ["zero_tail", "Damage", "iter_batches"]
 
 _MIN_CHUNK = 64 << 10
 _HEADER_CRC_AT = 29  # the header CRC covers [0, 29) and sits at 29 (docs/storage-format.md)
@@ -111,6 +111,19 @@ def iter_batches(
         # Read on only as far as the caller's chunk still reaches, but at least the next batch:
         # a reader with a byte budget then reads about its budget, not a chunk more.
         want = max(chunk - (pos - start), needed, _MIN_CHUNK)
+
+
+def zero_tail(ops: FileOps, fd: int, pos: int, limit: int, *, chunk: int = 1 << 20) -> bool:
+    """Whether every byte of [pos, limit) of the file is zero: a preallocated tail with no data
+    in it (D12), not damage. A file shorter than ``limit`` is not (it ends early)."""
+    zeros = bytes(min(chunk, max(limit - pos, 0)))
+    while pos < limit:
+        want = min(chunk, limit - pos)
+        data = ops.pread(fd, want, pos)
+        if len(data) < want or data != zeros[:want]:
+            return False
+        pos += want
+    return True
 
 
 def _header_ok(header: memoryview) -> bool:
