@@ -23,6 +23,10 @@ Programs (one fresh queue each, messages of ``--size`` bytes):
   message at a time, the time from before ``basic_publish`` to the consumer's callback; p50
   and p99 per run.
 
+Every program also reports ``client_cpu_us``: the client process's CPU time (all its threads)
+per message over the timed part. Set against the time per message (1 / msgs/s) it tells a
+client-bound program: one where the client alone keeps its core busy, whatever the broker.
+
 Runs interleave the targets (run 1 of each, then run 2 ...). Each figure is the median of
 ``--runs`` runs with min–max, one JSON line each (the shape
 ``benchmarks/render.py`` renders); lines carry the load average, since this machine is shared.
@@ -150,36 +154,37 @@ def pika_publish_confirm(t: Target, n: int, size: int, window: int) -> dict[str,
     ch.confirm_delivery()
     body = b"x" * size
     props = pika.BasicProperties(delivery_mode=2)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         ch.basic_publish("", queue, body, props)
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     conn.close()
     _cleanup(t, queue)
-    return {"msgs_per_s": n / elapsed}
+    return {"msgs_per_s": n / elapsed, "client_cpu_us": cpu / n * 1e6}
 
 
 def aiopika_publish_confirm(t: Target, n: int, size: int, window: int) -> dict[str, float]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     args = t.prepare_queue(queue)
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         conn = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{t.port}/")
         async with conn:
             ch = await conn.channel(publisher_confirms=True)
             await ch.declare_queue(queue, durable=True, arguments=args)
             body = b"x" * size
             ex = ch.default_exchange
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for start in range(0, n, window):
                 await asyncio.gather(*(
                     ex.publish(aio_pika.Message(body, delivery_mode=2), routing_key=queue)
                     for _ in range(min(window, n - start))))
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, time.process_time() - c0
 
-    elapsed = asyncio.run(main())
+    elapsed, cpu = asyncio.run(main())
     _cleanup(t, queue)
-    return {"msgs_per_s": n / elapsed}
+    return {"msgs_per_s": n / elapsed, "client_cpu_us": cpu / n * 1e6}
 
 
 def pika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, float]:
@@ -194,7 +199,7 @@ def pika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, flo
         ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
     ch.basic_qos(prefetch_count=100)
     got = 0
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
 
     def on_message(c: Any, method: Any, props: Any, b: bytes) -> None:
         nonlocal got
@@ -209,9 +214,10 @@ def pika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, flo
     ch.start_consuming()
     stop.cancel()
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     conn.close()
     _cleanup(t, queue)
-    return {"msgs_per_s": got / elapsed}
+    return {"msgs_per_s": got / elapsed, "client_cpu_us": cpu / max(got, 1) * 1e6}
 
 
 def _fill(t: Target, queue: str, args: dict[str, Any], n: int, size: int) -> None:
@@ -230,25 +236,25 @@ def aiopika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, 
     args = t.prepare_queue(queue)
     _fill(t, queue, args, n, size)
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         conn = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{t.port}/")
         async with conn:
             ch = await conn.channel()
             await ch.set_qos(prefetch_count=100)
             q = await ch.declare_queue(queue, durable=True, arguments=args)
             got = 0
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             async with q.iterator() as it:
                 async for message in it:
                     await message.ack()
                     got += 1
                     if got >= n:
                         break
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, time.process_time() - c0
 
-    elapsed = asyncio.run(asyncio.wait_for(main(), 120))
+    elapsed, cpu = asyncio.run(asyncio.wait_for(main(), 120))
     _cleanup(t, queue)
-    return {"msgs_per_s": n / elapsed}
+    return {"msgs_per_s": n / elapsed, "client_cpu_us": cpu / n * 1e6}
 
 
 def pika_e2e_latency(t: Target, n: int, size: int, window: int) -> dict[str, float]:
@@ -276,25 +282,29 @@ def pika_e2e_latency(t: Target, n: int, size: int, window: int) -> dict[str, flo
     pch = pconn.channel()
     pch.confirm_delivery()
     pad = b"x" * max(0, size - 20)
+    c0 = time.process_time()
     for _ in range(n):
         arrived.clear()
         pch.basic_publish("", queue, f"{time.perf_counter():.9f}|".encode() + pad,
                           pika.BasicProperties(delivery_mode=2))
         arrived.wait(10)
     th.join(30)
+    cpu = time.process_time() - c0
     pconn.close()
     cconn.close()
     _cleanup(t, queue)
     lat.sort()
-    return {"p50_ms": lat[len(lat) // 2] * 1e3, "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1e3}
+    return {"p50_ms": lat[len(lat) // 2] * 1e3, "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1e3,
+            "client_cpu_us": cpu / n * 1e6}
 
 
+_CPU = {"client_cpu_us": "µs/msg"}
 PROGRAMS: dict[str, tuple[Callable[..., dict[str, float]], dict[str, str]]] = {
-    "pika_publish_confirm": (pika_publish_confirm, {"msgs_per_s": "msgs/s"}),
-    "aiopika_publish_confirm": (aiopika_publish_confirm, {"msgs_per_s": "msgs/s"}),
-    "pika_consume_ack": (pika_consume_ack, {"msgs_per_s": "msgs/s"}),
-    "aiopika_consume_ack": (aiopika_consume_ack, {"msgs_per_s": "msgs/s"}),
-    "pika_e2e_latency": (pika_e2e_latency, {"p50_ms": "ms", "p99_ms": "ms"}),
+    "pika_publish_confirm": (pika_publish_confirm, {"msgs_per_s": "msgs/s", **_CPU}),
+    "aiopika_publish_confirm": (aiopika_publish_confirm, {"msgs_per_s": "msgs/s", **_CPU}),
+    "pika_consume_ack": (pika_consume_ack, {"msgs_per_s": "msgs/s", **_CPU}),
+    "aiopika_consume_ack": (aiopika_consume_ack, {"msgs_per_s": "msgs/s", **_CPU}),
+    "pika_e2e_latency": (pika_e2e_latency, {"p50_ms": "ms", "p99_ms": "ms", **_CPU}),
 }
 
 
