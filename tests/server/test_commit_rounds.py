@@ -105,3 +105,20 @@ def test_amqp_deliveries_are_pumped_before_the_idle_poll_spins(tmp_path: Path) -
             pub.close()
             con.close()
         assert pending and not any(pending), pending
+
+
+@pytest.mark.parametrize("spin_us", [500, 0], ids=["loop", "worker"])
+def test_a_round_that_breaks_answers_its_publishes_with_an_error(tmp_path: Path,
+                                                                spin_us: int) -> None:
+    # A bug inside a round (here: its fsync timer is gone, so it fails before any fsync) must
+    # not answer what it did not fsync as durable: not on the loop, not on the worker.
+    with server_thread(data=str(tmp_path), spin_us=spin_us) as srv, \
+            tidemq.Client(f"tidemq://127.0.0.1:{srv.port}") as mq:
+        mq.create_topic("t", durability="always")
+        mq.publish("t", b"fine")
+        log = srv.broker._topic("t").logs[0]  # type: ignore[attr-defined]
+        assert srv.driver is not None
+        srv.driver.sync_times = None  # type: ignore[assignment]
+        with pytest.raises(tidemq.errors.StorageFailed):
+            mq.publish("t", b"not durable")
+        assert log.synced_position == 1 < log.end_offset

@@ -241,6 +241,14 @@ class LoopDriver:
         t0 = time.perf_counter()
         try:
             self._sync_phases_untimed(phases)
+        except Exception as exc:
+            # A bug (or a helper pool gone): what the round may not have fsynced must not be
+            # answered as durable. Every log it left unsynced fails the round's tokens on it.
+            for phase in phases:
+                for lg, pos in phase:
+                    if pos > lg.synced_position:
+                        self.commits.failed(lg, exc)
+            raise
         finally:
             self._last_round = time.perf_counter() - t0
 
