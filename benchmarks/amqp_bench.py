@@ -27,9 +27,10 @@ Every program also reports ``client_cpu_us``: the client process's CPU time (all
 per message over the timed part. Set against the time per message (1 / msgs/s) it tells a
 client-bound program: one where the client alone keeps its core busy, whatever the broker.
 
-Runs interleave the targets (run 1 of each, then run 2 ...). Each figure is the median of
-``--runs`` runs with min–max, one JSON line each (the shape
-``benchmarks/render.py`` renders); lines carry the load average, since this machine is shared.
+Runs interleave the targets (run 1 of each, then run 2 ...), each run starting with the next
+target in turn. Each figure is the median of ``--runs`` runs with min–max, one JSON line each
+(the shape ``benchmarks/render.py`` renders); lines carry the load average, since this machine
+is shared.
 """
 
 from __future__ import annotations
@@ -331,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         # Runs interleave the targets (run 1 of each, then run 2 ...): this machine is
         # shared, and a load that comes and goes then falls on every target alike.
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
-        for _ in range(a.runs):
+        for run in range(a.runs):
             for prog in a.programs.split(","):
-                for target in targets:
+                k = run % max(len(targets), 1)  # each target goes first in turn
+                for target in targets[k:] + targets[:k]:
                     fn, _units = PROGRAMS[prog]
                     result = fn(target, a.n, a.size, a.window)
                     result["loadavg"] = os.getloadavg()[0]

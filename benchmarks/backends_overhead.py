@@ -9,7 +9,8 @@ PubAck), every ack confirmed (TideMQ: ``sub.flush()``, which waits for the serve
 each ack; nats-py: ``msg.ack_sync()``). RabbitMQ: a durable quorum queue, publisher confirms,
 acks (aio-pika).
 
-Figures, each the median (min–max) of ``--runs`` runs, the three clients interleaved per run:
+Figures, each the median (min–max) of ``--runs`` runs, the three clients interleaved per run
+(each run starts with the next client in turn, so none is always first):
 
 - ``publish``: ``--count`` messages of ``--size`` bytes, ``--window`` in flight (async:
   ``asyncio.gather`` of that many publishes; blocking: ``publish(wait=False)`` then ``flush``
@@ -447,8 +448,13 @@ def main() -> int:
     url = _tidemq_url(a.url, prefix)
     results: dict[str, list[Result]] = {engine: [], "tidemq_async": [], "tidemq_blocking": []}
     try:
+        names = list(results)
         for run in range(a.runs):
-            for name in results:
+            # The clients take turns going first (run 1: engine, async, blocking; run 2:
+            # async, blocking, engine ...): a slow drift of this shared machine's speed, or
+            # what one client leaves behind for the next, then falls on each alike.
+            k = run % len(names)
+            for name in names[k:] + names[:k]:
                 log(f"run {run + 1}/{a.runs}: {name} ...")
                 if name == engine:
                     r = asyncio.run(direct(a, a.url))
