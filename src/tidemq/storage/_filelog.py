@@ -13,6 +13,7 @@ failed state: nothing was written, and the same call succeeds once descriptors a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -425,8 +426,10 @@ class FileLog:
             seg.allocated = want
         except OSError as exc:
             seg.allocated = _NO_PREALLOCATION
-            log.warning("log %s: cannot preallocate segment %d (%s); appending without",
-                        self._dir, seg.base_offset, exc)
+            unsupported = exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+            log.log(logging.DEBUG if unsupported else logging.WARNING,
+                    "log %s: cannot preallocate segment %d (%s); appending without",
+                    self._dir, seg.base_offset, exc)
         finally:
             self._fds.release(seg.path, fd)
 

@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+_fallocate = getattr(os, "posix_fallocate", None)
 
 
 class FileOps:
@@ -48,8 +49,11 @@ class FileOps:
 
     def preallocate(self, fd: int, size: int) -> None:
         """Make the file at least ``size`` bytes long, its new bytes zeros on allocated blocks
-        (``posix_fallocate``): later writes inside it change no file size (D12)."""
-        os.posix_fallocate(fd, 0, size)
+        (``posix_fallocate``): later writes inside it change no file size (D12). Raises
+        ``OSError(EOPNOTSUPP)`` where the platform has no ``posix_fallocate`` (macOS)."""
+        if _fallocate is None:
+            raise OSError(errno.EOPNOTSUPP, "posix_fallocate is not available here")
+        _fallocate(fd, 0, size)
 
     def fsync_dir(self, path: str) -> None:
         """Make the folder's entries (files and folders created, renamed or deleted in it)
