@@ -408,7 +408,8 @@ class FileLog:
         except OSError as exc2:
             raise self._fail("truncating a partial write", exc2) from exc
         active = self._active
-        active.allocated = min(active.allocated, pos)  # the cut dropped the preallocation
+        if active.allocated != _NO_PREALLOCATION:  # (a failed one stays given up: no retries)
+            active.allocated = min(active.allocated, pos)  # the cut dropped the preallocation
 
     def _preallocate(self, seg: Segment, end: int) -> None:
         """D12: make the active segment's file longer than ``end`` (its data after the append
