@@ -43,6 +43,21 @@ def _on_disk(root: Path) -> int:
     return sum(p.stat().st_size for p in _segments(root))
 
 
+def _reopened_uncut(root: Path, batches: int) -> tuple[FileStore, FileLog]:
+    """Open the log again: nothing reported cut, and all its batches there."""
+    store = FileStore(root)
+    log = store.open_log(NAME, _config())
+    assert isinstance(log, FileLog)
+    rec = log.recovery
+    ok = rec.bytes_truncated == 0 and rec.first_lost_offset is None
+    got = all_bodies(log)
+    if not ok or got != bodies(0, batches * PER):
+        store.close()
+    assert ok, rec
+    assert got == bodies(0, batches * PER)
+    return store, log
+
+
 def test_an_always_log_preallocates_and_trims_on_seal_and_close(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     log = store.open_log(NAME, _config())
@@ -101,12 +116,8 @@ def test_a_power_cut_leaves_zeros_that_recovery_trims_without_a_cut(
     ops.crash(mode)  # type: ignore[arg-type]
     active = _segments(tmp_path)[-1]
     assert active.read_bytes().endswith(bytes(1024))  # the preallocation survived the cut
-    store = FileStore(tmp_path)
+    store, log = _reopened_uncut(tmp_path, 40)
     try:
-        log = store.open_log(NAME, _config())
-        rec = log.recovery
-        assert rec.bytes_truncated == 0 and rec.first_lost_offset is None, rec
-        assert all_bodies(log) == bodies(0, 40 * PER)
         assert _on_disk(tmp_path) == log.statistics().size_bytes  # the zeros are gone
         _fill(log, 40, 5)  # appends go on at the next offsets
         assert all_bodies(log) == bodies(0, 45 * PER)
@@ -126,12 +137,8 @@ def test_zeros_after_a_sealed_segment_do_not_cut_the_segments_after_it(tmp_path:
     first = segs[0]
     os.truncate(first, first.stat().st_size + 5000)  # the untrimmed preallocation
     (first.parent / "checkpoint").unlink()  # every segment is verified, the first one too
-    store = FileStore(tmp_path)
+    store, log = _reopened_uncut(tmp_path, 300)
     try:
-        log = store.open_log(NAME, _config())
-        rec = log.recovery
-        assert rec.bytes_truncated == 0 and rec.first_lost_offset is None, rec
-        assert all_bodies(log) == bodies(0, 300 * PER)
         assert _segments(tmp_path) == segs
         assert first.stat().st_size == _data_bytes(int(first.stem), int(segs[1].stem))  # trimmed
     finally:
