@@ -150,3 +150,43 @@ def test_cursor_redrive_is_journaled_at_once(fh: Harness) -> None:
     b2 = fh.crash()
     assert b2.redrive("t", "g", now_us=c.now_us) == 0
     assert b2.describe_topic("t").partitions[0].end_offset == 6
+
+
+def _recreate_dlq(b: Broker, h: Harness) -> None:
+    b.delete_topic("t.dlq", now_us=h.clock.now_us)
+    b.create_topic("t.dlq", now_us=h.clock.now_us)
+
+
+def test_a_recreated_dead_letter_topic_is_redriven_from_its_start(h: Harness) -> None:
+    """The cursor belongs to one incarnation of the dead-letter topic: after it is deleted
+    and created again (offsets from 0), the old cursor must not skip the new dead letters."""
+    b, c = h.broker, h.clock
+    _dead(h, 3)
+    assert b.redrive("t", "g", now_us=c.now_us) == 3
+    assert _bodies_back(b, h) == [b"0", b"1", b"2"]
+    _recreate_dlq(b, h)
+    ids = _dead(h, 2)
+    assert DeadLetterScanner().summary(b, "t", "g").count == 2
+    assert b.redrive_ids("t", "g", [ids[1]], now_us=c.now_us) == [None]
+    assert b.redrive("t", "g", now_us=c.now_us) == 1
+    assert _bodies_back(b, h) == [b"0", b"1"]
+    assert b.redrive("t", "g", now_us=c.now_us) == 0
+
+
+@pytest.mark.parametrize("how", ["crash", "snapshot-crash"])
+def test_a_recreated_dead_letter_topic_keeps_its_own_cursor_across_a_restart(
+    fh: Harness, how: str
+) -> None:
+    b, c = fh.broker, fh.clock
+    _dead(fh, 4)
+    assert b.redrive("t", "g", now_us=c.now_us) == 4
+    _bodies_back(b, fh)
+    _recreate_dlq(b, fh)
+    _dead(fh, 3)
+    assert b.redrive("t", "g", limit=2, now_us=c.now_us) == 2
+    if how == "snapshot-crash":
+        b.snapshot_now("t", now_us=c.now_us)
+    b2 = fh.crash()
+    assert DeadLetterScanner().summary(b2, "t", "g").count == 1
+    assert b2.redrive("t", "g", now_us=c.now_us) == 1  # the new topic's third, once
+    assert _bodies_back(b2, fh) == [b"0", b"1", b"2"]

@@ -30,6 +30,7 @@ from ..storage import LogStore, MetaStore, PartitionLog, Record
 from ..storage._fileops import is_disk_full
 from ._deadletters import (
     H_PARTITION,
+    cursor_key,
     dead_letter_records,
     drop_redriven_below,
     origin_of,
@@ -922,7 +923,7 @@ class Broker:
         for p, log in enumerate(dlq.logs):
             if moved >= cap:
                 break
-            key = (group, dlq.key, p)
+            key = cursor_key(group, dlq, p)
             start = min(max(t.redrive.get(key, 0), log.start_offset), log.end_offset)
             skip = redriven_offsets(t, key)  # redriven by id already (redrive_ids)
             off = start
@@ -1018,9 +1019,9 @@ class Broker:
         for part, recs in by_part.items():
             t.append(part, recs, now_us, tb)
         for p, offs in taken.items():
-            key = (group, dlq.key, p)
+            key = cursor_key(group, dlq, p)
             log = dlq.logs[p]
-            t.record_event(["ri", group, dlq.key, p, sorted(offs)])
+            t.record_event(["ri", *key, sorted(offs)])
             cursor = t.redrive.get(key, 0)
             mine = t.redriven.setdefault(key, set())
             mine.update(offs)
@@ -1031,7 +1032,7 @@ class Broker:
             if nxt > base:
                 t.redrive[key] = nxt
                 drop_redriven_below(t, key, nxt)
-                t.record_event(["rd", group, dlq.key, p, nxt])
+                t.record_event(["rd", *key, nxt])
         t.commit(now_us, tb, force=True)
         self._token(tb)
         self._after_publish(t)
@@ -1049,7 +1050,7 @@ class Broker:
                 f"{dlq.name!r}); use the ids the dead-letter listing gives")
         p, o = ref.partition, ref.offset
         log = dlq.logs[p]
-        key = (group, dlq.key, p)
+        key = cursor_key(group, dlq, p)
         if o in redriven_offsets(t, key) or o in taken.get(p, ()):
             raise UnknownMessage(f"dead letter {mid!r} was redriven already")
         if not log.start_offset <= o < log.end_offset:

@@ -4,7 +4,7 @@ A dead letter is an ordinary message of the dead-letter topic (default ``<topic>
 original body, key, routing key, priority and headers plus headers naming where it came from.
 Redrive appends it back to its origin partition with ``x-tidemq-group: <group>``, which the group
 filters honour (only that group sees it again); the redrive cursor (per group and dead-letter
-partition) is journaled in the origin topic after the appends, so nothing is redriven twice
+partition of one incarnation, :func:`cursor_key`) is journaled in the origin topic after the appends, so nothing is redriven twice
 (a crash between the two may redrive a message again: at-least-once).
 
 Redrive by id (``Broker.redrive_ids``) moves chosen dead letters at or after the cursor. Their
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._topic import Topic
 
 __all__ = ["ORIGIN", "dead_letter_records", "redriven_record", "drop_redriven_below",
-           "redriven_offsets"]
+           "redriven_offsets", "cursor_key"]
 
 ORIGIN = "x-tidemq-origin-"
 H_TOPIC = ORIGIN + "topic"
@@ -76,9 +76,18 @@ def origin_of(r: Record) -> tuple[str, str] | None:
 _NONE: frozenset[int] = frozenset()
 
 
+def cursor_key(group: str, dlq: Topic, partition: int) -> tuple[str, str, int]:
+    """The key of ``group``'s redrive cursor (and redriven-by-id offsets) in dead-letter
+    partition ``partition``: ``(group, "<dlq key>~<incarnation>", partition)``. By
+    incarnation, not name: a dead-letter topic deleted and created again starts at offset 0,
+    and the cursor of the one before must not skip its dead letters. (Cursors journaled before
+    keys named the incarnation match none: a redrive then starts at the topic's start.)"""
+    return (group, f"{dlq.key}~{dlq.incarnation}", partition)
+
+
 def redriven_offsets(t: Topic, key: tuple[str, str, int]) -> set[int] | frozenset[int]:
-    """The offsets of dead-letter partition ``key`` = (group, dead-letter topic key, partition)
-    redriven by id and not yet passed by the cursor (read-only; empty when there are none)."""
+    """The offsets of dead-letter partition ``key`` (:func:`cursor_key`) redriven by id and not
+    yet passed by the cursor (read-only; empty when there are none)."""
     return t.redriven.get(key, _NONE)
 
 

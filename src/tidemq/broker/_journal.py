@@ -22,9 +22,10 @@ Event kinds (first element):
 ``["dr", [seq, ...]]``                   delayed messages released into their partitions
 ``["dd", [[dedup_id, id, expires_us], ...]]``
 ``["pr", partition, pid, epoch, base_sequence, count, ids, now_us]``
-``["rd", group, dlq_key, dlq_partition, next_offset]``  redrive progress (drops the
-                                         partition's redriven-by-id offsets below it)
-``["ri", group, dlq_key, dlq_partition, [offset, ...]]``  dead letters redriven by id (at or
+``["rd", group, dlq, dlq_partition, next_offset]``  redrive progress (drops the
+                                         partition's redriven-by-id offsets below it); ``dlq``
+                                         is ``"<dlq key>~<incarnation>"`` (``cursor_key``)
+``["ri", group, dlq, dlq_partition, [offset, ...]]``  dead letters redriven by id (at or
                                          after the cursor; the cursor's redrive skips them)
 ``["ends", [end offset per partition]]``  first in every record: the data logs' ends when it was
                                          appended (J3: producer state is rebuilt from there)

@@ -32,6 +32,7 @@ from ._deadletters import (
     H_REASON,
     H_TOPIC,
     ORIGIN,
+    cursor_key,
     redriven_offsets,
 )
 from ._ids import make_id
@@ -388,7 +389,7 @@ class DeadLetterScanner:
             key = (t.key, t.incarnation, group, dlq.key, dlq.incarnation, p)
             live.add(key)
             start = _cursor(t, group, dlq, p, log)
-            skip = redriven_offsets(t, (group, dlq.key, p))
+            skip = redriven_offsets(t, cursor_key(group, dlq, p))
             prog = self._progress.get(key)
             # The set of redriven-by-id offsets only grows while the cursor stays: its size
             # tells whether the count must start over.
@@ -434,7 +435,7 @@ def dead_letters(broker: Broker, topic: str, group: str, *, after: tuple[int, in
         if after is not None and p < after[0]:
             continue
         off = _cursor(t, group, dlq, p, log)
-        skip = redriven_offsets(t, (group, dlq.key, p))
+        skip = redriven_offsets(t, cursor_key(group, dlq, p))
         if after is not None and p == after[0]:
             off = max(off, after[1] + 1)
         while off < log.end_offset and len(out) < limit and budget > 0:
@@ -472,7 +473,7 @@ def _dead_letter_topic(broker: Broker, t: Topic, g: GroupState) -> Topic | None:
 
 def _cursor(t: Topic, group: str, dlq: Topic, p: int, log: PartitionLog) -> int:
     """Where the group's redrive would start in dead-letter partition ``p``."""
-    return min(max(t.redrive.get((group, dlq.key, p), 0), log.start_offset), log.end_offset)
+    return min(max(t.redrive.get(cursor_key(group, dlq, p), 0), log.start_offset), log.end_offset)
 
 
 def _is_mine(rec: Record, topic: str, group: str) -> bool:
