@@ -3,9 +3,11 @@
 A dead letter is an ordinary message of the dead-letter topic (default ``<topic>.dlq``), with the
 original body, key, routing key, priority and headers plus headers naming where it came from.
 Redrive appends it back to its origin partition with ``x-tidemq-group: <group>``, which the group
-filters honour (only that group sees it again); the redrive cursor (per group and dead-letter
-partition of one incarnation, :func:`cursor_key`) is journaled in the origin topic after the appends, so nothing is redriven twice
-(a crash between the two may redrive a message again: at-least-once).
+filters honour (only that group sees it again); the redrive cursor (per group and partition
+of one incarnation of the dead-letter topic, :func:`cursor_key`) is journaled in the origin
+topic after the appends, so nothing is redriven twice (a crash between the two may redrive a
+message again: at-least-once). A dead-letter topic deleted and created again gets cursors of
+its own; those of the deleted one stay in the origin's state, unused.
 
 Redrive by id (``Broker.redrive_ids``) moves chosen dead letters at or after the cursor. Their
 offsets are journaled the same way (``"ri"`` events, after the appends) and kept per group and
