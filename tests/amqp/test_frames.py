@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +16,8 @@ from tidemq.amqp._frames import (
     FrameError,
     FrameReader,
     Header,
+    _decode_ack,
+    _decode_publish,
     encode_confirm,
     encode_content,
     encode_deliver,
@@ -109,3 +113,67 @@ def test_deliver_encoding_matches_pamqp() -> None:
                                             routing_key="a.b"), 3)
               + encode_content(3, PROPS, b"body", 131072))
     assert mine == theirs
+
+
+_CAUGHT = (ValueError, struct.error, IndexError, UnicodeDecodeError, TypeError)  # → 502
+
+
+def _pamqp(cls: type, payload: bytes) -> tuple[object, ...] | str:
+    m = cls()
+    try:
+        m.unmarshal(payload[4:])
+    except _CAUGHT:
+        return "error"
+    return tuple(getattr(m, a) for a in cls.__slots__)
+
+
+def _ours(decode: object, cls: type, payload: bytes) -> tuple[object, ...] | str:
+    try:
+        m = decode(payload)  # type: ignore[operator]
+    except _CAUGHT:
+        return "error"
+    assert type(m) is cls
+    return tuple(getattr(m, a) for a in cls.__slots__)
+
+
+_PUBLISH_ID = b"\x00\x3c\x00\x28"
+_ACK_ID = b"\x00\x3c\x00\x50"
+
+
+@given(st.one_of(
+    st.binary(max_size=40),  # anything, mostly malformed
+    st.builds(lambda t, e, r, bits, extra: t + bytes([len(e)]) + e + bytes([len(r)]) + r
+              + bits + extra,
+              st.binary(min_size=2, max_size=2), st.binary(max_size=20),
+              st.binary(max_size=20), st.binary(max_size=1), st.binary(max_size=3)),
+    st.builds(lambda e, r: b"\x00\x00" + bytes([len(e)]) + e.encode() + bytes([len(r)])
+              + r.encode() + b"\x01", st.text(max_size=20), st.text(max_size=20)),
+))
+def test_publish_decoded_by_hand_as_pamqp_decodes_it(body: bytes) -> None:
+    payload = _PUBLISH_ID + body
+    assert _ours(_decode_publish, C.Basic.Publish, payload) \
+        == _pamqp(C.Basic.Publish, payload)
+
+
+@given(st.binary(max_size=12))
+def test_ack_decoded_by_hand_as_pamqp_decodes_it(body: bytes) -> None:
+    payload = _ACK_ID + body
+    assert _ours(_decode_ack, C.Basic.Ack, payload) == _pamqp(C.Basic.Ack, payload)
+
+
+def test_publish_and_ack_frames_come_out_of_the_reader_as_pamqp_objects() -> None:
+    r = FrameReader(131072)
+    r.feed(PROTOCOL_HEADER)
+    assert r.next_frame() is True
+    pub = C.Basic.Publish(exchange="orders", routing_key="order.created", mandatory=True)
+    r.feed(frame.marshal(pub, 3) + frame.marshal(C.Basic.Ack(delivery_tag=7, multiple=True), 3))
+    ch, got = r.next_frame()  # type: ignore[misc]
+    assert ch == 3 and isinstance(got, C.Basic.Publish)
+    assert (got.exchange, got.routing_key, got.mandatory, got.immediate) == \
+        ("orders", "order.created", True, False)
+    ch, ack = r.next_frame()  # type: ignore[misc]
+    assert isinstance(ack, C.Basic.Ack) and (ack.delivery_tag, ack.multiple) == (7, True)
+    r.feed(b"\x01\x00\x03\x00\x00\x00\x05" + _PUBLISH_ID + b"\x00\xce")  # cut after the ticket
+    with pytest.raises(FrameError) as e:
+        r.next_frame()
+    assert e.value.code == 502
