@@ -73,22 +73,48 @@ def test_keyless_batches_are_sticky_and_spread(h: Harness) -> None:
 def test_limits_store_nothing(h: Harness, bad: Record) -> None:
     b, now = h.broker, h.clock.now_us
     b.create_topic("t", now_us=now)
-    with pytest.raises(MessageTooLarge):
-        b.publish("t", [Record(b"ok"), bad], now_us=now)
+    for batch in ([Record(b"ok"), bad], [bad]):  # [bad]: the one-record fast path
+        with pytest.raises(MessageTooLarge):
+            b.publish("t", batch, now_us=now)
     assert ends(h, "t") == [0]
 
 
 @pytest.mark.parametrize("bad", [
     Record(b"x", priority=10),
+    Record(b"x", priority=-1),
+    Record(b"x", priority="1"),  # type: ignore[arg-type]
+    Record(b"x", ttl_us=-1),
+    Record(b"x", routing_key=7),  # type: ignore[arg-type]
+    Record("text", routing_key="r"),  # type: ignore[arg-type]
     Record(b"x", headers={"x-tidemq-id": "forged"}),
     Record(b"x", headers={"h": 1}),  # type: ignore[dict-item]
 ])
 def test_invalid_records_store_nothing(h: Harness, bad: Record) -> None:
     b, now = h.broker, h.clock.now_us
     b.create_topic("t", now_us=now)
-    with pytest.raises(InvalidArgument):
-        b.publish("t", [Record(b"ok"), bad], now_us=now)
+    for batch in ([Record(b"ok"), bad], [bad]):  # [bad]: the one-record fast path
+        with pytest.raises(InvalidArgument):
+            b.publish("t", batch, now_us=now)
     assert ends(h, "t") == [0]
+
+
+@pytest.mark.parametrize("rec", [
+    Record(b"plain"),
+    Record(b"routed", routing_key="order.created"),
+    Record(b"all", routing_key="a.b", headers={"region": "eu"}, priority=7, ttl_us=60_000_000),
+    Record(b"keyed", key=b"user-1", routing_key="a"),
+    Record(b"dedup", routing_key="a", dedup_id="d-1"),
+])
+def test_one_record_is_stored_as_given(h: Harness, rec: Record) -> None:
+    # One record per publish (the per-message path of every client): every field comes back.
+    b, now = h.broker, h.clock.now_us
+    b.create_topic("t", TopicConfig(dedup_window=60), now_us=now)
+    [mid] = b.publish("t", [rec], now_us=now).ids
+    member = b.subscribe("t", "g", None, **h.clock.t)
+    [d] = b.fetch(member, 10, **h.clock.t)
+    assert d.id == mid
+    assert (d.body, d.key, d.routing_key, d.headers, d.priority) \
+        == (rec.body, rec.key, rec.routing_key, rec.headers or {}, rec.priority)
 
 
 def test_topic_max_message_bytes(h: Harness) -> None:

@@ -6,7 +6,7 @@ import struct
 
 import crc32c
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tidemq.errors import CorruptRecord, InvalidArgument
@@ -530,7 +530,8 @@ def test_view_repr_and_type() -> None:
 
 @FAST
 @given(
-    st.lists(records_st, min_size=1, max_size=5) | st.builds(lambda b: [Record(b)], st.binary()),
+    st.lists(records_st, min_size=1, max_size=5) | st.builds(lambda b: [Record(b)], st.binary())
+    | st.builds(lambda r: [r], records_st),
     st.one_of(st.just({}), producer_st),
     I64,
     I64,
@@ -538,10 +539,48 @@ def test_view_repr_and_type() -> None:
 def test_encode_stamped_equals_encode_then_stamp(
     records: list[Record], producer: dict[str, int], base: int, ts: int
 ) -> None:
-    # encode_stamped packs a single plain record by hand (the per-message publish path):
-    # it must give exactly the bytes of the general path followed by stamp().
+    # encode_stamped packs a single record by hand (the per-message publish path: plain, or
+    # with a routing key, headers ...): it must give exactly the bytes of the general path
+    # followed by stamp().
     expected = bytearray(encode_batch(records, **producer))
     stamp(expected, base, ts)
     got = encode_stamped(records, base, ts, **producer)
     assert got == bytes(expected)
     assert verify(got).base_offset == base
+
+
+@settings(max_examples=300, deadline=None)
+@given(records_st, I64, I64)
+@example(Record(b"x", ttl_us=5), 1, 2)
+@example(Record(b"x", deliver_at_us=9, priority=3), 1, 2)
+@example(Record(b"", key=b"k", routing_key="r", headers={"a": "b"}, dedup_id="d"), 1, 2)
+def test_encode_stamped_one_record_equals_the_general_path(rec: Record, base: int, ts: int) -> None:
+    # One record, no producer fields: the fast path every publish of one message takes.
+    expected = bytearray(encode_batch([rec]))
+    stamp(expected, base, ts)
+    assert encode_stamped([rec], base, ts) == bytes(expected)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        Record(b"x", priority=10),
+        Record(b"x", priority=-1),
+        Record(b"x", priority="1"),  # type: ignore[arg-type]
+        Record(b"x", ttl_us=-1),
+        Record(b"x", deliver_at_us=1 << 63),
+        Record(b"x", ttl_us=1.5),  # type: ignore[arg-type]
+        Record("text", routing_key="a"),  # type: ignore[arg-type]
+        Record(b"x", routing_key=7),  # type: ignore[arg-type]
+        Record(b"x", headers={"a": 1}),  # type: ignore[dict-item]
+        Record(b"x", key="k"),  # type: ignore[arg-type]
+    ],
+)
+def test_encode_stamped_one_record_refuses_what_encode_batch_refuses(record: Record) -> None:
+    # The one-record fast path leaves anything the format does not take to the general path:
+    # the same InvalidArgument, naming the same record and field.
+    with pytest.raises(InvalidArgument) as general:
+        encode_batch([record])
+    with pytest.raises(InvalidArgument) as fast:
+        encode_stamped([record], 5, 7)
+    assert str(fast.value) == str(general.value)

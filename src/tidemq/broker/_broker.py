@@ -554,7 +554,7 @@ class Broker:
         t = self._by_name.get(topic)
         if t is None or self._closed:
             t = self._topic_for_publish(topic, now_us)
-        one = t.publish_plain(records, now_us)
+        one = t.publish_one(records, now_us)
         if one is not None and not t.events:
             # One plain message and no journal events pending: the token is its one entry
             # (what a TokenBuilder would build), without the builder.

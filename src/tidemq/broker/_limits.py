@@ -30,7 +30,8 @@ from ..storage import Record
 __all__ = [
     "MAX_HEADERS", "MAX_HEADER_BYTES", "MAX_KEY_BYTES", "MAX_ROUTING_KEY", "MAX_ROUTING_WORDS",
     "MAX_TOPICS", "MAX_GROUPS_PER_TOPIC", "MAX_PREFETCH", "MAX_NACK_DELAY", "MAX_EXTEND",
-    "MAX_REASON", "RESERVED_HEADERS", "check_records", "check_lengths", "check_prefetch",
+    "MAX_REASON", "RESERVED_HEADERS", "check_records", "check_record", "check_lengths",
+    "check_prefetch",
     "check_nack_delay", "check_extend", "check_reason",
 ]
 
@@ -84,10 +85,11 @@ def check_records(records: Sequence[Record], max_message_bytes: int) -> None:
         raise InvalidArgument(f"record {i}: priority must be an integer 0-9, got {prios[i]!r}") from None
     if any(map(_key, records)) or any(map(_rk, records)) or any(map(_headers, records)):
         for i, r in enumerate(records):
-            _check_one(i, r)
+            check_record(i, r)
 
 
-def _check_one(i: int, r: Record) -> None:
+def check_record(i: int, r: Record) -> None:
+    """The key, routing key and header limits of SPEC §2 on record ``i``."""
     key = r.key
     if key is not None:
         if not isinstance(key, bytes):

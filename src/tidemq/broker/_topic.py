@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import BacklogFull, Closed, CorruptRecord, InvalidArgument, UnknownGroup
+from ..errors import BacklogFull, Closed, CorruptRecord, InvalidArgument, TideMQError, UnknownGroup
 from ..storage import LogConfig, LogStore, MetaStore, PartitionLog, Record
 from ..storage._format import HAS_DELAY, HAS_EXT, verify
 from ._delays import DelayStore
@@ -22,14 +22,14 @@ from ._hashing import StickyPartitioner, partition_for_key
 from ._idempotence import DedupTable, IdsRepr, ProducerTable, ids_out
 from ._ids import DELAY_PARTITION, make_id, make_ids, parse_id
 from ._journal import Journal, encode
-from ._limits import ID_HEADER, check_lengths, check_records
+from ._limits import ID_HEADER, check_lengths, check_record, check_records
 from ._sync import TokenBuilder
 from ._types import GroupSettings, TopicConfig
 
 __all__ = ["Topic", "SnapshotJob", "log_config", "partition_log_name"]
 
 _key = attrgetter("key")
-# A plain record (body only) has exactly these extras (see publish_plain).
+# A plain record (body only) has exactly these extras (see publish_one).
 _EXTRAS = attrgetter("key", "routing_key", "headers", "priority", "deliver_at_us", "ttl_us",
                      "dedup_id")
 _PLAIN_EXTRAS = (None, None, None, 0, 0, 0, None)
@@ -284,18 +284,30 @@ class Topic:
         tb.add(log, res.position, self.always)
         return res.base_offset
 
-    def publish_plain(self, records: Sequence[Record], now_us: int
-                      ) -> tuple[list[str], PartitionLog, int] | None:
-        """The per-message fast path of :meth:`publish`: exactly one plain record (a bytes body
-        within the size limit, every other field at its default) goes to the next keyless
-        partition. Returns ``(ids, log, position)`` for the caller's sync token, or None,
-        having done nothing, for anything else (take :meth:`publish`). Same checks, same
-        outcome as ``publish``: a plain record needs no limit check but its body's length."""
+    def publish_one(self, records: Sequence[Record], now_us: int
+                    ) -> tuple[list[str], PartitionLog, int] | None:
+        """The per-message fast path of :meth:`publish`: exactly one keyless record with no
+        dedup id and no delay (routing key, headers, priority and TTL as it likes) goes to the
+        next keyless partition. Returns ``(ids, log, position)`` for the caller's sync token,
+        or None, having done nothing, for anything else (take :meth:`publish`). Same checks,
+        same outcome as ``publish``; a record that fails one is left to ``publish``, which
+        raises the same error."""
         if len(records) != 1:
             return None
         r = records[0]
-        if type(r) is not Record or _EXTRAS(r) != _PLAIN_EXTRAS:
+        if type(r) is not Record:
             return None
+        extras = _EXTRAS(r)
+        if extras != _PLAIN_EXTRAS:
+            key, rk, headers, priority, deliver_at, _ttl, dedup = extras
+            if key is not None or dedup is not None or deliver_at or type(priority) is not int \
+                    or not 0 <= priority <= 9:
+                return None
+            if rk is not None or headers:
+                try:
+                    check_record(0, r)
+                except TideMQError:
+                    return None
         body = r.body
         config = self.config
         if type(body) is not bytes or len(body) > config.max_message_bytes:
