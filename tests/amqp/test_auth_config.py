@@ -25,6 +25,9 @@ def _users(path: Path) -> Path:
         db.grant("allow", "ops", op, "topic:#")
         db.grant("allow", "ops", op, "group:#")
     db.grant("allow", "shop", "publish", "topic:#")
+    db.add_user("auditor", "auditor-secret", iterations=4096)
+    db.grant("allow", "auditor", "consume", "topic:#")
+    db.grant("allow", "auditor", "consume", "group:#")
     save_users(path, db)
     return path
 
@@ -62,6 +65,35 @@ def test_permissions_are_the_users_files(tmp_path: Path) -> None:
             assert err.value.reply_code == 403
         finally:
             conn.close()
+
+
+def test_publish_needs_the_publish_permission(tmp_path: Path) -> None:
+    # Checked per basic.publish, before anything is stored: a user without it gets the
+    # channel closed with 403; one with it gets the confirm.
+    with in_process(tmp_path, users=str(_users(tmp_path / "users.json"))) as srv:
+        def connect(user: str) -> pika.BlockingConnection:
+            creds = pika.PlainCredentials(user, f"{user}-secret")
+            return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", srv.port,
+                                                                     credentials=creds))
+        q = unique("q")
+        ops, auditor, shop = connect("ops"), connect("auditor"), connect("shop")
+        try:
+            ops.channel().queue_declare(q, durable=True)
+            ch = auditor.channel()
+            ch.confirm_delivery()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+                ch.basic_publish("", q, b"not allowed")
+            assert err.value.reply_code == 403
+            assert "may not publish" in err.value.reply_text
+            ch = shop.channel()
+            ch.confirm_delivery()
+            ch.basic_publish("", q, b"allowed")  # confirmed, or this raises
+            got = ops.channel().basic_get(q, auto_ack=True)
+            assert got[2] == b"allowed"
+            assert ops.channel().basic_get(q, auto_ack=True) == (None, None, None)
+        finally:
+            for conn in (ops, auditor, shop):
+                conn.close()
 
 
 def test_amqp_port_setting_and_flag() -> None:

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final
 
 import msgspec
@@ -101,8 +102,8 @@ class Queue:
     had_consumer: bool = False  # auto-delete happens once the last one left
     expiry: Any = None  # the x-expires timer handle (not stored)
 
-    @property
-    def topic(self) -> str:
+    @cached_property
+    def topic(self) -> str:  # read per message (the default exchange's route): kept
         return queue_topic(self.name)
 
     @property
