@@ -112,6 +112,7 @@ _CRC_COVERED: Final = struct.Struct("<qIqqB")  # [0, 29): what the header CRC co
 _TWO_CRCS: Final = struct.Struct("<II")  # [29, 37)
 _TAIL: Final = struct.Struct("<HIqhiBBIB")  # [37, 64): under the body CRC
 _U32: Final = struct.Struct("<I")
+_I64: Final = struct.Struct("<q")
 _STAMPED: Final = struct.Struct("<qIqq")  # [0, 28): base_offset, batch_length, timestamps
 assert HEADER.size == HEADER_SIZE == _CRC_COVERED.size + _TWO_CRCS.size + _TAIL.size
 
@@ -303,6 +304,8 @@ class BatchView:
         """Every record, decoded (raises :class:`CorruptRecord` on a malformed ext section)."""
         count = self.count
         attributes = self.attributes
+        if count == 1:  # a batch of one message (a per-message publish): no columns to build
+            return [self._only()]
         bodies = self.bodies()
         if not attributes & _NOT_PLAIN:
             return list(map(Record, bodies))
@@ -314,6 +317,26 @@ class BatchView:
         else:
             keys = rks = headers = dedups = (None,) * count
         return list(map(Record, bodies, keys, rks, headers, prios, delays, ttls, dedups))
+
+    def _only(self) -> Record:
+        """The record of a one-record batch: what :meth:`records` builds from the columns,
+        read straight from its fields."""
+        raw = self.raw
+        prio_at, delay_at, ttl_at, _, bodies_at = self._at
+        body = bytes(raw[bodies_at:])  # verify(): one record's body ends the batch
+        attributes = self.attributes
+        if not attributes & _NOT_PLAIN:
+            return Record(body)
+        key = rk = headers = dedup = None
+        if attributes & HAS_EXT:
+            key, rk, headers, dedup = self.extensions()[0]
+        return Record(
+            body, key, rk, headers,
+            raw[prio_at] if attributes & HAS_PRIORITY else 0,
+            _I64.unpack_from(raw, delay_at)[0] if attributes & HAS_DELAY else 0,
+            _I64.unpack_from(raw, ttl_at)[0] if attributes & HAS_TTL else 0,
+            dedup,
+        )
 
     def record(self, i: int) -> Record:
         """Record ``i`` (0-based within the batch) alone."""
