@@ -22,7 +22,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -57,6 +57,9 @@ def _digest(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
+# Both are asked per published message (the route's topic, the publish permission): their
+# answers are kept, a bounded number, since a name's topic never changes.
+@lru_cache(maxsize=4096)
 def exchange_topic(name: str) -> str:
     """The topic of exchange ``name``: the name itself when it is a valid topic name."""
     if len(name) <= _MAX_NAME and _TOPIC_NAME.fullmatch(name):
@@ -64,6 +67,7 @@ def exchange_topic(name: str) -> str:
     return f"amqp.x.h{_digest(name)}"
 
 
+@lru_cache(maxsize=4096)
 def queue_topic(name: str) -> str:
     """The queue's own topic (what the default exchange routes to it)."""
     if len(name) <= _MAX_NAME and _TOPIC_NAME.fullmatch(name):
@@ -102,8 +106,8 @@ class Queue:
     had_consumer: bool = False  # auto-delete happens once the last one left
     expiry: Any = None  # the x-expires timer handle (not stored)
 
-    @cached_property
-    def topic(self) -> str:  # read per message (the default exchange's route): kept
+    @property
+    def topic(self) -> str:
         return queue_topic(self.name)
 
     @property

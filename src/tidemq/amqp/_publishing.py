@@ -21,7 +21,6 @@ from ._props import to_record
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..security import Principal
     from ..server._fronts import Backend
     from ._front import AmqpFront
     from ._model import Catalogue
@@ -41,7 +40,6 @@ class Publishing:
         out: list[bytes]
         frame_max: int
         state: str
-        principal: Principal | None
         channels: dict[int, Channel]
         _outbox: list[tuple[str, Channel, int, Record]]
         _held_since: int | None
@@ -68,9 +66,7 @@ class Publishing:
         if ex is not None and ex.internal:
             raise AmqpError(403, f"ACCESS_REFUSED - cannot publish to internal exchange "
                                  f"'{ex.name}'")
-        if self.principal is not None:  # a gate to ask (may() says more): per message
-            self.may("publish", "topic",
-                     ex.topic if ex is not None else queue_topic(m.routing_key))
+        self.may("publish", "topic", ex.topic if ex is not None else queue_topic(m.routing_key))
 
     def _content_header(self, ch: Channel, frame: Header) -> None:
         h = frame.decoded
