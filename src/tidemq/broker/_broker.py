@@ -556,8 +556,8 @@ class Broker:
             t = self._topic_for_publish(topic, now_us)
         one = t.publish_one(records, now_us)
         if one is not None and not t.events:
-            # One message on the one-record path, no journal events pending: the token is its entry
-            # (what a TokenBuilder would build), without the builder.
+            # One record on the one-record path and no journal events pending: the token is
+            # its one entry (what a TokenBuilder would build), without the builder.
             ids, log, pos = one
             entry = (log, pos)
             self._positions[id(log)] = entry
