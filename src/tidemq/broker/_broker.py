@@ -32,8 +32,10 @@ from ._deadletters import (
     H_PARTITION,
     cursor_key,
     dead_letter_records,
+    dead_letter_topic,
     drop_redriven_below,
     origin_of,
+    redrive_cursor,
     redriven_offsets,
     redriven_record,
 )
@@ -913,8 +915,8 @@ class Broker:
             raise InvalidArgument(f"redrive max_batch must be an int >= 1, got {max_batch!r}")
         t = self._topic(topic)
         g = t.group(group)
-        dlq = self._topics.get(topic_key(dead_letter_name(t.name, g.settings.dead_letter_topic)))
-        if dlq is None or dlq is t:
+        dlq = dead_letter_topic(self._topics, t, g)
+        if dlq is None:
             return 0
         cap = max_batch if limit is None else min(limit, max_batch)
         tb = TokenBuilder()
@@ -924,7 +926,7 @@ class Broker:
             if moved >= cap:
                 break
             key = cursor_key(group, dlq, p)
-            start = min(max(t.redrive.get(key, 0), log.start_offset), log.end_offset)
+            start = redrive_cursor(t, key, log)
             skip = redriven_offsets(t, key)  # redriven by id already (redrive_ids)
             off = start
             by_part: dict[int, list[Record]] = {}

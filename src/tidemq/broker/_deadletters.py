@@ -19,17 +19,21 @@ only offsets the cursor has not reached: it stays as small as the by-id redrives
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..storage import Record
 from ._group import DeadLetter
 from ._limits import GROUP_HEADER, ID_HEADER
+from ._names import dead_letter_name, topic_key
 
 if TYPE_CHECKING:
+    from ..storage import PartitionLog
+    from ._group import GroupState
     from ._topic import Topic
 
 __all__ = ["ORIGIN", "dead_letter_records", "redriven_record", "drop_redriven_below",
-           "redriven_offsets", "cursor_key"]
+           "redriven_offsets", "cursor_key", "redrive_cursor", "dead_letter_topic"]
 
 ORIGIN = "x-tidemq-origin-"
 H_TOPIC = ORIGIN + "topic"
@@ -85,6 +89,19 @@ def cursor_key(group: str, dlq: Topic, partition: int) -> tuple[str, str, int]:
     and the cursor of the one before must not skip its dead letters. (Cursors journaled before
     keys named the incarnation match none: a redrive then starts at the topic's start.)"""
     return (group, f"{dlq.key}~{dlq.incarnation}", partition)
+
+
+def redrive_cursor(t: Topic, key: tuple[str, str, int], log: PartitionLog) -> int:
+    """Where the redrive of dead-letter partition ``key`` (:func:`cursor_key`; ``log``, its
+    log) goes on from: the journaled cursor, within the log's offsets."""
+    return min(max(t.redrive.get(key, 0), log.start_offset), log.end_offset)
+
+
+def dead_letter_topic(topics: Mapping[str, Topic], t: Topic, g: GroupState) -> Topic | None:
+    """The dead-letter topic of ``t``'s group ``g`` among ``topics`` (by key), if it exists and
+    is not ``t`` itself."""
+    dlq = topics.get(topic_key(dead_letter_name(t.name, g.settings.dead_letter_topic)))
+    return None if dlq is None or dlq is t else dlq
 
 
 def redriven_offsets(t: Topic, key: tuple[str, str, int]) -> set[int] | frozenset[int]:

@@ -33,11 +33,13 @@ from ._deadletters import (
     H_TOPIC,
     ORIGIN,
     cursor_key,
+    dead_letter_topic,
+    redrive_cursor,
     redriven_offsets,
 )
 from ._ids import make_id
 from ._limits import RESERVED_HEADERS
-from ._names import dead_letter_name, topic_key
+from ._names import topic_key
 
 if TYPE_CHECKING:
     from ..storage import PartitionLog
@@ -378,7 +380,7 @@ class DeadLetterScanner:
     def summary(self, broker: Broker, topic: str, group: str) -> DeadLetterSummary:
         t = broker._topic(topic)
         g = t.group(group)
-        dlq = _dead_letter_topic(broker, t, g)
+        dlq = dead_letter_topic(broker._topics, t, g)
         out = DeadLetterSummary()
         if dlq is None:
             return out
@@ -388,8 +390,9 @@ class DeadLetterScanner:
         for p, log in enumerate(dlq.logs):
             key = (t.key, t.incarnation, group, dlq.key, dlq.incarnation, p)
             live.add(key)
-            start = _cursor(t, group, dlq, p, log)
-            skip = redriven_offsets(t, cursor_key(group, dlq, p))
+            ck = cursor_key(group, dlq, p)
+            start = redrive_cursor(t, ck, log)
+            skip = redriven_offsets(t, ck)
             prog = self._progress.get(key)
             # The set of redriven-by-id offsets only grows while the cursor stays: its size
             # tells whether the count must start over.
@@ -425,7 +428,7 @@ def dead_letters(broker: Broker, topic: str, group: str, *, after: tuple[int, in
     :data:`SCAN_BUDGET` records, so an answer may be short while more remain."""
     t = broker._topic(topic)
     g = t.group(group)
-    dlq = _dead_letter_topic(broker, t, g)
+    dlq = dead_letter_topic(broker._topics, t, g)
     if dlq is None:
         return [], None
     out: list[DeadLetterEntry] = []
@@ -434,8 +437,9 @@ def dead_letters(broker: Broker, topic: str, group: str, *, after: tuple[int, in
     for p, log in enumerate(dlq.logs):
         if after is not None and p < after[0]:
             continue
-        off = _cursor(t, group, dlq, p, log)
-        skip = redriven_offsets(t, cursor_key(group, dlq, p))
+        ck = cursor_key(group, dlq, p)
+        off = redrive_cursor(t, ck, log)
+        skip = redriven_offsets(t, ck)
         if after is not None and p == after[0]:
             off = max(off, after[1] + 1)
         while off < log.end_offset and len(out) < limit and budget > 0:
@@ -464,16 +468,6 @@ def dead_letters(broker: Broker, topic: str, group: str, *, after: tuple[int, in
         if len(out) >= limit or budget <= 0:
             return out, last
     return out, None
-
-
-def _dead_letter_topic(broker: Broker, t: Topic, g: GroupState) -> Topic | None:
-    dlq = broker._topics.get(topic_key(dead_letter_name(t.name, g.settings.dead_letter_topic)))
-    return None if dlq is None or dlq is t else dlq
-
-
-def _cursor(t: Topic, group: str, dlq: Topic, p: int, log: PartitionLog) -> int:
-    """Where the group's redrive would start in dead-letter partition ``p``."""
-    return min(max(t.redrive.get(cursor_key(group, dlq, p), 0), log.start_offset), log.end_offset)
 
 
 def _is_mine(rec: Record, topic: str, group: str) -> bool:
