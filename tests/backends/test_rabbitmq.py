@@ -333,6 +333,45 @@ def test_messages_published_before_any_group_wait_for_the_first_earliest_group()
     run(body)
 
 
+def test_replay_from_a_time_reads_the_publishers_clock_not_the_servers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay from a time starts from the publishers' stamps, not from RabbitMQ's clock
+    (which stamps stream chunks): with this client's clock two minutes ahead of the server's
+    — as with a server whose clock is behind — it copies exactly what was published from the
+    cut on. (Found with the server's Erlang clock 4 s behind: a timestamp x-stream-offset
+    started the replay after the messages.)"""
+    import tidemq.backends._rabbit as rabbit_module
+
+    ahead_ns = 120 * 1_000_000_000
+
+    class Ahead:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        @staticmethod
+        def time_ns() -> int:
+            return time.time_ns() + ahead_ns
+
+    monkeypatch.setattr(rabbit_module, "time", Ahead())
+
+    async def body(t: RabbitTransport) -> None:
+        await t.create_topic("log", TopicConfig(partitions=2, log_retention=True,
+                                                retention=3600.0), False)
+        for i in range(40):
+            await t.publish("log", recs(f"{i}".encode(), key=f"k{i % 3}".encode()))
+        await asyncio.sleep(0.05)
+        cut = (time.time_ns() + ahead_ns) / 1e9
+        await asyncio.sleep(0.05)
+        for i in range(40, 43):
+            await t.publish("log", recs(f"{i}".encode(), key=f"k{i % 3}".encode()))
+        m = await t.subscribe("log", "t", GroupSettings(start={"timestamp": cut}), 10)
+        got = await drain(t, m, 3)
+        assert sorted(d.body for d in got) == [b"40", b"41", b"42"]
+        assert await t.receive(m, 10, 0.3) == []
+
+    run(body)
+
+
 def test_log_retention_topic_replays_from_the_start_or_a_time() -> None:
     async def body(t: RabbitTransport) -> None:
         await t.create_topic("log", TopicConfig(partitions=2, log_retention=True,

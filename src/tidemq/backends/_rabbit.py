@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import itertools
 import logging
 import math
@@ -97,6 +96,9 @@ log = logging.getLogger("tidemq.amqp")
 
 T = TypeVar("T")
 MARKER: Final = "x-tidemq-marker"  # a log stream's marker message (replay stops there)
+# A replay from a time also reads what was stamped up to this much earlier (and filters it
+# out): publishers' clocks may differ by that much.
+_REPLAY_SLACK_US: Final = 1_000_000
 _OPTIONS: Final = frozenset({"prefix", "request_timeout", "auto_create_topics",
                              "ignore_priority", "wait_queue_expires", "connect_timeout",
                              "reconnect_timeout"})
@@ -940,11 +942,8 @@ class RabbitTransport:
         since_us = 0
         offset: Any = "first"
         if isinstance(s.start, dict):
-            since = float(s.start["timestamp"])
-            since_us = int(since * 1_000_000)
-            # chunk granularity, whole seconds: start a second early, filter exactly below
-            offset = datetime.datetime.fromtimestamp(max(0, int(since) - 1),
-                                                     datetime.UTC)
+            since_us = int(float(s.start["timestamp"]) * 1_000_000)
+            offset = await self._log_offset(tm, since_us - _REPLAY_SLACK_US)
         marker = f"{self.client_id:08x}-{next(self._seq)}"
         ch = await (await self.connection()).channel()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -996,6 +995,67 @@ class RabbitTransport:
             with contextlib.suppress(Exception):
                 await ch.close()
         return copied
+
+    async def _log_offset(self, tm: Topic, target_us: int) -> Any:
+        """Where a replay from ``target_us`` reads the log from: the numeric offset of a
+        message stamped before it (or ``"first"``), found by bisecting the log's offsets on
+        the publishers' timestamps, which the replay's filter reads too. Not a timestamp
+        ``x-stream-offset``: that one reads RabbitMQ's clock (it stamps stream chunks), and a
+        server whose clock is behind the client's — an Erlang VM keeps the offset its clock
+        had when it started; 4 s on a development machine — would start the replay after
+        messages it must copy. About log2(log length) one-message reads."""
+        ch = await (await self.connection()).channel()
+        try:
+            await ch.basic_qos(prefetch_count=1)
+            first = await self._peek(ch, tm.log, "first")
+            if first is None or first[1] is None or first[1] >= target_us:
+                return "first"
+            lo = first[0]  # a message stamped before the target
+            last = await self._peek(ch, tm.log, "last")  # the last chunk's first message
+            if last is None or last[0] <= lo:
+                return lo
+            if last[1] is not None and last[1] < target_us:
+                return last[0]
+            hi = last[0]  # the first message at or after hi is stamped at or after target
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                got = await self._peek(ch, tm.log, mid)
+                if got is None or got[1] is None or got[1] >= target_us or got[0] >= hi:
+                    hi = mid
+                else:
+                    lo = got[0]
+            return lo
+        except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            raise translate(exc, f"searching the log of {tm.name!r}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await ch.close()
+
+    async def _peek(self, ch: AbstractChannel, log: str,
+                    offset: Any) -> tuple[int, int | None] | None:
+        """(offset, publisher's timestamp in µs, None for a replay marker) of the first
+        message of stream ``log`` at ``offset`` (an ``x-stream-offset``); None if none
+        comes within the request timeout."""
+        got: asyncio.Future[aiormq.abc.DeliveredMessage] = \
+            asyncio.get_running_loop().create_future()
+
+        async def on_message(msg: aiormq.abc.DeliveredMessage) -> None:
+            if not got.done():
+                got.set_result(msg)
+
+        ok = await ch.basic_consume(log, on_message, arguments={"x-stream-offset": offset})
+        try:
+            msg = await asyncio.wait_for(got, self.timeout)
+        except TimeoutError:
+            return None
+        finally:
+            if ok.consumer_tag is not None:
+                await ch.basic_cancel(ok.consumer_tag)
+        headers = msg.header.properties.headers or {}
+        at = int(headers.get("x-stream-offset", 0))  # type: ignore[arg-type]
+        if MARKER in headers:
+            return at, None
+        return at, decode(msg.body, msg.header.properties).timestamp_us
 
     async def _take_unrouted(self, tm: Topic, group: str, s: GroupSettings) -> int:
         """Move the messages waiting in the topic's unrouted queue that ``group``'s filter

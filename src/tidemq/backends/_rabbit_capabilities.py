@@ -159,8 +159,10 @@ _TABLE: Final[dict[str, Capability]] = {
                        "return a stream offset to the publisher): start='earliest', 'latest' "
                        "or a time only"),
     "replay_time": E("log_retention topics only: a new group with start={'timestamp': t} "
-                     "copies the log stream from t (x-stream-offset at t - 1 s, then exactly "
-                     "by the message's publish time) up to a marker appended after its "
+                     "copies the log stream from t (from an offset found by bisecting the "
+                     "stream on publish times, a second early, then exactly by the "
+                     "message's publish time: RabbitMQ's own clock is not read) up to a "
+                     "marker appended after its "
                      "bindings, into its queues; with start='earliest' it copies the whole "
                      "log. Cost: one read and one write per copied message while subscribe "
                      "waits; a message published during the copy may come twice. Other "
