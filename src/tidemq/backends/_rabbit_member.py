@@ -103,6 +103,10 @@ class Held:
         return self.entry.tag
 
 
+async def _nothing() -> None:
+    """The task aiormq runs for a delivery already handled (:meth:`Member._direct`)."""
+
+
 def _retrieved(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -210,6 +214,14 @@ class Member:
                                                  self._callback(p))
                 assert ok.consumer_tag is not None
                 self.consumers.append(ok.consumer_tag)
+                # aiormq calls a consumer's callback where it reads the delivery and runs the
+                # coroutine it returns as a task of its own: with the callback's work done in
+                # that call (_direct), the delivery is in the buffer and the waiting receive
+                # woken one loop iteration sooner (e2e latency). Deliveries read before the
+                # swap went through the task; they run before any read after it.
+                consumers = getattr(self.ch, "consumers", None)
+                if isinstance(consumers, dict) and ok.consumer_tag in consumers:
+                    consumers[ok.consumer_tag] = self._direct(p)
         except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
             from ._rabbit import translate
 
@@ -221,6 +233,16 @@ class Member:
                 return
             self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
             self._arrived()
+
+        return on_message
+
+    def _direct(self, p: int) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        """The callback of :meth:`_callback`, run where aiormq reads the delivery."""
+        def on_message(msg: DeliveredMessage) -> Coroutine[Any, Any, None]:
+            if not self.closed:
+                self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
+                self._arrived()
+            return _nothing()
 
         return on_message
 
