@@ -1,7 +1,15 @@
 #!/usr/bin/env python3
 """The overhead of TideMQ's client layer on another engine (issue 13, "Figures"): the same
 work through ``tidemq.AsyncClient`` / ``tidemq.Client`` on ``nats://`` (or ``amqp://``) and
-through the engine's own Python client (nats-py / aio-pika) directly. Target: ≤ 15 %.
+through the engine's own Python client (nats-py / aio-pika) used the same way. Target: ≤ 15 %.
+
+Four clients: ``tidemq_async`` (``AsyncClient``) against the engine's client on its asyncio
+loop (``nats_py`` / ``aio_pika``), and ``tidemq_blocking`` (``Client``, blocking calls from a
+publisher thread and a consumer thread) against the engine's client driven from such threads
+(``nats_py_threads`` / ``aio_pika_threads``: both are asyncio-only, so blocking code runs them
+on a loop thread of their own and hands each call over with ``run_coroutine_threadsafe``;
+see ``engine_threads``). ``overhead_*_vs_async.tidemq_blocking`` sets the blocking client
+against the engine's async client as well: what blocking calls from threads cost.
 
 Same durability on both sides: JetStream file storage, one partition (one stream), R1, every
 publish confirmed by the server (TideMQ: a publish's id; nats-py: ``js.publish`` awaited, the
@@ -9,12 +17,13 @@ PubAck), every ack confirmed (TideMQ: ``sub.flush()``, which waits for the serve
 each ack; nats-py: ``msg.ack_sync()``). RabbitMQ: a durable quorum queue, publisher confirms,
 acks (aio-pika).
 
-Figures, each the median (min–max) of ``--runs`` runs, the three clients interleaved per run
+Figures, each the median (min–max) of ``--runs`` runs, the four clients interleaved per run
 (each run starts with the next client in turn, so none is always first):
 
 - ``publish``: ``--count`` messages of ``--size`` bytes, ``--window`` in flight (async:
   ``asyncio.gather`` of that many publishes; blocking: ``publish(wait=False)`` then ``flush``
-  every window), msgs/s.
+  every window; the engine from threads: one hand-over per window, a ``gather`` inside),
+  msgs/s.
 - ``consume_ack``: the same number, already stored, received ``--window`` at a time and acked,
   each batch's acks confirmed before the next receive, msgs/s.
 - ``e2e_p50`` / ``e2e_p99``: publish → delivery at ``--rate`` msgs/s for ``--seconds``, one
@@ -29,7 +38,9 @@ Figures, each the median (min–max) of ``--runs`` runs, the three clients inter
   aio-pika: a consumer callback that awaits ``ack()`` (aiormq runs each delivery's callback
   in a task of its own, so that wait never holds up the next message either). (Until
   TideMQ's ``ack`` on these backends stopped waiting for the confirmation, the nats-py
-  callback awaited ``ack_sync()`` itself, to match.)
+  callback awaited ``ack_sync()`` itself, to match.) The engine from threads: its push
+  callback puts each message on a ``queue.Queue`` that the consumer thread takes from, and
+  hands the same ack over to the loop without waiting for it (all confirmed at the end).
 - ``publish_cpu`` / ``consume_ack_cpu``: the client process's CPU time per message (µs; all
   its threads): the layer's own cost, much less disturbed by other load on a shared machine
   than wall-clock throughput.
@@ -63,7 +74,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -71,6 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 import tidemq  # noqa: E402
 
 BENCH = "backends_overhead"
+T = TypeVar("T")
 Result = dict[str, float]
 
 
@@ -396,6 +408,211 @@ async def amqp_direct(a: Args, url: str) -> Result:
     return out
 
 
+# -- the engine's client driven from threads -----------------------------------------------
+#
+# What ``tidemq.Client`` is compared with: the engine's own Python client used from blocking
+# code. nats-py and aio-pika are asyncio-only, so blocking code runs them on an event loop
+# thread of their own and hands each call over with ``asyncio.run_coroutine_threadsafe`` —
+# as their users do. The same work as ``tidemq_blocking``, in the cheapest such shape: one
+# hand-over per window (``gather`` inside), a consumer thread fed by a push callback through a
+# ``queue.Queue``, acks handed over without waiting (confirmed at the end).
+
+
+class _EngineOps:
+    """One engine's async operations for :func:`engine_threads` (run on its loop thread)."""
+
+    async def open(self, a: Args, url: str) -> None: ...
+    async def publish_many(self, n: int, data: bytes) -> None: ...
+    async def consume_batch(self, k: int) -> int: ...  # received, acked, acks confirmed
+    async def subscribe_latency(self, put: Callable[[Any], None]) -> None: ...
+    async def publish_stamped(self, size: int) -> None: ...
+    def ack(self, m: Any) -> Awaitable[Any]: ...  # the e2e consumer's confirmed ack
+    def stamp(self, m: Any) -> float: ...
+    async def close(self) -> None: ...
+
+
+class _NatsOps(_EngineOps):
+    async def open(self, a: Args, url: str) -> None:
+        import nats
+        from nats.js.api import StorageType
+
+        self.nc = await nats.connect(f"nats://{urlsplit(url).netloc.split(',')[0]}")
+        self.js = self.nc.jetstream()
+        tag = secrets.token_hex(4)
+        self.stream, self.subject = f"BENCHNATST_{tag}", f"benchnatst.{tag}"
+        await self.js.add_stream(name=self.stream, subjects=[self.subject + ".>"],
+                                 storage=StorageType.FILE, num_replicas=1)
+        self.pid = secrets.token_hex(8)
+        self.seq = iter(range(1, 1 << 62))
+        self.window = a.window
+
+    def _hdr(self) -> dict[str, str]:
+        return {"Nats-Msg-Id": f"{self.pid}:{next(self.seq)}"}
+
+    async def publish_many(self, n: int, data: bytes) -> None:
+        await asyncio.gather(*[self.js.publish(self.subject + ".p", data, headers=self._hdr())
+                               for _ in range(n)])
+
+    async def consume_batch(self, k: int) -> int:
+        if not hasattr(self, "pull"):
+            self.pull = await self.js.pull_subscribe(self.subject + ".p", durable="g",
+                                                     stream=self.stream)
+        msgs = await self.pull.fetch(k, timeout=2)
+        await asyncio.gather(*[m.ack_sync() for m in msgs])
+        return len(msgs)
+
+    async def subscribe_latency(self, put: Callable[[Any], None]) -> None:
+        async def on_msg(m: Any) -> None:
+            put(m)
+
+        await self.js.subscribe(self.subject + ".l", durable="lat", cb=on_msg,
+                                manual_ack=True, stream=self.stream)
+
+    async def publish_stamped(self, size: int) -> None:
+        await self.js.publish(self.subject + ".l", stamped(size), headers=self._hdr())
+
+    def ack(self, m: Any) -> Awaitable[Any]:
+        return m.ack_sync()  # type: ignore[no-any-return]
+
+    def stamp(self, m: Any) -> float:
+        return stamp_of(m.data)
+
+    async def close(self) -> None:
+        try:
+            await self.js.delete_stream(self.stream)
+        finally:
+            await self.nc.close()
+
+
+class _RabbitOps(_EngineOps):
+    async def open(self, a: Args, url: str) -> None:
+        import aio_pika
+
+        self.aio_pika = aio_pika
+        self.conn = await aio_pika.connect_robust(url)
+        self.ch = await self.conn.channel(publisher_confirms=True)
+        await self.ch.set_qos(prefetch_count=a.window)
+        tag = secrets.token_hex(4)
+        args = {"x-queue-type": "quorum"}
+        self.q = await self.ch.declare_queue(f"bench.tpub.{tag}", durable=True, arguments=args)
+        self.lq = await self.ch.declare_queue(f"bench.tlat.{tag}", durable=True, arguments=args)
+        self.got: asyncio.Queue[Any] | None = None
+
+    def _message(self, data: bytes) -> Any:
+        return self.aio_pika.Message(data, delivery_mode=self.aio_pika.DeliveryMode.PERSISTENT)
+
+    async def publish_many(self, n: int, data: bytes) -> None:
+        ex = self.ch.default_exchange
+        await asyncio.gather(*[ex.publish(self._message(data), routing_key=self.q.name)
+                               for _ in range(n)])
+
+    async def consume_batch(self, k: int) -> int:
+        # The consumer's deliveries wait in an asyncio queue; a batch is up to k of them (at
+        # least one, waiting up to 2 s), each acked as aio-pika acks (no confirmation).
+        if self.got is None:
+            self.got = asyncio.Queue()
+            await self.q.consume(self.got.put)
+        ms = [await asyncio.wait_for(self.got.get(), 2)]
+        while len(ms) < k and not self.got.empty():
+            ms.append(self.got.get_nowait())
+        for m in ms:
+            await m.ack()
+        return len(ms)
+
+    async def subscribe_latency(self, put: Callable[[Any], None]) -> None:
+        async def on_msg(m: Any) -> None:
+            put(m)
+
+        await self.lq.consume(on_msg)
+
+    async def publish_stamped(self, size: int) -> None:
+        await self.ch.default_exchange.publish(self._message(stamped(size)),
+                                               routing_key=self.lq.name)
+
+    def ack(self, m: Any) -> Awaitable[Any]:
+        return m.ack()  # type: ignore[no-any-return]
+
+    def stamp(self, m: Any) -> float:
+        return stamp_of(m.body)
+
+    async def close(self) -> None:
+        try:
+            for q in (self.q, self.lq):
+                await q.delete(if_unused=False, if_empty=False)
+        finally:
+            await self.conn.close()
+
+
+def engine_threads(a: Args, url: str) -> Result:
+    """The engine's client from blocking code (see above): the same programs as
+    :func:`tidemq_blocking`."""
+    import queue
+    import threading
+
+    ops: _EngineOps = _NatsOps() if urlsplit(url).scheme == "nats" else _RabbitOps()
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    def run(aw: Awaitable[T]) -> T:
+        async def wrap() -> T:
+            return await aw
+
+        return asyncio.run_coroutine_threadsafe(wrap(), loop).result(60)
+
+    out: Result = {}
+    try:
+        run(ops.open(a, url))
+        data = body(a.size)
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(0, a.count, a.window):
+            run(ops.publish_many(min(a.window, a.count - i), data))
+        out["publish"] = a.count / (time.perf_counter() - t0)
+        out["publish_cpu"] = (time.process_time() - c0) / a.count * 1e6
+
+        got = 0
+        c0, t0 = time.process_time(), time.perf_counter()
+        while got < a.count:
+            got += run(ops.consume_batch(a.window))
+        out["consume_ack"] = got / (time.perf_counter() - t0)
+        out["consume_ack_cpu"] = (time.process_time() - c0) / got * 1e6
+
+        total = int(a.rate * a.seconds)
+        arrived: queue.Queue[Any] = queue.Queue()
+        run(ops.subscribe_latency(arrived.put))
+        lat: list[float] = []
+        acks: list[Any] = []
+
+        def consume() -> None:
+            while len(lat) < total:
+                m = arrived.get(timeout=30)
+                lat.append(time.perf_counter() - ops.stamp(m))
+                acks.append(asyncio.run_coroutine_threadsafe(ops.ack(m), loop))
+
+        th = threading.Thread(target=consume)
+        th.start()
+        t0 = time.perf_counter()
+        for i in range(total):
+            delay = t0 + i / a.rate - time.perf_counter()
+            if delay > 0.0002:
+                time.sleep(delay)
+            run(ops.publish_stamped(a.size))
+        th.join()
+        if len(lat) < total:
+            raise RuntimeError(f"{type(ops).__name__}: only {len(lat)} of {total} delivered")
+        for f in acks:
+            f.result(30)  # every ack confirmed (raises a failure)
+    finally:
+        try:
+            run(ops.close())
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(10)
+            loop.close()
+    out["e2e_p50"], out["e2e_p99"] = pct(lat, 0.5), pct(lat, 0.99)
+    return out
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -443,21 +660,26 @@ def main() -> int:
     if scheme not in ("nats", "amqp", "amqps"):
         ap.error("--url must be nats://... or amqp://...")
     engine = "nats_py" if scheme == "nats" else "aio_pika"
+    threads = f"{engine}_threads"
     direct = nats_direct if scheme == "nats" else amqp_direct
     prefix = f"bo{secrets.token_hex(4)}"
     url = _tidemq_url(a.url, prefix)
-    results: dict[str, list[Result]] = {engine: [], "tidemq_async": [], "tidemq_blocking": []}
+    results: dict[str, list[Result]] = {engine: [], threads: [], "tidemq_async": [],
+                                        "tidemq_blocking": []}
     try:
         names = list(results)
         for run in range(a.runs):
-            # The clients take turns going first (run 1: engine, async, blocking; run 2:
-            # async, blocking, engine ...): a slow drift of this shared machine's speed, or
-            # what one client leaves behind for the next, then falls on each alike.
+            # The clients take turns going first (run 1: engine, engine from threads, async,
+            # blocking; run 2: engine from threads, async, blocking, engine ...): a slow drift
+            # of this shared machine's speed, or what one client leaves behind for the next,
+            # then falls on each alike.
             k = run % len(names)
             for name in names[k:] + names[:k]:
                 log(f"run {run + 1}/{a.runs}: {name} ...")
                 if name == engine:
                     r = asyncio.run(direct(a, a.url))
+                elif name == threads:
+                    r = engine_threads(a, a.url)
                 elif name == "tidemq_async":
                     r = asyncio.run(tidemq_async(a, url))
                 else:
@@ -475,24 +697,30 @@ def main() -> int:
         for name, runs in results.items():
             if all(metric in r for r in runs):
                 emit(f"{metric}.{name}", [r[metric] for r in runs], unit, backend)
-    # (ours vs the engine's, per run: positive = TideMQ slower / costlier)
+    # (ours vs the engine's, per run: positive = TideMQ slower / costlier). Each face against
+    # the engine's client used the same way: AsyncClient against the engine's client on its
+    # loop, Client against the engine's client driven from threads; and Client against the
+    # engine's async client too (``_vs_async``: the price of blocking calls from threads).
     for metric, base_metric in (("publish", "publish"), ("consume_ack", "consume_ack"),
                                 ("e2e_p50", "e2e_p50"), ("e2e_p99", "e2e_p99"),
                                 ("publish_cpu", "publish_cpu"),
                                 ("consume_ack_cpu", "consume_ack_cpu"),
                                 ("publish", "publish_no_msg_id"),
                                 ("e2e_p50", "e2e_p50_plain_ack")):
-        if not all(base_metric in r for r in results[engine]):
-            continue
-        base = [r[base_metric] for r in results[engine]]
-        suffix = "" if metric == base_metric else "_vs_" + base_metric
-        for face in ("tidemq_async", "tidemq_blocking"):
+        for face, base_name, suffix in (
+                ("tidemq_async", engine, ""), ("tidemq_blocking", threads, ""),
+                ("tidemq_blocking", engine, "_vs_async")):
+            if not all(base_metric in r for r in results[base_name]):
+                continue
+            base = [r[base_metric] for r in results[base_name]]
             ours = [r[metric] for r in results[face]]
+            name = f"overhead_{metric}" + ("" if metric == base_metric
+                                           else "_vs_" + base_metric) + suffix
             if units[metric] == "msgs/s":  # higher is better
                 over = [(b - o) / b * 100 for o, b in zip(ours, base, strict=True)]
             else:
                 over = [(o - b) / b * 100 for o, b in zip(ours, base, strict=True)]
-            emit(f"overhead_{metric}{suffix}.{face}", over, "%", backend)
+            emit(f"{name}.{face}", over, "%", backend)
     return 0
 
 
