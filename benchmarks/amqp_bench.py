@@ -9,6 +9,8 @@ queue's topic created first with durability ``always`` (an fsync before every co
 quorum queue's; ``tidemq-interval``: TideMQ's default durability, fsync every 100 ms) — and
 ``rabbitmq`` — the RabbitMQ on 127.0.0.1:5672 (guest/guest), queues
 declared with ``x-queue-type: quorum``. Skipped (a note on stderr) when it is not reachable.
+``null`` (asked for by name) — ``benchmarks/null_amqp.py``, a server that stores nothing and
+answers at once: what the client program does against a broker that costs nothing.
 
 Programs (one fresh queue each, messages of ``--size`` bytes):
 
@@ -121,6 +123,28 @@ class TideMQ(Target):
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self._dir.cleanup()
+
+
+class Null(Target):
+    """``benchmarks/null_amqp.py``: a server that does no work, the client's own ceiling."""
+
+    name = "null"
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "null_amqp.py"), str(self.port)],
+            stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        if b"null amqp on" not in self.proc.stdout.readline():
+            raise RuntimeError("null_amqp.py did not start")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
 
 
 class RabbitMQ(Target):
@@ -317,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=100, help="aio-pika publishes in flight")
     p.add_argument("--targets", default="tidemq,rabbitmq",
                    help="tidemq (durability always), tidemq-interval (the default "
-                        "durability), rabbitmq (quorum queues)")
+                        "durability), rabbitmq (quorum queues), null (a server that does "
+                        "no work)")
     p.add_argument("--programs", default=",".join(PROGRAMS))
     a = p.parse_args(argv)
     targets: list[Target] = []
@@ -327,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("rabbitmq: not reachable on 127.0.0.1:5672, skipped", file=sys.stderr)
                 continue
             targets.append(RabbitMQ() if target_name == "rabbitmq"
+                           else Null() if target_name == "null"
                            else TideMQ(durability="interval")
                            if target_name == "tidemq-interval" else TideMQ())
         # Runs interleave the targets (run 1 of each, then run 2 ...): this machine is
