@@ -151,7 +151,8 @@ _TABLE: Final[dict[str, Capability]] = {
     "header_filter": E("client-side with the broker's filter compiler; rejected messages are "
                        "acked. Cost: every message is transferred to the group"),
     "replay_offset": N("deliver_policy by_start_sequence = offset + 1"),
-    "replay_time": N("deliver_policy by_start_time"),
+    "replay_time": N("deliver_policy by_start_time, by the server's clock (JetStream stamps "
+                     "each message as it stores it; a delivery's timestamp_us is that stamp)"),
     "reset_group": E("the group's consumers are deleted and created again at the new start; "
                      "messages in flight are delivered again"),
     "update_group": E("settings stored in P_meta; ack_timeout is updated on the consumers "
