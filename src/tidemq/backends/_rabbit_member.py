@@ -237,11 +237,15 @@ class Member:
         return on_message
 
     def _direct(self, p: int) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
-        """The callback of :meth:`_callback`, run where aiormq reads the delivery."""
+        """The callback of :meth:`_callback`, run where aiormq reads the delivery (so it
+        never raises: an exception there would end the channel's reader)."""
         def on_message(msg: DeliveredMessage) -> Coroutine[Any, Any, None]:
-            if not self.closed:
-                self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
-                self._arrived()
+            try:
+                if not self.closed:
+                    self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
+                    self._arrived()
+            except Exception:
+                log.exception("member %s: a delivery could not be taken", self.id)
             return _nothing()
 
         return on_message
