@@ -162,11 +162,10 @@ _TABLE: Final[dict[str, Capability]] = {
                      "copies the log stream from t (from an offset found by bisecting the "
                      "stream on publish times, a second early, then exactly by the "
                      "message's publish time: RabbitMQ's own clock is not read) up to a "
-                     "marker appended after its "
-                     "bindings, into its queues; with start='earliest' it copies the whole "
-                     "log. Cost: one read and one write per copied message while subscribe "
-                     "waits; a message published during the copy may come twice. Other "
-                     "topics: Unsupported"),
+                     "marker appended after its bindings, into its queues; with "
+                     "start='earliest' it copies the whole log. Cost: one read and one "
+                     "write per copied message while subscribe waits; a message published "
+                     "during the copy may come twice. Other topics: Unsupported"),
     "reset_group": E("to 'latest': queue.purge of the group's queues (messages members "
                      "hold stay theirs until settled); on log_retention topics also to "
                      "'earliest' or a time: purge, then copy from the log stream as a new "
