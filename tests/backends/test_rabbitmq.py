@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("aiormq")
 
@@ -158,6 +160,34 @@ def test_codec_round_trip_and_names() -> None:
     assert binding_keys(2, 3, None) == ["2.#"]
     assert binding_keys(0, 1, ["order.*", "#"]) == ["*.order.*", "*.#"]
     assert [quantize_ms(x) for x in (0.0001, 0.25, 1.2345, 61.0)] == [1, 250, 1240, 61000]
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=16), key=st.none() | st.binary(max_size=8),
+       rk=st.none() | st.text(max_size=8), headers=st.none() | st.dictionaries(
+           st.text(min_size=1, max_size=4), st.text(max_size=4), max_size=2),
+       priority=st.integers(0, 9), at=st.integers(0, 1 << 60) | st.just(0),
+       ttl=st.integers(0, 1 << 40) | st.just(0), ts=st.integers(0, 1 << 62),
+       count=st.integers(0, 5) | st.just(0))
+def test_codec_meta_is_the_json_of_the_set_fields(body: bytes, key: bytes | None,
+                                                  rk: str | None,
+                                                  headers: dict[str, str] | None,
+                                                  priority: int, at: int, ttl: int, ts: int,
+                                                  count: int) -> None:
+    """The meta header is json.dumps of the record's set fields however it is written (a bare
+    body's is written out by hand), and it decodes back to the record."""
+    import json
+
+    from tidemq.backends._recmeta import record_meta
+
+    rec = Record(body, key, rk, headers, priority, at, ttl, None)
+    b, props = encode(rec, "t@1:0:7", ts, count=count)
+    meta = {"ts": ts, **record_meta(rec), **({"c": count} if count else {})}
+    assert props["headers"]["x-tidemq-meta"] == json.dumps(meta, separators=(",", ":"),
+                                                           ensure_ascii=False)
+    d = decode(b, aiormq.spec.Basic.Properties(**props))
+    assert d.record == Record(body, key, rk, headers or None, priority, at, ttl, None)
+    assert d.timestamp_us == ts and d.base_count == count
 
 
 # -- topics and publishing ---------------------------------------------------------------------

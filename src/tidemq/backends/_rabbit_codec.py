@@ -84,14 +84,17 @@ def binding_keys(partition: int, partitions: int, patterns: list[str] | None) ->
 def encode(rec: Record, message_id: str, timestamp_us: int, *, count: int = 0,
            expiration: bool = True) -> tuple[bytes, dict[str, Any]]:
     """(body, properties as ``aiormq.spec.Basic.Properties`` keywords)."""
-    meta: dict[str, Any] = {"ts": timestamp_us, **record_meta(rec)}
-    if count:
-        meta["c"] = count
-    props: dict[str, Any] = {
-        "message_id": message_id,
-        "delivery_mode": 2,
-        "headers": {META: json.dumps(meta, separators=(",", ":"), ensure_ascii=False)},
-    }
+    if (rec.key is None and rec.routing_key is None and not rec.headers and not rec.priority
+            and not rec.deliver_at_us and not rec.ttl_us and not count
+            and type(timestamp_us) is int):  # a bare body: json.dumps's text, written out
+        raw = f'{{"ts":{timestamp_us}}}'
+    else:
+        meta: dict[str, Any] = {"ts": timestamp_us, **record_meta(rec)}
+        if count:
+            meta["c"] = count
+        raw = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+    props: dict[str, Any] = {"message_id": message_id, "delivery_mode": 2,
+                             "headers": {META: raw}}
     if rec.ttl_us and not rec.deliver_at_us and expiration:
         props["expiration"] = str(max(1, (rec.ttl_us + 999) // 1000))
     return rec.body, props
