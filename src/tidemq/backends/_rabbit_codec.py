@@ -121,6 +121,11 @@ def decode(body: bytes, properties: Any) -> Decoded:
     amqp: dict[str, Any] = dict(getattr(properties, "headers", None) or {})
     raw = amqp.get(META)
     mid = getattr(properties, "message_id", None)
+    if len(amqp) == 1 and type(raw) is str and raw[:6] == '{"ts":' and raw[-1:] == "}" \
+            and type(mid) is str:
+        digits = raw[6:-1]  # a bare body's meta (encode writes it out), a first delivery
+        if digits.isdecimal() and digits.isascii() and (digits[0] != "0" or digits == "0"):
+            return Decoded(Record(body), mid, int(digits), 0, 0, None, None)  # JSON's int
     xdc = amqp.get("x-delivery-count")
     server_count = int(xdc) if isinstance(xdc, int) else 0
     death_queue = death_reason = None
