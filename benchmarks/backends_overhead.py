@@ -195,6 +195,16 @@ async def paced(a: Args, publish: Callable[[], Awaitable[Any]], total: int) -> N
         await publish()
 
 
+def paced_blocking(a: Args, publish: Callable[[], Any], total: int) -> None:
+    """:func:`paced` for blocking code."""
+    t0 = time.perf_counter()
+    for i in range(total):
+        delay = t0 + i / a.rate - time.perf_counter()
+        if delay > 0.0002:
+            time.sleep(delay)
+        publish()
+
+
 # -- TideMQ: blocking Client ----------------------------------------------------------------
 
 
@@ -249,12 +259,7 @@ def tidemq_blocking(a: Args, url: str) -> Result:
 
         th = threading.Thread(target=consume)
         th.start()
-        t0 = time.perf_counter()
-        for i in range(total):
-            delay = t0 + i / a.rate - time.perf_counter()
-            if delay > 0.0002:
-                time.sleep(delay)
-            mq.publish(t, stamped(a.size))
+        paced_blocking(a, lambda: mq.publish(t, stamped(a.size)), total)
         th.join()
         sub.flush()  # every ack confirmed (raises a failure)
         sub.close()
@@ -591,12 +596,7 @@ def engine_threads(a: Args, url: str) -> Result:
 
         th = threading.Thread(target=consume)
         th.start()
-        t0 = time.perf_counter()
-        for i in range(total):
-            delay = t0 + i / a.rate - time.perf_counter()
-            if delay > 0.0002:
-                time.sleep(delay)
-            run(ops.publish_stamped(a.size))
+        paced_blocking(a, lambda: run(ops.publish_stamped(a.size)), total)
         th.join()
         if len(lat) < total:
             raise RuntimeError(f"{type(ops).__name__}: only {len(lat)} of {total} delivered")

@@ -84,12 +84,11 @@ def binding_keys(partition: int, partitions: int, patterns: list[str] | None) ->
 def encode(rec: Record, message_id: str, timestamp_us: int, *, count: int = 0,
            expiration: bool = True) -> tuple[bytes, dict[str, Any]]:
     """(body, properties as ``aiormq.spec.Basic.Properties`` keywords)."""
-    if (rec.key is None and rec.routing_key is None and not rec.headers and not rec.priority
-            and not rec.deliver_at_us and not rec.ttl_us and not count
-            and type(timestamp_us) is int):  # a bare body: json.dumps's text, written out
-        raw = f'{{"ts":{timestamp_us}}}'
+    fields = record_meta(rec)
+    if not fields and not count and type(timestamp_us) is int:
+        raw = f'{{"ts":{timestamp_us}}}'  # a bare body: json.dumps's text, written out
     else:
-        meta: dict[str, Any] = {"ts": timestamp_us, **record_meta(rec)}
+        meta: dict[str, Any] = {"ts": timestamp_us, **fields}
         if count:
             meta["c"] = count
         raw = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)

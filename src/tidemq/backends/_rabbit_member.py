@@ -229,26 +229,27 @@ class Member:
 
     def _callback(self, p: int) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         async def on_message(msg: DeliveredMessage) -> None:
-            if self.closed:
-                return
-            self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
-            self._arrived()
+            self._take_delivery(p, msg)
 
         return on_message
 
     def _direct(self, p: int) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
-        """The callback of :meth:`_callback`, run where aiormq reads the delivery (so it
-        never raises: an exception there would end the channel's reader)."""
+        """The callback of :meth:`_callback`, run where aiormq reads the delivery."""
         def on_message(msg: DeliveredMessage) -> Coroutine[Any, Any, None]:
-            try:
-                if not self.closed:
-                    self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
-                    self._arrived()
-            except Exception:
-                log.exception("member %s: a delivery could not be taken", self.id)
+            self._take_delivery(p, msg)
             return _nothing()
 
         return on_message
+
+    def _take_delivery(self, p: int, msg: DeliveredMessage) -> None:
+        """Into partition ``p``'s buffer, waking a waiting receive. Never raises: called in
+        aiormq's channel reader (:meth:`_direct`), an exception would end it."""
+        try:
+            if not self.closed:
+                self.buffers[p].append(Entry(msg, p, next(self._seq), 0))
+                self._arrived()
+        except Exception:
+            log.exception("member %s: a delivery could not be taken", self.id)
 
     def _arrived(self) -> None:
         """Something to look at in the buffers: wake a waiting :meth:`receive` directly (its

@@ -30,6 +30,7 @@ from tidemq.storage._record import (
     _EXT_ENCODER,
     _EXT_FIELDS,
     _HEADER_CRC_AT,
+    _I64,
     _I64_MAX,
     _KNOWN_FLAGS,
     _STAMPED,
@@ -318,10 +319,6 @@ def encode_stamped(
     )
 
 
-_ONE_LENGTH: Final = struct.Struct("<I")  # the lengths column of one record
-_ONE_I64: Final = struct.Struct("<q")
-
-
 def _encode_one(rec: Record, base_offset: int, timestamp_us: int) -> bytes | None:
     """One record with extras, packed directly: the bytes :func:`_encode_records` makes of it
     (stamped), without its column machinery (a third of the time). None when a field is not
@@ -332,17 +329,17 @@ def _encode_one(rec: Record, base_offset: int, timestamp_us: int) -> bytes | Non
             or type(ttl) is not int or not 0 <= prio <= MAX_PRIORITY
             or not 0 <= delay <= _I64_MAX or not 0 <= ttl <= _I64_MAX):
         return None
-    parts = [b"", _ONE_LENGTH.pack(len(body))]
+    parts = [b"", _U32.pack(len(body))]  # the lengths column
     attributes = 0
     if prio:
         attributes |= HAS_PRIORITY
         parts.append(bytes((prio,)))
     if delay:
         attributes |= HAS_DELAY
-        parts.append(_ONE_I64.pack(delay))
+        parts.append(_I64.pack(delay))
     if ttl:
         attributes |= HAS_TTL
-        parts.append(_ONE_I64.pack(ttl))
+        parts.append(_I64.pack(ttl))
     ext_length = 0
     if key is not None or rk is not None or headers is not None or dedup is not None:
         attributes |= HAS_EXT
