@@ -26,21 +26,22 @@ Figures, each the median (min–max) of ``--runs`` runs, the four clients interl
   msgs/s.
 - ``consume_ack``: the same number, already stored, received ``--window`` at a time and acked,
   each batch's acks confirmed before the next receive, msgs/s.
-- ``e2e_p50`` / ``e2e_p99``: publish → delivery at ``--rate`` msgs/s for ``--seconds``, one
-  publish awaited at a time, a consumer receiving and acking concurrently, ms. The clock
-  stops when the consumer's code has the message (TideMQ: ``receive`` returned; nats-py /
-  aio-pika: the callback runs). Every ack is confirmed, and on both sides the consumer does
-  not wait for that before taking the next message: TideMQ's consumer is its pull-based
-  member (``receive``, then ``ack``, which returns once the ack is sent; ``sub.flush()`` at
-  the end waits for every confirmation, as over ``tidemq://``); nats-py's is a push consumer
-  whose callback sends ``ack_sync()`` in a task of its own (the same confirmed ack), all of
-  them awaited at the end; ``e2e_*_plain_ack`` the same with fire-and-forget acks (``ack()``).
-  aio-pika: a consumer callback that awaits ``ack()`` (aiormq runs each delivery's callback
-  in a task of its own, so that wait never holds up the next message either). (Until
-  TideMQ's ``ack`` on these backends stopped waiting for the confirmation, the nats-py
-  callback awaited ``ack_sync()`` itself, to match.) The engine from threads: its push
-  callback puts each message on a ``queue.Queue`` that the consumer thread takes from, and
-  hands the same ack over to the loop without waiting for it (all confirmed at the end).
+- ``e2e_p50`` / ``e2e_p99``: publish → delivery at ``--rate`` msgs/s, ``--seconds`` per
+  client and run, one publish awaited at a time, a consumer receiving and acking
+  concurrently, ms. The four clients stay connected through the run's e2e phase and take
+  turns in ``--slices`` slices each (each slice starting with the next client in turn): this
+  machine's load comes and goes within seconds, and so falls on each client alike (a whole
+  run per client left RabbitMQ's own p50 moving 1.1–1.9 ms between the clients of one run).
+  The clock stops when the consumer's code has the message (TideMQ: ``receive`` returned;
+  nats-py / aio-pika: the push callback runs). Every ack is done (NATS: confirmed by the
+  server; AMQP has no answer to an ack: sent) before the slice ends, and on both sides the
+  consumer does not wait for that before taking the next message:
+  TideMQ's consumer is its pull-based member (``receive``, then ``ack``, which returns once
+  the ack is sent; ``sub.flush()`` waits for them, as over ``tidemq://``); the engine's is a
+  push callback that takes the time and starts the ack (nats-py's ``ack_sync()``, aio-pika's
+  ``ack()``) in a task of its own. The engine from threads: its
+  push callback puts each message on a ``queue.Queue`` that the consumer thread takes from,
+  and hands the same ack over to the loop without waiting for it.
 - ``publish_cpu`` / ``consume_ack_cpu``: the client process's CPU time per message (µs; all
   its threads): the layer's own cost, much less disturbed by other load on a shared machine
   than wall-clock throughput.
@@ -66,11 +67,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
+import queue
 import secrets
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -111,6 +115,7 @@ class Args:
     window: int
     rate: int
     seconds: float
+    slices: int
 
 
 def body(size: int) -> bytes:
@@ -161,28 +166,6 @@ async def tidemq_async(a: Args, url: str) -> Result:
         out["consume_ack_cpu"] = (time.process_time() - c0) / got * 1e6
         await sub.close()
         await mq.delete_topic(t)
-
-        t = f"bench.lat.{tag}"
-        await mq.create_topic(t, durability="interval")
-        sub = await mq.subscribe(t, "g", prefetch=1000)
-        total = int(a.rate * a.seconds)
-        lat: list[float] = []
-
-        async def consume() -> None:
-            while len(lat) < total:
-                batch = await sub.receive(1000, 1.0)
-                now = time.perf_counter()
-                lat.extend(now - stamp_of(m.body) for m in batch)
-                if batch:
-                    await sub.ack(batch)
-
-        task = asyncio.create_task(consume())
-        await paced(a, lambda: mq.publish(t, stamped(a.size)), total)
-        await asyncio.wait_for(task, 30)
-        await sub.flush()  # every ack confirmed (raises a failure)
-        await sub.close()
-        await mq.delete_topic(t)
-    out["e2e_p50"], out["e2e_p99"] = pct(lat, 0.5), pct(lat, 0.99)
     return out
 
 
@@ -209,8 +192,6 @@ def paced_blocking(a: Args, publish: Callable[[], Any], total: int) -> None:
 
 
 def tidemq_blocking(a: Args, url: str) -> Result:
-    import threading
-
     out: Result = {}
     tag = secrets.token_hex(3)
     with tidemq.Client(url) as mq:
@@ -241,30 +222,6 @@ def tidemq_blocking(a: Args, url: str) -> Result:
         out["consume_ack_cpu"] = (time.process_time() - c0) / got * 1e6
         sub.close()
         mq.delete_topic(t)
-
-        t = f"bench.blat.{tag}"
-        mq.create_topic(t, durability="interval")
-        sub = mq.subscribe(t, "g", prefetch=1000)
-        total = int(a.rate * a.seconds)
-        lat: list[float] = []
-
-        def consume() -> None:
-            deadline = time.monotonic() + a.seconds + 30
-            while len(lat) < total and time.monotonic() < deadline:
-                batch = sub.receive(1000, 0.5)
-                now = time.perf_counter()
-                lat.extend(now - stamp_of(m.body) for m in batch)
-                if batch:
-                    sub.ack(batch)
-
-        th = threading.Thread(target=consume)
-        th.start()
-        paced_blocking(a, lambda: mq.publish(t, stamped(a.size)), total)
-        th.join()
-        sub.flush()  # every ack confirmed (raises a failure)
-        sub.close()
-        mq.delete_topic(t)
-    out["e2e_p50"], out["e2e_p99"] = pct(lat, 0.5), pct(lat, 0.99)
     return out
 
 
@@ -316,36 +273,6 @@ async def nats_direct(a: Args, url: str) -> Result:
         out["consume_ack"] = got / (time.perf_counter() - t0)
         out["consume_ack_cpu"] = (time.process_time() - c0) / got * 1e6
         await sub.unsubscribe()
-
-        # Latency: a push consumer with a callback (nats-py's lowest-latency way). Acks
-        # confirmed (ack_sync) as TideMQ's are, without holding up the next message (a task
-        # each, awaited at the end, as TideMQ's sub.flush()); and, for reference, plain acks.
-        total = int(a.rate * a.seconds)
-        for name, confirm in (("", True), ("_plain_ack", False)):
-            lat: list[float] = []
-            done = asyncio.Event()
-            confirms: list[asyncio.Future[Any]] = []
-
-            async def on_msg(m: Any, lat: list[float] = lat, done: asyncio.Event = done,
-                             confirm: bool = confirm,
-                             confirms: list[asyncio.Future[Any]] = confirms) -> None:
-                lat.append(time.perf_counter() - stamp_of(m.data))
-                if confirm:
-                    confirms.append(asyncio.ensure_future(m.ack_sync()))
-                else:
-                    await m.ack()
-                if len(lat) >= total:
-                    done.set()
-
-            lsub = await js.subscribe(subject + f".l{name}", durable=f"lat{name}", cb=on_msg,
-                                      manual_ack=True, stream=stream)
-            await paced(a, lambda n=name: js.publish(
-                subject + f".l{n}", stamped(a.size),
-                headers={"Nats-Msg-Id": f"{pid}:{next(seq)}"}), total)
-            await asyncio.wait_for(done.wait(), 30)
-            await asyncio.gather(*confirms)  # every ack confirmed (raises a failure)
-            await lsub.unsubscribe()
-            out[f"e2e_p50{name}"], out[f"e2e_p99{name}"] = pct(lat, 0.5), pct(lat, 0.99)
     finally:
         await js.delete_stream(stream)
         await nc.close()
@@ -388,28 +315,8 @@ async def amqp_direct(a: Args, url: str) -> Result:
         out["consume_ack"] = got / (time.perf_counter() - t0)
         out["consume_ack_cpu"] = (time.process_time() - c0) / got * 1e6
         await q.delete(if_unused=False, if_empty=False)
-
-        lq = await ch.declare_queue(f"bench.lat.{tag}", durable=True,
-                                    arguments={"x-queue-type": "quorum"})
-        total = int(a.rate * a.seconds)
-        lat: list[float] = []
-        done = asyncio.Event()
-
-        async def on_msg(m: Any) -> None:
-            lat.append(time.perf_counter() - stamp_of(m.body))
-            await m.ack()
-            if len(lat) >= total:
-                done.set()
-
-        await lq.consume(on_msg)
-        await paced(a, lambda: ch.default_exchange.publish(
-            aio_pika.Message(stamped(a.size), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=lq.name), total)
-        await asyncio.wait_for(done.wait(), 30)
-        await lq.delete(if_unused=False, if_empty=False)
     finally:
         await conn.close()
-    out["e2e_p50"], out["e2e_p99"] = pct(lat, 0.5), pct(lat, 0.99)
     return out
 
 
@@ -548,69 +455,292 @@ class _RabbitOps(_EngineOps):
             await self.conn.close()
 
 
-def engine_threads(a: Args, url: str) -> Result:
-    """The engine's client from blocking code (see above): the same programs as
-    :func:`tidemq_blocking`."""
-    import queue
-    import threading
+class _LoopThread:
+    """An event loop on a thread of its own, as blocking code runs an asyncio-only client."""
 
-    ops: _EngineOps = _NatsOps() if urlsplit(url).scheme == "nats" else _RabbitOps()
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever, daemon=True)
-    runner.start()
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
 
-    def run(aw: Awaitable[T]) -> T:
+    def run(self, aw: Awaitable[T]) -> T:
+        """Hand ``aw`` over to the loop and wait for its result."""
+        return self.submit(aw).result(60)
+
+    def submit(self, aw: Awaitable[T]) -> concurrent.futures.Future[T]:
+        """Hand ``aw`` over to the loop without waiting."""
         async def wrap() -> T:
             return await aw
 
-        return asyncio.run_coroutine_threadsafe(wrap(), loop).result(60)
+        return asyncio.run_coroutine_threadsafe(wrap(), self.loop)
 
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def _engine_ops(url: str) -> _EngineOps:
+    return _NatsOps() if urlsplit(url).scheme == "nats" else _RabbitOps()
+
+
+def engine_threads(a: Args, url: str) -> Result:
+    """The engine's client from blocking code (see above): the same programs as
+    :func:`tidemq_blocking`."""
+    ops = _engine_ops(url)
+    lt = _LoopThread()
     out: Result = {}
     try:
-        run(ops.open(a, url))
+        lt.run(ops.open(a, url))
         data = body(a.size)
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(0, a.count, a.window):
-            run(ops.publish_many(min(a.window, a.count - i), data))
+            lt.run(ops.publish_many(min(a.window, a.count - i), data))
         out["publish"] = a.count / (time.perf_counter() - t0)
         out["publish_cpu"] = (time.process_time() - c0) / a.count * 1e6
 
         got = 0
         c0, t0 = time.process_time(), time.perf_counter()
         while got < a.count:
-            got += run(ops.consume_batch(a.window))
+            got += lt.run(ops.consume_batch(a.window))
         out["consume_ack"] = got / (time.perf_counter() - t0)
         out["consume_ack_cpu"] = (time.process_time() - c0) / got * 1e6
-
-        total = int(a.rate * a.seconds)
-        arrived: queue.Queue[Any] = queue.Queue()
-        run(ops.subscribe_latency(arrived.put))
-        lat: list[float] = []
-        acks: list[Any] = []
-
-        def consume() -> None:
-            while len(lat) < total:
-                m = arrived.get(timeout=30)
-                lat.append(time.perf_counter() - ops.stamp(m))
-                acks.append(asyncio.run_coroutine_threadsafe(ops.ack(m), loop))
-
-        th = threading.Thread(target=consume)
-        th.start()
-        paced_blocking(a, lambda: run(ops.publish_stamped(a.size)), total)
-        th.join()
-        if len(lat) < total:
-            raise RuntimeError(f"{type(ops).__name__}: only {len(lat)} of {total} delivered")
-        for f in acks:
-            f.result(30)  # every ack confirmed (raises a failure)
     finally:
         try:
-            run(ops.close())
+            lt.run(ops.close())
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            runner.join(10)
-            loop.close()
-    out["e2e_p50"], out["e2e_p99"] = pct(lat, 0.5), pct(lat, 0.99)
+            lt.stop()
     return out
+
+
+# -- end-to-end latency, in slices ----------------------------------------------------------
+#
+# Each client's e2e phase is an object that stays open through a run: ``slice(n)`` publishes n
+# stamped messages at --rate, one awaited at a time, while its consumer receives and acks
+# them, and returns their latencies once all n came and their acks were confirmed (so nothing
+# of one client's slice runs into the next one's). The four clients take turns slice by slice
+# (``--slices`` per run, each slice starting with the next client in turn): a load that comes
+# and goes on this shared machine within a run then falls on each alike.
+
+
+class _Latency:
+    def __init__(self, a: Args, url: str) -> None:
+        self.a, self.url = a, url
+        self.lat: list[float] = []
+        self.want = 0
+
+    def _clock(self, ms: list[Any], stamp: Callable[[Any], float]) -> bool:
+        """The latencies of messages just taken; True once the slice has all of them."""
+        now = time.perf_counter()
+        self.lat.extend(now - stamp(m) for m in ms)
+        return len(self.lat) >= self.want
+
+    async def open(self) -> None: ...
+    async def slice(self, n: int) -> list[float]: ...
+    async def close(self) -> None: ...
+
+
+class _AsyncLatency(_Latency):
+    """A client on the benchmark's event loop: publishes awaited there, a consumer task or
+    callback there."""
+
+    async def slice(self, n: int) -> list[float]:
+        self.lat, self.want, self.done = [], n, asyncio.Event()
+        await paced(self.a, self.publish, n)
+        await asyncio.wait_for(self.done.wait(), 30)
+        await self.settle()
+        return self.lat
+
+    def publish(self) -> Awaitable[Any]: ...
+    async def settle(self) -> None: ...  # every ack of the slice confirmed
+
+
+class _TidemqAsyncLatency(_AsyncLatency):
+    """``AsyncClient``: a task receiving (up to 1,000) and acking; ``flush`` confirms."""
+
+    async def open(self) -> None:
+        self.mq = await tidemq.AsyncClient(self.url).connect()
+        self.topic = f"bench.lat.{secrets.token_hex(3)}"
+        await self.mq.create_topic(self.topic, durability="interval")
+        self.sub = await self.mq.subscribe(self.topic, "g", prefetch=1000)
+        self.task = asyncio.create_task(self._consume())
+
+    async def _consume(self) -> None:
+        while True:
+            batch = await self.sub.receive(1000, 1.0)
+            if batch:
+                complete = self._clock(batch, lambda m: stamp_of(m.body))
+                await self.sub.ack(batch)
+                if complete:
+                    self.done.set()
+
+    def publish(self) -> Awaitable[Any]:
+        return self.mq.publish(self.topic, stamped(self.a.size))
+
+    async def settle(self) -> None:
+        await self.sub.flush()  # raises a failed ack
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.sub.close()
+        await self.mq.delete_topic(self.topic)
+        await self.mq.close()
+
+
+class _EngineAsyncLatency(_AsyncLatency):
+    """The engine's client: a push callback (nats-py's / aio-pika's lowest-latency way) that
+    takes the time and starts the confirmed ack (``ack_sync`` / ``ack``) in a task."""
+
+    async def open(self) -> None:
+        self.ops = _engine_ops(self.url)
+        self.acks: list[asyncio.Future[Any]] = []
+        await self.ops.open(self.a, self.url)
+        await self.ops.subscribe_latency(self._on_message)
+
+    def _on_message(self, m: Any) -> None:
+        complete = self._clock([m], self.ops.stamp)
+        self.acks.append(asyncio.ensure_future(self.ops.ack(m)))
+        if complete:
+            self.done.set()
+
+    def publish(self) -> Awaitable[Any]:
+        return self.ops.publish_stamped(self.a.size)
+
+    async def settle(self) -> None:
+        acks, self.acks = self.acks, []
+        await asyncio.gather(*acks)
+
+    async def close(self) -> None:
+        await self.ops.close()
+
+
+class _ThreadLatency(_Latency):
+    """Blocking code: the publishing thread (the slice runs in a worker thread of the
+    benchmark's loop, which waits meanwhile) and a consumer thread."""
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+        self.stopping = False
+        self.consumer = threading.Thread(target=self._consume_until_stopped)
+        self.consumer.start()
+
+    async def slice(self, n: int) -> list[float]:
+        self.lat, self.want, self.done = [], n, threading.Event()
+        await asyncio.to_thread(self._slice, n)
+        return self.lat
+
+    def _slice(self, n: int) -> None:
+        paced_blocking(self.a, self.publish, n)
+        if not self.done.wait(30):
+            raise RuntimeError(f"{type(self).__name__}: only {len(self.lat)} of {n} came")
+        self.settle()
+
+    def _consume_until_stopped(self) -> None:
+        while not self.stopping:
+            self.take()
+
+    async def close(self) -> None:
+        self.stopping = True
+        await asyncio.to_thread(self.consumer.join)
+        await asyncio.to_thread(self._close)
+
+    def _open(self) -> None: ...
+    def take(self) -> None: ...  # the consumer's step: wait up to 1 s for messages
+    def publish(self) -> None: ...
+    def settle(self) -> None: ...
+    def _close(self) -> None: ...
+
+
+class _TidemqBlockingLatency(_ThreadLatency):
+    """``Client``: the consumer thread receives (up to 1,000) and acks; ``flush`` confirms."""
+
+    def _open(self) -> None:
+        self.mq = tidemq.Client(self.url)
+        self.topic = f"bench.blat.{secrets.token_hex(3)}"
+        self.mq.create_topic(self.topic, durability="interval")
+        self.sub = self.mq.subscribe(self.topic, "g", prefetch=1000)
+
+    def take(self) -> None:
+        batch = self.sub.receive(1000, 1.0)
+        if batch:
+            complete = self._clock(batch, lambda m: stamp_of(m.body))
+            self.sub.ack(batch)
+            if complete:
+                self.done.set()
+
+    def publish(self) -> None:
+        self.mq.publish(self.topic, stamped(self.a.size))
+
+    def settle(self) -> None:
+        self.sub.flush()  # raises a failed ack
+
+    def _close(self) -> None:
+        self.sub.close()
+        self.mq.delete_topic(self.topic)
+        self.mq.close()
+
+
+class _EngineThreadsLatency(_ThreadLatency):
+    """The engine's client from threads (see :func:`engine_threads`): its push callback puts
+    each message on a ``queue.Queue`` the consumer thread takes from, and the consumer hands
+    the confirmed ack over to the loop without waiting for it."""
+
+    def _open(self) -> None:
+        self.ops = _engine_ops(self.url)
+        self.lt = _LoopThread()
+        self.arrived: queue.Queue[Any] = queue.Queue()
+        self.acks: list[concurrent.futures.Future[Any]] = []
+        self.lt.run(self.ops.open(self.a, self.url))
+        self.lt.run(self.ops.subscribe_latency(self.arrived.put))
+
+    def take(self) -> None:
+        try:
+            m = self.arrived.get(timeout=1.0)
+        except queue.Empty:
+            return
+        complete = self._clock([m], self.ops.stamp)
+        self.acks.append(self.lt.submit(self.ops.ack(m)))
+        if complete:
+            self.done.set()
+
+    def publish(self) -> None:
+        self.lt.run(self.ops.publish_stamped(self.a.size))
+
+    def settle(self) -> None:
+        acks, self.acks = self.acks, []
+        for f in acks:
+            f.result(30)  # raises a failed ack
+
+    def _close(self) -> None:
+        try:
+            self.lt.run(self.ops.close())
+        finally:
+            self.lt.stop()
+
+
+async def e2e_run(a: Args, url: str, engine_url: str, names: list[str],
+                  engine: str) -> dict[str, Result]:
+    """One run's e2e figures of the four clients, taking turns slice by slice."""
+    kinds: dict[str, Callable[[Args, str], _Latency]] = {
+        engine: lambda a, u: _EngineAsyncLatency(a, engine_url),
+        f"{engine}_threads": lambda a, u: _EngineThreadsLatency(a, engine_url),
+        "tidemq_async": _TidemqAsyncLatency, "tidemq_blocking": _TidemqBlockingLatency}
+    clients = {name: kinds[name](a, url) for name in names}
+    lat: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for c in clients.values():
+            await c.open()
+        total = int(a.rate * a.seconds)
+        for s in range(a.slices):
+            n = total // a.slices + (s < total % a.slices)
+            k = s % len(names)
+            for name in names[k:] + names[:k]:
+                lat[name] += await clients[name].slice(n)
+    finally:
+        for c in clients.values():
+            await c.close()
+    return {name: {"e2e_p50": pct(v, 0.5), "e2e_p99": pct(v, 0.99)} for name, v in lat.items()}
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -654,11 +784,16 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--window", type=int, default=1000)
     ap.add_argument("--rate", type=int, default=2000, help="latency: msgs/s")
-    ap.add_argument("--seconds", type=float, default=2.0, help="latency: how long")
+    ap.add_argument("--seconds", type=float, default=2.0,
+                    help="latency: how long, per client and run")
+    ap.add_argument("--slices", type=int, default=10,
+                    help="latency: the turns each client takes per run")
     a = ap.parse_args(namespace=Args())
     scheme = urlsplit(a.url).scheme
     if scheme not in ("nats", "amqp", "amqps"):
         ap.error("--url must be nats://... or amqp://...")
+    if not 1 <= a.slices <= a.rate * a.seconds:
+        ap.error("--slices must be from 1 to --rate x --seconds")
     engine = "nats_py" if scheme == "nats" else "aio_pika"
     threads = f"{engine}_threads"
     direct = nats_direct if scheme == "nats" else amqp_direct
@@ -674,7 +809,8 @@ def main() -> int:
             # of this shared machine's speed, or what one client leaves behind for the next,
             # then falls on each alike.
             k = run % len(names)
-            for name in names[k:] + names[:k]:
+            order = names[k:] + names[:k]
+            for name in order:
                 log(f"run {run + 1}/{a.runs}: {name} ...")
                 if name == engine:
                     r = asyncio.run(direct(a, a.url))
@@ -684,15 +820,18 @@ def main() -> int:
                     r = asyncio.run(tidemq_async(a, url))
                 else:
                     r = tidemq_blocking(a, url)
-                log("   ", {k: round(v, 2) for k, v in r.items()})
                 results[name].append(r)
+            log(f"run {run + 1}/{a.runs}: e2e, {a.slices} slices each ...")
+            for name, r in asyncio.run(e2e_run(a, url, a.url, order, engine)).items():
+                results[name][-1].update(r)
+            for name in order:
+                log(f"    {name}", {k: round(v, 2) for k, v in results[name][-1].items()})
     finally:
         asyncio.run(_delete_prefix(a.url, prefix))
     backend = f"{scheme}://"
     units = {"publish": "msgs/s", "consume_ack": "msgs/s", "e2e_p50": "ms", "e2e_p99": "ms",
              "publish_cpu": "µs/msg", "consume_ack_cpu": "µs/msg",
-             "publish_no_msg_id": "msgs/s", "publish_cpu_no_msg_id": "µs/msg",
-             "e2e_p50_plain_ack": "ms", "e2e_p99_plain_ack": "ms"}
+             "publish_no_msg_id": "msgs/s", "publish_cpu_no_msg_id": "µs/msg"}
     for metric, unit in units.items():
         for name, runs in results.items():
             if all(metric in r for r in runs):
@@ -705,8 +844,7 @@ def main() -> int:
                                 ("e2e_p50", "e2e_p50"), ("e2e_p99", "e2e_p99"),
                                 ("publish_cpu", "publish_cpu"),
                                 ("consume_ack_cpu", "consume_ack_cpu"),
-                                ("publish", "publish_no_msg_id"),
-                                ("e2e_p50", "e2e_p50_plain_ack")):
+                                ("publish", "publish_no_msg_id")):
         for face, base_name, suffix in (
                 ("tidemq_async", engine, ""), ("tidemq_blocking", threads, ""),
                 ("tidemq_blocking", engine, "_vs_async")):
