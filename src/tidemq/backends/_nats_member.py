@@ -3,7 +3,9 @@
 **Pulling.** One puller task per partition the member reads sends pull requests
 (``$JS.API.CONSUMER.MSG.NEXT``, ``expires`` = ``pull_wait``) to a private inbox; nats-py's
 reader puts what arrives straight in the member's buffer and wakes a waiting
-:meth:`Member.receive` (``_Direct``: no subscription callback task in between). Credit: the
+:meth:`Member.receive` (``_Direct``: no subscription callback task in between). A request
+ends when its batch came, at the server's status (408 at its expiry), or ``_EXPIRY_SLACK``
+after its expiry without a word (nats-server 2.9 does not always send the 408). Credit: the
 buffer, the messages handed out and the messages requested but not yet arrived never exceed
 ``prefetch`` together (SPEC §3 flow control).
 A message that waited in the buffer past its lease is dropped (the server gives it again).
@@ -72,6 +74,10 @@ log = logging.getLogger("tidemq.nats")
 _US: Final = 1_000_000
 _MAX_BATCH: Final = 256  # messages asked for in one pull request
 _NO_LIMIT: Final = 1 << 62  # pending bytes: a _Direct subscription keeps nothing pending
+# How long after its ``expires`` a pull request counts as ended without the server's word. The
+# server does not always say (nats-server 2.9 drops an expired request unannounced when a
+# message comes for it before its expiry sweep): waiting longer left the partition unread.
+_EXPIRY_SLACK: Final = 0.05
 
 
 def ack_info(reply: str) -> tuple[int, int, int]:
@@ -135,7 +141,11 @@ class _Puller:
         t = member.t
         self.next_subject = (f"$JS.API.CONSUMER.MSG.NEXT."
                              f"{member.tm.stream(t.prefix, partition)}.{member.consumer}")
+        # Each request answers to ``<inbox>.<n>``, so a status that comes for a request this
+        # side already counted as ended is told from one that ends the current request.
         self.inbox = t.nc.new_inbox()
+        self.requests = 0  # requests sent
+        self.reply = ""  # the current request's reply subject
         self.sub: Any = None
         self.task: asyncio.Task[None] | None = None
         self.outstanding = 0  # asked for in the current request, not arrived
@@ -150,12 +160,12 @@ class _Puller:
         # reader puts it there (_Direct): with a callback, nats-py queues every message for
         # a task of the subscription's that then calls it, one more loop iteration between
         # the socket and a waiting receive (latency) and a task step per message (CPU).
-        sub = await nc.subscribe(self.inbox, pending_bytes_limit=_NO_LIMIT)
+        sub = await nc.subscribe(self.inbox + ".*", pending_bytes_limit=_NO_LIMIT)
         if isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue):
             sub._pending_queue = _Direct(self._take)
         else:  # a nats-py without that queue: its callback
             await sub.unsubscribe()
-            sub = await nc.subscribe(self.inbox, cb=self._on_msg)
+            sub = await nc.subscribe(self.inbox + ".*", cb=self._on_msg)
         self.sub = sub
         self.task = asyncio.ensure_future(self._run())
 
@@ -168,7 +178,10 @@ class _Puller:
             m = self.member
             status = msg.headers.get("Status") if msg.headers else None
             if status and not msg.reply:
-                if status != "100":  # 100: idle heartbeat; anything else ends the request
+                # 100: an idle heartbeat. Anything else ends its request, unless that one
+                # ended here already, at its expiry (a status comes on its request's reply
+                # subject; a message on its own).
+                if status != "100" and msg.subject == self.reply:
                     m.give_back(self.outstanding)
                     self.outstanding = 0
                     self.status = status
@@ -199,11 +212,13 @@ class _Puller:
             self.outstanding = k
             self.status = ""
             self.done.clear()
-            self.request_ends = time.monotonic() + wait + 0.5
+            self.requests += 1
+            self.reply = f"{self.inbox}.{self.requests}"
+            self.request_ends = time.monotonic() + wait + _EXPIRY_SLACK
             try:
                 await m.t.nc.publish(self.next_subject, json.dumps(
-                    {"batch": k, "expires": body_expires}).encode(), reply=self.inbox)
-                await asyncio.wait_for(self.done.wait(), wait + 0.5)
+                    {"batch": k, "expires": body_expires}).encode(), reply=self.reply)
+                await asyncio.wait_for(self.done.wait(), wait + _EXPIRY_SLACK)
             except TimeoutError:
                 pass
             except Exception as exc:  # disconnected: the client reconnects
