@@ -28,6 +28,11 @@ Programs (one fresh queue each, messages of ``--size`` bytes):
 Every program also reports ``client_cpu_us``: the client process's CPU time (all its threads)
 per message over the timed part. Set against the time per message (1 / msgs/s) it tells a
 client-bound program: one where the client alone keeps its core busy, whatever the broker.
+And ``server_cpu_us``: the server process's CPU time per message over the same part (from
+``/proc``: TideMQ's server, the null server, RabbitMQ's Erlang VM ``beam.smp``), what the broker
+spends on the work — on this 2-core machine, CPU the client cannot have. RabbitMQ's includes
+its schedulers' busy-waiting before they sleep (Erlang's default ``+sbwt``, as this
+RabbitMQ runs), which is part of what it costs here.
 
 Runs interleave the targets (run 1 of each, then run 2 ...), each run starting with the next
 target in turn. Each figure is the median of ``--runs`` runs with min–max, one JSON line each
@@ -76,6 +81,15 @@ def _reachable(host: str, port: int) -> bool:
 class Target:
     name = ""
     port = 0
+    pid = 0  # the server's process (0: unknown, no server_cpu_us)
+
+    def cpu(self) -> float:
+        """The server process's CPU time so far (all its threads), in seconds."""
+        if not self.pid:
+            return float("nan")
+        with open(f"/proc/{self.pid}/stat") as f:  # utime and stime, in clock ticks
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def prepare_queue(self, queue: str) -> dict[str, Any]:
         """Make ready a fresh queue; returns the queue_declare arguments to use."""
@@ -98,6 +112,7 @@ class TideMQ(Target):
             [sys.executable, "-m", "tidemq.server", "--data", self._dir.name, "--port", "0",
              "--amqp-port", str(self.port), "--log-level", "WARNING"],
             stdout=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.pid = self.proc.pid
         assert self.proc.stdout is not None
         buf = b""
         deadline = time.monotonic() + 30
@@ -136,6 +151,7 @@ class Null(Target):
             [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                           "null_amqp.py"), str(self.port)],
             stdout=subprocess.PIPE)
+        self.pid = self.proc.pid
         assert self.proc.stdout is not None
         if b"null amqp on" not in self.proc.stdout.readline():
             raise RuntimeError("null_amqp.py did not start")
@@ -150,6 +166,12 @@ class Null(Target):
 class RabbitMQ(Target):
     name = "rabbitmq"
     port = RABBIT[1]
+
+    def __init__(self) -> None:
+        # The Erlang VM that runs RabbitMQ (its other processes, epmd and the port helper,
+        # do nothing per message).
+        found = subprocess.run(["pgrep", "-o", "beam.smp"], capture_output=True, text=True)
+        self.pid = int(found.stdout.split()[0]) if found.stdout.strip() else 0
 
     def prepare_queue(self, queue: str) -> dict[str, Any]:
         return {"x-queue-type": "quorum"}
@@ -170,6 +192,21 @@ def _cleanup(t: Target, queue: str) -> None:
 # --- programs ----------------------------------------------------------------------------------
 
 
+class _Timed:
+    """The wall-clock time, the client's CPU time and the server's over a program's timed
+    part, started when made."""
+
+    def __init__(self, t: Target) -> None:
+        self.t = t
+        self.s0, self.c0, self.t0 = t.cpu(), time.process_time(), time.perf_counter()
+
+    def figures(self, n: int) -> dict[str, float]:
+        """Throughput and CPU time per message for ``n`` messages, as of now."""
+        elapsed, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        return {"msgs_per_s": n / elapsed, "client_cpu_us": cpu / n * 1e6,
+                "server_cpu_us": (self.t.cpu() - self.s0) / n * 1e6}
+
+
 def pika_publish_confirm(t: Target, n: int, size: int, window: int) -> dict[str, float]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     args = t.prepare_queue(queue)
@@ -179,37 +216,36 @@ def pika_publish_confirm(t: Target, n: int, size: int, window: int) -> dict[str,
     ch.confirm_delivery()
     body = b"x" * size
     props = pika.BasicProperties(delivery_mode=2)
-    c0, t0 = time.process_time(), time.perf_counter()
+    timed = _Timed(t)
     for _ in range(n):
         ch.basic_publish("", queue, body, props)
-    elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - c0
+    out = timed.figures(n)
     conn.close()
     _cleanup(t, queue)
-    return {"msgs_per_s": n / elapsed, "client_cpu_us": cpu / n * 1e6}
+    return out
 
 
 def aiopika_publish_confirm(t: Target, n: int, size: int, window: int) -> dict[str, float]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     args = t.prepare_queue(queue)
 
-    async def main() -> tuple[float, float]:
+    async def main() -> dict[str, float]:
         conn = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{t.port}/")
         async with conn:
             ch = await conn.channel(publisher_confirms=True)
             await ch.declare_queue(queue, durable=True, arguments=args)
             body = b"x" * size
             ex = ch.default_exchange
-            c0, t0 = time.process_time(), time.perf_counter()
+            timed = _Timed(t)
             for start in range(0, n, window):
                 await asyncio.gather(*(
                     ex.publish(aio_pika.Message(body, delivery_mode=2), routing_key=queue)
                     for _ in range(min(window, n - start))))
-            return time.perf_counter() - t0, time.process_time() - c0
+            return timed.figures(n)
 
-    elapsed, cpu = asyncio.run(main())
+    out = asyncio.run(main())
     _cleanup(t, queue)
-    return {"msgs_per_s": n / elapsed, "client_cpu_us": cpu / n * 1e6}
+    return out
 
 
 def pika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, float]:
@@ -224,7 +260,7 @@ def pika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, flo
         ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
     ch.basic_qos(prefetch_count=100)
     got = 0
-    c0, t0 = time.process_time(), time.perf_counter()
+    timed = _Timed(t)
 
     def on_message(c: Any, method: Any, props: Any, b: bytes) -> None:
         nonlocal got
@@ -238,11 +274,10 @@ def pika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, flo
     stop.start()
     ch.start_consuming()
     stop.cancel()
-    elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - c0
+    out = timed.figures(max(got, 1))
     conn.close()
     _cleanup(t, queue)
-    return {"msgs_per_s": got / elapsed, "client_cpu_us": cpu / max(got, 1) * 1e6}
+    return out
 
 
 def _fill(t: Target, queue: str, args: dict[str, Any], n: int, size: int) -> None:
@@ -261,25 +296,25 @@ def aiopika_consume_ack(t: Target, n: int, size: int, window: int) -> dict[str, 
     args = t.prepare_queue(queue)
     _fill(t, queue, args, n, size)
 
-    async def main() -> tuple[float, float]:
+    async def main() -> dict[str, float]:
         conn = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{t.port}/")
         async with conn:
             ch = await conn.channel()
             await ch.set_qos(prefetch_count=100)
             q = await ch.declare_queue(queue, durable=True, arguments=args)
             got = 0
-            c0, t0 = time.process_time(), time.perf_counter()
+            timed = _Timed(t)
             async with q.iterator() as it:
                 async for message in it:
                     await message.ack()
                     got += 1
                     if got >= n:
                         break
-            return time.perf_counter() - t0, time.process_time() - c0
+            return timed.figures(n)
 
-    elapsed, cpu = asyncio.run(asyncio.wait_for(main(), 120))
+    out = asyncio.run(asyncio.wait_for(main(), 120))
     _cleanup(t, queue)
-    return {"msgs_per_s": n / elapsed, "client_cpu_us": cpu / n * 1e6}
+    return out
 
 
 def pika_e2e_latency(t: Target, n: int, size: int, window: int) -> dict[str, float]:
@@ -307,23 +342,23 @@ def pika_e2e_latency(t: Target, n: int, size: int, window: int) -> dict[str, flo
     pch = pconn.channel()
     pch.confirm_delivery()
     pad = b"x" * max(0, size - 20)
-    c0 = time.process_time()
+    timed = _Timed(t)
     for _ in range(n):
         arrived.clear()
         pch.basic_publish("", queue, f"{time.perf_counter():.9f}|".encode() + pad,
                           pika.BasicProperties(delivery_mode=2))
         arrived.wait(10)
     th.join(30)
-    cpu = time.process_time() - c0
+    out = timed.figures(n)
     pconn.close()
     cconn.close()
     _cleanup(t, queue)
     lat.sort()
     return {"p50_ms": lat[len(lat) // 2] * 1e3, "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1e3,
-            "client_cpu_us": cpu / n * 1e6}
+            "client_cpu_us": out["client_cpu_us"], "server_cpu_us": out["server_cpu_us"]}
 
 
-_CPU = {"client_cpu_us": "µs/msg"}
+_CPU = {"client_cpu_us": "µs/msg", "server_cpu_us": "µs/msg"}
 PROGRAMS: dict[str, tuple[Callable[..., dict[str, float]], dict[str, str]]] = {
     "pika_publish_confirm": (pika_publish_confirm, {"msgs_per_s": "msgs/s", **_CPU}),
     "aiopika_publish_confirm": (aiopika_publish_confirm, {"msgs_per_s": "msgs/s", **_CPU}),
@@ -368,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                     results.setdefault((prog, target.name), []).append(result)
         for (prog, name), runs in results.items():
             for key, unit in PROGRAMS[prog][1].items():
-                values = [r[key] for r in runs]
+                values = [r[key] for r in runs if r[key] == r[key]]  # NaN: not known
+                if not values:
+                    continue
                 print(json.dumps({
                     "bench": "amqp", "figure": f"{prog}.{key}.{name}", "unit": unit,
                     "median": round(statistics.median(values), 4),
