@@ -196,6 +196,32 @@ def test_high_priority_overtakes_a_plain_backlog() -> None:
     assert [(d.body, d.priority) for d in got] == [(b"urgent", 7), (b"low", 0), (b"low", 0)]
 
 
+def test_a_plain_backlog_is_read_once_and_a_later_priority_still_overtakes() -> None:
+    """The look-ahead for priorities does not read what the log knows carries none
+    (``priority_free_from``): a backlog of plain one-record batches is read by the cursor
+    alone (before, each batch was read twice: once by the look-ahead); a priority message
+    published behind it is still found and handed out first."""
+    g, (log,) = make_group()
+    for i in range(300):
+        publish(log, [b"low%d" % i])
+    reads: list[int] = []
+    read = log.read
+
+    def counting(offset: int, *args: object, **kw: object) -> object:
+        reads.append(offset)
+        return read(offset, *args, **kw)  # type: ignore[arg-type]
+
+    log.read = counting  # type: ignore[method-assign,assignment]
+    g.add_member("m", 1000, mono_us=0)
+    got = g.fetch("m", 100, now_us=T0, mono_us=0)
+    assert [d.body for d in got] == [b"low%d" % i for i in range(100)]
+    assert reads == [0]  # the cursor's one read-ahead
+    publish_records(log, [Record(b"urgent", priority=7)])
+    publish(log, [b"after"])
+    got = g.fetch("m", 3, now_us=T0, mono_us=0)
+    assert [(d.body, d.priority) for d in got] == [(b"urgent", 7), (b"low100", 0), (b"low101", 0)]
+
+
 def test_redelivered_priority_message_keeps_its_rank() -> None:
     g, (log,) = make_group()
     publish_records(log, [Record(b"hi", priority=8)] + [Record(b"lo")] * 3)

@@ -14,6 +14,7 @@ from tidemq.storage import (
     MemoryLog,
     PartitionLog,
     Record,
+    encode_batch,
     encode_bodies,
     verify,
 )
@@ -261,5 +262,50 @@ def test_model_reads_match_appends(
             assert all_bodies(log, start) == expected[start:]
             log = factory.reopen(log)
             assert all_bodies(log, start) == expected[start:]
+        finally:
+            factory.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.booleans(), st.lists(st.integers(0, 9), min_size=1, max_size=4)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_priority_free_from_bounds_the_batches_with_a_priority(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[bool, list[int]]]
+) -> None:
+    """No batch from ``priority_free_from`` to the end carries a priority, whichever way it
+    was appended (an encoded batch or records); it stays at the start while none was
+    appended, moves to the end with each one that has a priority, and is the end after a
+    reopen (what was there is not known)."""
+    for kind in ("file", "memory"):
+        factory = LogFactory(kind, tmp_path_factory.mktemp("prio"))
+        try:
+            log = factory.open()
+            any_priority = False
+            for as_records, prios in steps:
+                records = [Record(b"p%d" % p, priority=p) for p in prios]
+                if as_records:
+                    log.append_records(records, T0)
+                else:
+                    log.append(encode_batch(records), T0)
+                if max(prios):
+                    any_priority = True
+                    assert log.priority_free_from == log.end_offset
+                free = log.priority_free_from
+                assert 0 <= free <= log.end_offset
+                if not any_priority:
+                    assert free == 0
+                views = log.read(free, max_records=1 << 20) if free < log.end_offset else []
+                assert all(v.base_offset >= free and v.max_priority == 0 for v in views)
+            if kind == "file":
+                end = log.end_offset
+                log = factory.reopen(log)
+                assert log.priority_free_from == end
+                log.append_records([Record(b"plain")], T0)
+                assert log.priority_free_from == end
         finally:
             factory.close()

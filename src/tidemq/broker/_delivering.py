@@ -359,6 +359,9 @@ class GroupDelivering(GroupCore):
         budget = SCAN_BUDGET_BYTES
         log = part.log
         while budget > 0 and part.scan < log.end_offset:
+            if part.scan >= log.priority_free_from:
+                part.scan = log.end_offset  # no priority from here on: nothing to read
+                return
             views = log.read(max(part.scan, log.start_offset), max_bytes=budget)
             if not views:
                 return

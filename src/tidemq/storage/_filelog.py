@@ -33,6 +33,7 @@ from tidemq.storage._atomic import atomic_write
 from tidemq.storage._fdcache import DescriptorsExhausted, FdCache
 from tidemq.storage._fileops import DEFAULT_OPS, FileOps, is_disk_full, make_dirs, write_all
 from tidemq.storage._format import (
+    HAS_PRIORITY,
     HEADER_SIZE,
     BatchView,
     Record,
@@ -67,6 +68,7 @@ log = logging.getLogger("tidemq.storage")
 _READ_SLACK = 64 << 10
 _tuple_new = tuple.__new__
 _MAX_EVENTS = 100
+_ATTRIBUTES_AT = 37  # the batch header's attributes (u16, little-endian; HEADER in _record)
 _BUSY_WARN_EVERY_S = 10.0
 #: D12: how far an ``always`` log's active segment is preallocated past its data: as much as
 #: the segment already holds, at least ``_PREALLOCATE_MIN`` and at most ``_PREALLOCATE_MAX``
@@ -131,6 +133,7 @@ class FileLog:
         self._segments: list[Segment] = rec.segments
         self._bases = [s.base_offset for s in self._segments]
         self._end_offset = rec.end_offset
+        self._prio_free_from = rec.end_offset  # what recovery found is not known (see below)
         self._last_ts = rec.last_ts
         self._recovery: RecoveryReport = rec.report
         self._unsynced_sealed: list[Segment] = []
@@ -197,6 +200,10 @@ class FileLog:
     @property
     def end_offset(self) -> int:
         return self._end_offset
+
+    @property
+    def priority_free_from(self) -> int:
+        return self._prio_free_from
 
     @property
     def synced_position(self) -> int:
@@ -273,8 +280,11 @@ class FileLog:
         ts = now_us if now_us > last else last
         header = bytearray(memoryview(batch)[:HEADER_SIZE])
         stamp(header, base, ts)  # D1: only broker fields and the header CRC change
-        return self._write((header, memoryview(batch)[HEADER_SIZE:]), view.size, view.count,
-                           base, ts, now_us)
+        result = self._write((header, memoryview(batch)[HEADER_SIZE:]), view.size, view.count,
+                             base, ts, now_us)
+        if view.max_priority:
+            self._prio_free_from = self._end_offset
+        return result
 
     def append_records(
         self,
@@ -308,7 +318,10 @@ class FileLog:
             )
         if self._closed or self._failed is not None:
             self._check_writable()
-        return self._write((batch,), len(batch), len(records), base, ts, now_us)
+        result = self._write((batch,), len(batch), len(records), base, ts, now_us)
+        if batch[_ATTRIBUTES_AT] & HAS_PRIORITY:  # the encoder sets it when a priority is > 0
+            self._prio_free_from = self._end_offset
+        return result
 
     def _write(
         self,

@@ -49,6 +49,7 @@ class MemoryLog:
         self._config = config or LogConfig()
         self._segments = [_MemSegment(start_offset)]
         self._end_offset = start_offset
+        self._prio_free_from = start_offset
         self._last_ts = -1
         self._closed = False
         self._appends = 0
@@ -72,6 +73,10 @@ class MemoryLog:
     @property
     def end_offset(self) -> int:
         return self._end_offset
+
+    @property
+    def priority_free_from(self) -> int:
+        return self._prio_free_from
 
     @property
     def synced_position(self) -> int:
@@ -114,6 +119,8 @@ class MemoryLog:
             active.first_ts = ts
         active.max_ts = ts
         self._end_offset = base + view.count
+        if view.max_priority:
+            self._prio_free_from = self._end_offset
         self._last_ts = ts
         self._appends += 1
         return AppendResult(base, self._end_offset - 1, self._end_offset)

@@ -177,6 +177,14 @@ class PartitionLog(Protocol):
     @property
     def recovery(self) -> RecoveryReport: ...
 
+    @property
+    def priority_free_from(self) -> int:
+        """An offset from which no batch up to ``end_offset`` carries a priority (its
+        ``max_priority`` is 0): known for what this log object appended; what was in the log
+        when it opened counts as unknown (then it is ``end_offset`` at open). A reader that
+        looks ahead for priorities need not read past it."""
+        ...
+
     def append(self, batch: bytes | bytearray | memoryview, now_us: int, *,
                verified: BatchView | None = None) -> AppendResult: ...
 
