@@ -517,7 +517,7 @@ def engine_threads(a: Args, url: str) -> Result:
 #
 # Each client's e2e phase is an object that stays open through a run: ``slice(n)`` publishes n
 # stamped messages at --rate, one awaited at a time, while its consumer receives and acks
-# them, and returns their latencies once all n came and their acks were confirmed (so nothing
+# them, and returns their latencies once all n came and their acks were done (so nothing
 # of one client's slice runs into the next one's). The four clients take turns slice by slice
 # (``--slices`` per run, each slice starting with the next client in turn): a load that comes
 # and goes on this shared machine within a run then falls on each alike.

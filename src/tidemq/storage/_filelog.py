@@ -43,6 +43,7 @@ from tidemq.storage._format import (
 )
 from tidemq.storage._index import SegmentIndex
 from tidemq.storage._policy import SegmentInfo, retention_victims, should_roll
+from tidemq.storage._record import _ATTRIBUTES_AT
 from tidemq.storage._recovery import (
     CHECKPOINT,
     Checkpoint,
@@ -68,7 +69,6 @@ log = logging.getLogger("tidemq.storage")
 _READ_SLACK = 64 << 10
 _tuple_new = tuple.__new__
 _MAX_EVENTS = 100
-_ATTRIBUTES_AT = 37  # the batch header's attributes (u16, little-endian; HEADER in _record)
 _BUSY_WARN_EVERY_S = 10.0
 #: D12: how far an ``always`` log's active segment is preallocated past its data: as much as
 #: the segment already holds, at least ``_PREALLOCATE_MIN`` and at most ``_PREALLOCATE_MAX``

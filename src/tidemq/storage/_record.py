@@ -106,6 +106,7 @@ _NOT_PLAIN: Final = HAS_PRIORITY | HAS_DELAY | HAS_TTL | HAS_EXT
 _HEADER_CRC_AT: Final = 29
 _BODY_CRC_AT: Final = 33
 _BODY_FROM: Final = 37
+_ATTRIBUTES_AT: Final = 37  # the attributes (u16, little-endian): the first byte has the flags
 
 # Pieces of HEADER, for writing parts of it in place.
 _CRC_COVERED: Final = struct.Struct("<qIqqB")  # [0, 29): what the header CRC covers
