@@ -520,3 +520,63 @@ def test_one_queue_bound_to_two_exchanges_while_consuming(channel) -> None:
     wait_for(4)
     channel.connection.sleep(0.2)
     assert got[3:] == [(a, b"still a")]
+
+
+def test_queue_names_that_differ_only_in_case_are_refused(amqp_server: InProcess) -> None:
+    # TideMQ topics are case-insensitive: "Orders-…" and "orders-…" would be one topic, so
+    # a publish to one would reach both and deleting one would delete the other's messages.
+    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        upper = unique("Orders")
+        lower = upper.lower()
+        ch.queue_declare(upper)
+        ch.confirm_delivery()
+        ch.basic_publish("", upper, b"kept")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            ch.queue_declare(lower)
+        assert err.value.reply_code == 406
+        assert upper in err.value.reply_text
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            ch.queue_declare(lower, passive=True)  # names are case-sensitive, as RabbitMQ's
+        assert err.value.reply_code == 404
+        ch = conn.channel()
+        assert ch.queue_delete(lower).method.message_count == 0  # not there: nothing deleted
+        _, _, body = _get(ch, upper)
+        assert body == b"kept"
+        ch.queue_delete(upper)
+        ch.queue_declare(lower)  # the name is free again
+        ch.queue_delete(lower)
+    finally:
+        conn.close()
+
+
+def test_exchange_names_that_differ_only_in_case_are_refused(amqp_server: InProcess) -> None:
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp_server.port))
+    try:
+        ch = conn.channel()
+        upper = unique("Events")
+        ch.exchange_declare(upper, "fanout")
+        q = unique("q")
+        ch.queue_declare(q)
+        ch.queue_bind(q, upper)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            ch.exchange_declare(upper.lower(), "fanout")
+        assert err.value.reply_code == 406
+        ch = conn.channel()
+        ch.exchange_delete(upper.lower())  # not there: the bound exchange's topic stays
+        ch.basic_publish(upper, "", b"routed")
+        _, _, body = _get(ch, q)
+        assert body == b"routed"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("name", ["amqp.q.orders", "AMQP.x.hdeadbeef"])
+def test_exchange_names_in_the_fronts_own_topic_space_are_refused(channel, name: str) -> None:
+    # Queues' own topics are amqp.q.<queue>; an exchange there would share a queue's topic.
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.exchange_declare(name, "topic")
+    assert err.value.reply_code == 403

@@ -30,7 +30,7 @@ import msgspec
 from ..broker import Backoff, GroupSettings
 from ..broker._filters import Filter, compile_filter
 from ..broker._matcher import check_pattern
-from ..broker._names import MAX_GROUP_NAME
+from ..broker._names import MAX_GROUP_NAME, topic_key
 from ..broker._types import MAX_ACK_TIMEOUT, MAX_DELIVERIES
 from ..errors import InvalidFilter, TideMQError, UnknownGroup, UnknownTopic
 from ..server._fronts import Backend
@@ -51,6 +51,8 @@ PREDECLARED: Final = {"amq.direct": "direct", "amq.topic": "topic", "amq.fanout"
                       "amq.headers": "headers", "amq.match": "headers"}
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _MAX_NAME: Final = 150  # room for the "amqp.q." prefix and ".dlq" within a topic name
+# The front's own topics (queues' and hashed exchanges'): no exchange may be named into them.
+_RESERVED_TOPICS: Final = ("amqp.q.", "amqp.x.")
 
 
 def _digest(name: str) -> str:
@@ -123,6 +125,12 @@ class Queue:
         return [("", self.topic), *((x, exchange_topic(x)) for x in self.bindings)]
 
 
+def _same_topic(kind: str, name: str, other: str) -> AmqpError:
+    return AmqpError(406, f"PRECONDITION_FAILED - {kind} '{name}' cannot be declared: {kind} "
+                          f"'{other}' exists, and names that differ only in case would share "
+                          "one TideMQ topic (topic names are case-insensitive)")
+
+
 class _Doc(msgspec.Struct):
     exchanges: list[dict[str, Any]] = []
     queues: list[dict[str, Any]] = []
@@ -159,6 +167,13 @@ class Catalogue:
         self.exchanges: dict[str, Exchange] = {
             n: Exchange(n, t) for n, t in PREDECLARED.items()}
         self.queues: dict[str, Queue] = {}
+        # Topic names are case-insensitive (broker/_names.py): two exchanges, or two queues,
+        # whose names differ only in case would share one topic — each would get the other's
+        # messages and deleting one would delete the other's. The names by topic key refuse
+        # the second one (406).
+        self._exchange_keys: dict[str, str] = {
+            topic_key(exchange_topic(n)): n for n in self.exchanges}
+        self._queue_keys: dict[str, str] = {}
         self._routes: dict[str, list[tuple[Queue, Filter | None]]] = {}
         self._meta: MetaStore = backend.broker.meta
 
@@ -180,6 +195,7 @@ class Catalogue:
                           bool(x.get("auto_delete", False)), bool(x.get("internal", False)))
             if ex.durable:
                 self.exchanges[ex.name] = ex
+                self._exchange_keys[topic_key(ex.topic)] = ex.name
         stale = []
         for q in doc.queues:
             queue = Queue(q["name"], bool(q.get("durable", True)), bool(q.get("exclusive")),
@@ -189,6 +205,7 @@ class Catalogue:
                 stale.append(queue)
             else:
                 self.queues[queue.name] = queue
+                self._queue_keys[topic_key(queue.topic)] = queue.name
         for queue in stale:
             self._drop_groups(queue)
         if stale:
@@ -220,6 +237,9 @@ class Catalogue:
         if name == "" or name.startswith("amq.") and name not in self.exchanges:
             raise AmqpError(403, f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
                                  "prefix 'amq.*'")
+        if name.lower().startswith(_RESERVED_TOPICS):
+            raise AmqpError(403, f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
+                                 "prefix 'amqp.q.' or 'amqp.x.' (the AMQP front's own topics)")
         if kind not in EXCHANGE_TYPES:
             raise AmqpError(503, f"COMMAND_INVALID - unknown exchange type '{kind}' "
                                  f"(supported: {', '.join(EXCHANGE_TYPES)})", connection=True)
@@ -230,7 +250,12 @@ class Catalogue:
                                      f"'durable' for exchange '{name}' in vhost '/': received "
                                      f"'{kind}' but current is '{ex.type}'")
             return ex
+        key = topic_key(exchange_topic(name))
+        other = self._exchange_keys.get(key)
+        if other is not None:
+            raise _same_topic("exchange", name, other)
         ex = self.exchanges[name] = Exchange(name, kind, durable, auto_delete, internal)
+        self._exchange_keys[key] = name
         self.save()
         return ex
 
@@ -245,6 +270,7 @@ class Catalogue:
             del q.bindings[name]
             self._routes.pop(name, None)
         del self.exchanges[name]
+        self._exchange_keys.pop(topic_key(ex.topic), None)
         b = self._b
         try:
             b.broker.delete_topic(ex.topic, now_us=b.now_us())
@@ -274,6 +300,10 @@ class Catalogue:
 
     def declare_queue(self, q: Queue) -> Queue:
         """Create the queue's topic and group (or find them)."""
+        key = topic_key(q.topic)
+        other = self._queue_keys.get(key)
+        if other is not None and other != q.name:
+            raise _same_topic("queue", q.name, other)
         b = self._b
         now = b.now_us()
         b.broker.create_topic(q.topic, None, now_us=now, exist_ok=True)
@@ -286,13 +316,15 @@ class Catalogue:
             b.broker.update_group(q.topic, q.group, self.settings(q, None, "earliest"),
                                   now_us=now, mono_us=b.mono_us())
         self.queues[q.name] = q
+        self._queue_keys[key] = q.name
         self.save()
         return q
 
     def delete_queue(self, q: Queue) -> int:
         """Delete the queue's groups and its topic; returns the messages it held."""
         count = self.message_count(q)
-        self.queues.pop(q.name, None)
+        if self.queues.pop(q.name, None) is not None:
+            self._queue_keys.pop(topic_key(q.topic), None)
         if q.expiry is not None:
             q.expiry.cancel()
         self._drop_groups(q)
