@@ -580,3 +580,42 @@ def test_exchange_names_in_the_fronts_own_topic_space_are_refused(channel, name:
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
         channel.exchange_declare(name, "topic")
     assert err.value.reply_code == 403
+
+
+def test_an_exclusive_consumer_is_the_queues_only_one(amqp_server: InProcess) -> None:
+    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
+    a, b = pika.BlockingConnection(params), pika.BlockingConnection(params)
+    try:
+        cha, chb = a.channel(), b.channel()
+        q = unique("q")
+        cha.queue_declare(q)
+        tag = cha.basic_consume(q, lambda *_: None, exclusive=True)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            chb.basic_consume(q, lambda *_: None)  # another connection: refused
+        assert err.value.reply_code == 403 and "exclusive use" in err.value.reply_text
+        chb = b.channel()
+        cha.basic_cancel(tag)
+        chb.basic_consume(q, lambda *_: None)  # the exclusive one is gone: allowed
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            cha.basic_consume(q, lambda *_: None, exclusive=True)  # not alone any more
+        assert err.value.reply_code == 403
+    finally:
+        a.close()
+        b.close()
+
+
+def test_consumer_arguments_that_would_change_deliveries_are_refused(channel) -> None:
+    q = unique("q")
+    channel.queue_declare(q)
+    channel.basic_publish("", q, b"x")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.basic_consume(q, lambda *_: None, arguments={"x-priority": 10})
+    assert err.value.reply_code == 406 and "x-priority" in err.value.reply_text
+    ch = channel.connection.channel()
+    got: list[bytes] = []
+    ch.basic_consume(q, lambda c, m, p, body: got.append(body), auto_ack=True,
+                     arguments={"x-cancel-on-ha-failover": True})  # no failover here: accepted
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        ch.connection.process_data_events(time_limit=0.05)
+    assert got == [b"x"]

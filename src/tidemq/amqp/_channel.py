@@ -30,16 +30,17 @@ class Pending:
 
 
 class Consumer:
-    __slots__ = ("session", "channel", "tag", "queue", "no_ack", "prefetch", "members",
-                 "unacked", "turn", "refill_at", "refill_timer", "refill_now")
+    __slots__ = ("session", "channel", "tag", "queue", "no_ack", "exclusive", "prefetch",
+                 "members", "unacked", "turn", "refill_at", "refill_timer", "refill_now")
 
     def __init__(self, session: Delivering, channel: Channel, tag: str, queue: Queue,
-                 no_ack: bool, prefetch: int) -> None:
+                 no_ack: bool, prefetch: int, exclusive: bool = False) -> None:
         self.session = session
         self.channel = channel
         self.tag = tag
         self.queue = queue
         self.no_ack = no_ack
+        self.exclusive = exclusive  # the queue's only consumer while it is there
         self.prefetch = prefetch  # 0: no limit
         self.members: list[tuple[str, str]] = []  # (member id, exchange name)
         self.unacked = 0

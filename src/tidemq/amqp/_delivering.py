@@ -37,12 +37,16 @@ if TYPE_CHECKING:
     from ._front import AmqpFront
     from ._model import Catalogue
 
-__all__ = ["Delivering", "MAX_CONSUMERS_PER_CHANNEL", "REFILL_WAIT"]
+__all__ = ["Delivering", "CONSUMER_ARGUMENTS", "MAX_CONSUMERS_PER_CHANNEL", "REFILL_WAIT"]
 
 log = logging.getLogger("tidemq.amqp")
 
 MAX_CONSUMERS_PER_CHANNEL = 1000
 REFILL_WAIT = 0.001  # s: the longest freed credit is held back for a batched refill
+# basic.consume arguments: x-cancel-on-ha-failover asks to be cancelled when a mirrored
+# queue fails over, which a TideMQ queue never does. Any other (x-priority, x-stream-offset …)
+# would change what the consumer gets: refused (406), not ignored.
+CONSUMER_ARGUMENTS = ("x-cancel-on-ha-failover",)
 
 
 class Delivering:
@@ -89,7 +93,15 @@ class Delivering:
         if len(ch.consumers) >= MAX_CONSUMERS_PER_CHANNEL:
             raise AmqpError(406, f"PRECONDITION_FAILED - at most {MAX_CONSUMERS_PER_CHANNEL} "
                                  "consumers per channel")
-        consumer = Consumer(self, ch, tag, q, bool(m.no_ack), ch.prefetch)
+        for k in m.arguments or {}:
+            if k not in CONSUMER_ARGUMENTS:
+                raise AmqpError(406, f"PRECONDITION_FAILED - consumer argument {k!r} is not "
+                                     f"supported (supported: {', '.join(CONSUMER_ARGUMENTS)})")
+        others = self.front.consumers.get(q.name)
+        if others and (m.exclusive or any(c.exclusive for c in others)):
+            raise AmqpError(403, f"ACCESS_REFUSED - queue '{q.name}' in vhost '/' in "
+                                 "exclusive use")
+        consumer = Consumer(self, ch, tag, q, bool(m.no_ack), ch.prefetch, bool(m.exclusive))
         for _, topic in q.sources():
             self.may("consume", "topic", topic)
         for exchange, _ in q.sources():
