@@ -55,13 +55,15 @@ def test_delayed_message_waits_in_the_delay_store(h: Harness) -> None:
 def test_delivered_through_a_group_with_its_id(h: Harness) -> None:
     b, c = h.broker, h.clock
     m = b.subscribe("t", "g", None, **c.t)
-    mid = b.publish("t", [Record(b"d", deliver_at_us=c.now_us + 1_000_000)], now_us=c.now_us).ids[0]
+    mid = b.publish("t", [Record(b"d", headers={"a": "b"}, deliver_at_us=c.now_us + 1_000_000)],
+                    now_us=c.now_us).ids[0]
     assert b.fetch(m, 10, **c.t) == []
     c.advance(1)
     b.tick(**c.t)
     assert m in b.wakeups()
     [d] = b.fetch(m, 10, **c.t)
     assert d.body == b"d" and d.id == mid  # it keeps its delay-store id
+    assert d.headers == {"a": "b"}  # ... carried in the hidden x-tidemq-id, not shown
     b.ack(m, [d.id], **c.t)
     assert b.describe_group("t", "g").lag == 0
 

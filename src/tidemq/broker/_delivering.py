@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._groupcore import KEY_QUEUE_LIMIT, GroupCore, _KeyState
 from ._ids import make_ids
-from ._limits import ID_HEADER
+from ._limits import GROUP_HEADER, ID_HEADER, RESERVED_HEADERS
 from ._partstate import Member, PartState
 from ._ranges import runs_of
 from ._types import Delivery
@@ -269,6 +269,11 @@ class GroupDelivering(GroupCore):
             mid = alias
         else:
             mid = make_ids(self.topic, self.incarnation, part.index, off, 1)[0]
+        if headers and (alias is not None or GROUP_HEADER in headers):
+            # The hidden headers are the broker's (a released delay's id, a redrive's group):
+            # not shown, so a consumer that publishes a message on with its headers is not
+            # refused for carrying a reserved one. The backends hide them alike.
+            headers = {k: v for k, v in headers.items() if k not in RESERVED_HEADERS}
         return Delivery(
             mid,
             self.topic,
@@ -278,7 +283,7 @@ class GroupDelivering(GroupCore):
             rec.body,
             rec.key,
             rec.routing_key,
-            rec.headers or {},
+            headers or {},
             rec.priority,
             count,
         )
