@@ -37,12 +37,19 @@ from ..server._fronts import Backend
 from ..storage import MetaStore
 from ._errors import AmqpError
 
-__all__ = ["Catalogue", "Exchange", "Queue", "EXCHANGE_TYPES", "QUEUE_ARGUMENTS"]
+__all__ = ["Catalogue", "Exchange", "Queue", "EXCHANGE_TYPES", "EXCHANGE_ARGUMENTS", "DELAYED",
+           "QUEUE_ARGUMENTS"]
 
 log = logging.getLogger("tidemq.amqp")
 
 META_NAME: Final = "amqp-catalogue.json"
 EXCHANGE_TYPES: Final = ("direct", "topic", "fanout", "headers")
+# The delayed-message exchange of RabbitMQ's plugin (rabbitmq-delayed-message-exchange): it
+# routes as its x-delayed-type and holds a message with an ``x-delay`` header (ms) that long —
+# TideMQ's own delays (the record's deliver_at) underneath.
+DELAYED: Final = "x-delayed-message"
+EXCHANGE_ARGUMENTS: Final = ("alternate-exchange", "x-delayed-type")
+MAX_ALTERNATES: Final = 8  # alternate exchanges followed for one publish (a chain, no loop)
 QUEUE_ARGUMENTS: Final = frozenset({
     "x-dead-letter-exchange", "x-message-ttl", "x-max-priority", "x-delivery-limit",
     "x-queue-type", "x-expires",
@@ -88,10 +95,16 @@ class Exchange:
     durable: bool = True
     auto_delete: bool = False
     internal: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
 
     @property
     def topic(self) -> str:
         return exchange_topic(self.name)
+
+    @property
+    def kind(self) -> str:
+        """How it routes: its type, or a delayed-message exchange's x-delayed-type."""
+        return str(self.arguments["x-delayed-type"]) if self.type == DELAYED else self.type
 
 
 @dataclass
@@ -134,6 +147,31 @@ def _same_topic(kind: str, name: str, other: str) -> AmqpError:
 class _Doc(msgspec.Struct):
     exchanges: list[dict[str, Any]] = []
     queues: list[dict[str, Any]] = []
+
+
+def check_exchange_arguments(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments an exchange keeps, or AmqpError 406 naming the problem."""
+    out: dict[str, Any] = {}
+    for k, v in args.items():
+        if k not in EXCHANGE_ARGUMENTS:
+            raise AmqpError(406, f"PRECONDITION_FAILED - exchange argument {k!r} is not "
+                                 f"supported (supported: {', '.join(EXCHANGE_ARGUMENTS)})")
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        if not isinstance(v, str) or not v:
+            raise AmqpError(406, f"PRECONDITION_FAILED - exchange argument {k!r} must be a "
+                                 f"non-empty string, got {v!r}")
+        out[k] = v
+    delayed_type = out.get("x-delayed-type")
+    if kind == DELAYED:
+        if delayed_type not in EXCHANGE_TYPES:
+            raise AmqpError(406, f"PRECONDITION_FAILED - a {DELAYED} exchange needs argument "
+                                 f"'x-delayed-type' naming how it routes (one of "
+                                 f"{', '.join(EXCHANGE_TYPES)}), got {delayed_type!r}")
+    elif delayed_type is not None:
+        raise AmqpError(406, f"PRECONDITION_FAILED - argument 'x-delayed-type' is for "
+                             f"exchanges of type {DELAYED}")
+    return out
 
 
 def check_queue_arguments(args: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +230,8 @@ class Catalogue:
             return
         for x in doc.exchanges:
             ex = Exchange(x["name"], x["type"], bool(x.get("durable", True)),
-                          bool(x.get("auto_delete", False)), bool(x.get("internal", False)))
+                          bool(x.get("auto_delete", False)), bool(x.get("internal", False)),
+                          dict(x.get("arguments", {})))
             if ex.durable:
                 self.exchanges[ex.name] = ex
                 self._exchange_keys[topic_key(ex.topic)] = ex.name
@@ -215,7 +254,8 @@ class Catalogue:
     def save(self) -> None:
         doc = _Doc(
             exchanges=[{"name": x.name, "type": x.type, "durable": x.durable,
-                        "auto_delete": x.auto_delete, "internal": x.internal}
+                        "auto_delete": x.auto_delete, "internal": x.internal,
+                        "arguments": x.arguments}
                        for x in self.exchanges.values() if x.name not in PREDECLARED],
             queues=[{"name": q.name, "durable": q.durable, "exclusive": q.exclusive,
                      "auto_delete": q.auto_delete, "arguments": q.arguments,
@@ -231,7 +271,8 @@ class Catalogue:
         return ex
 
     def declare_exchange(self, name: str, kind: str, *, passive: bool, durable: bool,
-                         auto_delete: bool, internal: bool) -> Exchange:
+                         auto_delete: bool, internal: bool,
+                         arguments: dict[str, Any] | None = None) -> Exchange:
         if passive:
             return self.exchange(name)
         if name == "" or name.startswith("amq.") and name not in self.exchanges:
@@ -240,21 +281,30 @@ class Catalogue:
         if name.lower().startswith(_RESERVED_TOPICS):
             raise AmqpError(403, f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
                                  "prefix 'amqp.q.' or 'amqp.x.' (the AMQP front's own topics)")
-        if kind not in EXCHANGE_TYPES:
+        if kind not in EXCHANGE_TYPES and kind != DELAYED:
             raise AmqpError(503, f"COMMAND_INVALID - unknown exchange type '{kind}' "
-                                 f"(supported: {', '.join(EXCHANGE_TYPES)})", connection=True)
+                                 f"(supported: {', '.join(EXCHANGE_TYPES)}, {DELAYED})",
+                            connection=True)
+        args = check_exchange_arguments(kind, arguments or {})
         ex = self.exchanges.get(name)
         if ex is not None:
             if ex.type != kind or (ex.durable != durable and name not in PREDECLARED):
                 raise AmqpError(406, f"PRECONDITION_FAILED - inequivalent arg 'type' or "
                                      f"'durable' for exchange '{name}' in vhost '/': received "
                                      f"'{kind}' but current is '{ex.type}'")
+            if ex.arguments != args:
+                raise AmqpError(406, f"PRECONDITION_FAILED - inequivalent arguments for "
+                                     f"exchange '{name}' in vhost '/': received {args} but "
+                                     f"current is {ex.arguments}")
             return ex
         key = topic_key(exchange_topic(name))
         other = self._exchange_keys.get(key)
         if other is not None:
             raise _same_topic("exchange", name, other)
-        ex = self.exchanges[name] = Exchange(name, kind, durable, auto_delete, internal)
+        if kind == DELAYED:  # what it holds is stored before any queue may be bound
+            b = self._b
+            b.broker.create_topic(exchange_topic(name), None, now_us=b.now_us(), exist_ok=True)
+        ex = self.exchanges[name] = Exchange(name, kind, durable, auto_delete, internal, args)
         self._exchange_keys[key] = name
         self.save()
         return ex
@@ -439,11 +489,28 @@ class Catalogue:
             -> list[Queue]:
         return [q for q, f in self.routes(ex) if f is None or f.matches(routing_key, headers)]
 
+    def route_on(self, ex: Exchange, routing_key: str, headers: dict[str, str] | None) \
+            -> tuple[Exchange, list[Queue]]:
+        """Where a message published to ``ex`` goes: ``ex`` and its queues, or, when none
+        takes it, the first of its alternate exchanges (``alternate-exchange``, followed as a
+        chain, at most :data:`MAX_ALTERNATES`, none twice) that has one; ``(ex, [])`` when no
+        exchange of the chain has one (the chain's missing exchanges end it, as RabbitMQ)."""
+        targets = self.route(ex, routing_key, headers)
+        at, seen = ex, {ex.name}
+        while not targets and len(seen) <= MAX_ALTERNATES:
+            alt = self.exchanges.get(at.arguments.get("alternate-exchange", ""))
+            if alt is None or alt.name in seen:
+                break
+            seen.add(alt.name)
+            targets = self.route(alt, routing_key, headers)
+            at = alt
+        return (at, targets) if targets else (ex, [])
+
 
 def _binding_entry(ex: Exchange, key: str, args: dict[str, Any]) -> str:
-    if ex.type == "fanout":
+    if ex.kind == "fanout":
         return ""
-    if ex.type == "headers":
+    if ex.kind == "headers":
         conds = {str(k): _header_text(v) for k, v in (args or {}).items()
                  if not str(k).startswith("x-")}
         match = args.get("x-match", "all") if args else "all"
@@ -458,11 +525,11 @@ def _binding_entry(ex: Exchange, key: str, args: dict[str, Any]) -> str:
     try:
         check_pattern(key)
     except InvalidFilter as exc:
-        if ex.type == "direct" and key == "":
+        if ex.kind == "direct" and key == "":
             raise AmqpError(540, "NOT_IMPLEMENTED - a direct binding with an empty key (use "
                                  "a fanout exchange)") from None
         raise AmqpError(406, f"PRECONDITION_FAILED - binding key {key!r}: {exc}") from None
-    if ex.type == "direct" and ("*" in key.split(".") or "#" in key.split(".")):
+    if ex.kind == "direct" and ("*" in key.split(".") or "#" in key.split(".")):
         raise AmqpError(540, f"NOT_IMPLEMENTED - direct binding key {key!r} has a '*' or '#' "
                              "word, which TideMQ filters read as a pattern")
     return key
@@ -477,9 +544,9 @@ def _header_text(v: Any) -> str:
 
 
 def _filter_of(ex: Exchange, keys: list[str]) -> dict[str, Any] | None:
-    if ex.type == "fanout":
+    if ex.kind == "fanout":
         return None
-    if ex.type == "headers":
+    if ex.kind == "headers":
         if len(set(keys)) > 1:
             raise AmqpError(540, "NOT_IMPLEMENTED - more than one headers binding between "
                                  "one queue and one exchange")

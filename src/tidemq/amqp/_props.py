@@ -19,14 +19,17 @@ from typing import Any, Final
 from pamqp import commands, header
 
 from ..broker._limits import MAX_HEADERS
+from ._errors import AmqpError
 
-__all__ = ["PROPS_HEADER", "to_record", "from_record", "raw_properties"]
+__all__ = ["PROPS_HEADER", "MAX_DELAY_MS", "delay_ms", "to_record", "from_record",
+           "raw_properties"]
 
 PROPS_HEADER: Final = "amqp.p"
 Properties = commands.Basic.Properties
 _EMPTY: Final = Properties()
 _COPIED_HEADERS: Final = MAX_HEADERS // 2
 _MAX_COPIED_VALUE: Final = 1024
+MAX_DELAY_MS: Final = 2**32 - 1  # the delayed-message plugin's longest x-delay (~49.7 days)
 
 
 def to_record(props: Properties | None, raw: bytes | None = None) \
@@ -57,6 +60,25 @@ def to_record(props: Properties | None, raw: bytes | None = None) \
         except ValueError:
             ttl_us = 0
     return headers, priority, ttl_us
+
+
+def delay_ms(props: Properties | None) -> int:
+    """The ``x-delay`` header (ms; the delayed-message exchange's) of a message, 0 when it has
+    none or it is not positive; AmqpError 406 for a value that is not a whole number of ms
+    from 0 to :data:`MAX_DELAY_MS` (an int, or a string of one)."""
+    table = props.headers if props is not None else None
+    if not table or "x-delay" not in table:
+        return 0
+    v = table["x-delay"]
+    if isinstance(v, bytes | str):
+        try:
+            v = int(v)
+        except ValueError:
+            v = None
+    if isinstance(v, bool) or not isinstance(v, int) or v > MAX_DELAY_MS:
+        raise AmqpError(406, "PRECONDITION_FAILED - header 'x-delay' must be a whole number "
+                             f"of milliseconds up to {MAX_DELAY_MS}, got {table['x-delay']!r}")
+    return max(v, 0)
 
 
 def _scalar(v: Any) -> str | None:

@@ -15,8 +15,8 @@ from ..storage import Record
 from ._channel import Channel, Pending
 from ._errors import AmqpError, from_tidemq
 from ._frames import Header, encode_confirm, encode_content_raw
-from ._model import Exchange, Queue, queue_topic
-from ._props import to_record
+from ._model import DELAYED, Exchange, Queue, queue_topic
+from ._props import delay_ms, to_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,15 +117,26 @@ class Publishing:
         cat = self.catalogue
         rk = m.routing_key or ""
         headers, priority, ttl_us = to_record(p.props, p.raw)
+        deliver_at = 0
         if m.exchange == "":
             q = cat.queues.get(rk)
             targets: list[Queue] = [] if q is None else [q]
             topic = "" if q is None else q.topic
         else:
             ex: Exchange = cat.exchange(m.exchange)
-            targets = cat.route(ex, rk, headers)
-            topic = ex.topic
-        if not targets:
+            delay = delay_ms(p.props) if ex.type == DELAYED else 0
+            if delay:
+                # Held by the broker's delay store and appended to the exchange's topic when
+                # due: the queues bound then get it (as the plugin routes at the end of the
+                # delay), so it is stored whether or not a queue is bound now.
+                deliver_at = self.b.now_us() + delay * 1000
+                targets, topic = cat.route(ex, rk, headers), ex.topic
+            else:
+                at, targets = cat.route_on(ex, rk, headers)
+                topic = at.topic
+                if at is not ex:  # an alternate exchange's
+                    self.may("publish", "topic", topic)
+        if not targets and not deliver_at:
             if m.mandatory:
                 self.send(ch.number, C.Basic.Return(reply_code=312, reply_text="NO_ROUTE",
                                                     exchange=m.exchange, routing_key=rk))
@@ -138,7 +149,7 @@ class Publishing:
         if ttls:
             queue_ttl = max(min(ttls), 0) * 1000 or 1
             ttl_us = min(ttl_us, queue_ttl) if ttl_us else queue_ttl
-        record = Record(body, None, rk or None, headers, priority, 0, ttl_us)
+        record = Record(body, None, rk or None, headers, priority, deliver_at, ttl_us)
         self._outbox.append((topic, ch, seq if ch.confirm else 0, record))
 
     # Publishes are stored in batches: those that arrive together (one read of the socket)

@@ -402,7 +402,8 @@ class Session(Publishing, Delivering):
                 self.may("admin", "topic", _topic_of_exchange(m.exchange))
         self.catalogue.declare_exchange(m.exchange, m.exchange_type, passive=m.passive,
                                         durable=m.durable, auto_delete=m.auto_delete,
-                                        internal=m.internal)
+                                        internal=m.internal,
+                                        arguments=dict(m.arguments or {}))
         if not m.nowait:
             self.send(ch.number, C.Exchange.DeclareOk())
 
