@@ -30,8 +30,9 @@ class Pending:
 
 
 class Consumer:
-    __slots__ = ("session", "channel", "tag", "queue", "no_ack", "exclusive", "prefetch",
-                 "members", "unacked", "turn", "refill_at", "refill_timer", "refill_now")
+    __slots__ = ("session", "channel", "tag", "queue", "no_ack", "exclusive", "standby",
+                 "prefetch", "members", "unacked", "turn", "refill_at", "refill_timer",
+                 "refill_now")
 
     def __init__(self, session: Delivering, channel: Channel, tag: str, queue: Queue,
                  no_ack: bool, prefetch: int, exclusive: bool = False) -> None:
@@ -41,6 +42,9 @@ class Consumer:
         self.queue = queue
         self.no_ack = no_ack
         self.exclusive = exclusive  # the queue's only consumer while it is there
+        # Waiting (x-single-active-consumer): no members, nothing delivered, until the
+        # queue's active consumer goes and it is the next (AmqpFront.consumer_removed).
+        self.standby = False
         self.prefetch = prefetch  # 0: no limit
         self.members: list[tuple[str, str]] = []  # (member id, exchange name)
         self.unacked = 0

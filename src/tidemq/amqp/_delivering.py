@@ -74,6 +74,9 @@ class Delivering:
     # --- basic: consumers --------------------------------------------------------------------
 
     def _basic_qos(self, ch: Channel, m: C.Basic.Qos) -> None:
+        if m.prefetch_size:  # a byte limit on what is in flight: RabbitMQ refuses it too
+            raise AmqpError(540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})",
+                            connection=True)
         if m.prefetch_count > MAX_PREFETCH:
             raise AmqpError(406, f"PRECONDITION_FAILED - prefetch_count above {MAX_PREFETCH}")
         if m.global_:
@@ -104,13 +107,22 @@ class Delivering:
         consumer = Consumer(self, ch, tag, q, bool(m.no_ack), ch.prefetch, bool(m.exclusive))
         for _, topic in q.sources():
             self.may("consume", "topic", topic)
-        for exchange, _ in q.sources():
-            self.add_member(consumer, exchange)
+        if q.single_active and others:
+            consumer.standby = True  # the queue has its active consumer
+        else:
+            self.activate(consumer)
         ch.consumers[tag] = consumer
         self.front.consumer_added(consumer)
         if not m.nowait:
             self.send(ch.number, C.Basic.ConsumeOk(consumer_tag=tag))
         self._pump_soon.add(consumer)
+
+    def activate(self, consumer: Consumer) -> None:
+        """Join the groups of every topic the consumer's queue reads, and deliver."""
+        consumer.standby = False
+        for exchange, _ in consumer.queue.sources():
+            self.add_member(consumer, exchange)
+        self.want_pump(consumer)
 
     def add_member(self, consumer: Consumer, exchange: str) -> None:
         b = self.b

@@ -43,7 +43,8 @@ class AmqpFront:
         self.sessions: set[Session] = set()
         self._protocols: set[_Protocol] = set()
         self._per_ip: dict[str, int] = {}
-        self.consumers: dict[str, set[Consumer]] = {}  # queue name -> consumers
+        # queue name -> its consumers, in the order they came (a dict as an ordered set)
+        self.consumers: dict[str, dict[Consumer, None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
         self.port = 0
@@ -124,17 +125,17 @@ class AmqpFront:
             self.delete_queue(q)
 
     def delete_queue(self, q: Queue) -> int:
-        for c in list(self._consumers_of(q)):
+        for c in self._consumers_of(q):
             c.session.cancelled_by_server(c)
         self.consumers.pop(q.name, None)
         return self.catalogue.delete_queue(q)
 
-    def _consumers_of(self, q: Queue) -> set[Consumer]:
-        return self.consumers.get(q.name, set())
+    def _consumers_of(self, q: Queue) -> list[Consumer]:
+        return list(self.consumers.get(q.name, ()))
 
     def consumer_added(self, c: Consumer) -> None:
         q = c.queue
-        self.consumers.setdefault(q.name, set()).add(c)
+        self.consumers.setdefault(q.name, {})[c] = None
         q.consumers += 1
         q.had_consumer = True
         if q.expiry is not None:
@@ -145,7 +146,12 @@ class AmqpFront:
         q = c.queue
         group = self.consumers.get(q.name)
         if group is not None:
-            group.discard(c)
+            group.pop(c, None)
+            if q.single_active and not c.standby and group:
+                # The active consumer went: the one that waited longest takes over (its
+                # session may be another connection's).
+                nxt = next(iter(group))
+                nxt.session.activate(nxt)
         q.consumers = max(0, q.consumers - 1)
         if q.consumers == 0 and self.catalogue.queues.get(q.name) is q:
             if q.auto_delete and q.had_consumer:
@@ -171,12 +177,14 @@ class AmqpFront:
             self.delete_queue(q)
 
     def source_added(self, q: Queue, exchange: str) -> None:
-        for c in list(self._consumers_of(q)):
-            c.session.add_member(c, exchange)
+        for c in self._consumers_of(q):
+            if not c.standby:
+                c.session.add_member(c, exchange)
 
     def source_removed(self, q: Queue, exchange: str) -> None:
-        for c in list(self._consumers_of(q)):
-            c.session.remove_member(c, exchange)
+        for c in self._consumers_of(q):
+            if not c.standby:
+                c.session.remove_member(c, exchange)
 
     # --- admission ---------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ EXCHANGE_ARGUMENTS: Final = ("alternate-exchange", "x-delayed-type")
 MAX_ALTERNATES: Final = 8  # alternate exchanges followed for one publish (a chain, no loop)
 QUEUE_ARGUMENTS: Final = frozenset({
     "x-dead-letter-exchange", "x-message-ttl", "x-max-priority", "x-delivery-limit",
-    "x-queue-type", "x-expires",
+    "x-queue-type", "x-expires", "x-single-active-consumer",
 })
 PREDECLARED: Final = {"amq.direct": "direct", "amq.topic": "topic", "amq.fanout": "fanout",
                       "amq.headers": "headers", "amq.match": "headers"}
@@ -130,6 +130,11 @@ class Queue:
         return group_name(self.name)
 
     @property
+    def single_active(self) -> bool:
+        """x-single-active-consumer: one consumer gets the messages, the others wait."""
+        return bool(self.arguments.get("x-single-active-consumer"))
+
+    @property
     def transient(self) -> bool:
         return self.exclusive or self.auto_delete or not self.durable
 
@@ -181,7 +186,12 @@ def check_queue_arguments(args: dict[str, Any]) -> dict[str, Any]:
         if k not in QUEUE_ARGUMENTS:
             raise AmqpError(406, f"PRECONDITION_FAILED - queue argument {k!r} is not supported "
                                  f"(supported: {', '.join(sorted(QUEUE_ARGUMENTS))})")
-        if k in ("x-message-ttl", "x-max-priority", "x-delivery-limit", "x-expires"):
+        if k == "x-single-active-consumer":
+            if not isinstance(v, bool):
+                raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r} "
+                                     "(a boolean)")
+            out[k] = v
+        elif k in ("x-message-ttl", "x-max-priority", "x-delivery-limit", "x-expires"):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0 \
                     or (k == "x-expires" and v == 0):
                 raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r}")
