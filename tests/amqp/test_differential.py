@@ -8,7 +8,8 @@ conditions) and publishes (routing keys of zero to three words, headers, mandato
 which mandatory publishes come back must match too. What TideMQ documents as not supported (docs/amqp.md: a direct key with a wildcard
 word or an empty one, headers ``x-match: any`` over several headers, two different headers
 bindings between one queue and one exchange) is not drawn. Skipped
-when nothing listens on 5672.
+when nothing listens on 5672. A second test runs a dead-letter retry loop on both and compares
+the ``x-death`` headers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -184,3 +186,65 @@ def test_every_queue_holds_what_rabbitmq_would(amqp_server: InProcess,
         direct = any(p.exchange < 0 and p.queue == q for p in publishes)
         if len(sources) + direct <= 1:  # one topic read: RabbitMQ's order too
             assert ours[q] == theirs[q], f"queue {q} order"
+
+
+
+def _retry_cycles(port: int, tag: str, cycles: int) -> list[list[tuple[str, str, int, str,
+                                                                          list[str]]]]:
+    """A dead-letter retry loop: work queue -(reject)-> retry exchange -> retry queue
+    -(reject)-> work exchange -> work queue, ``cycles`` times; the x-death of each delivery
+    from the work queue, as (queue, reason, count, exchange, routing keys)."""
+    work_x, retry_x, work_q, retry_q = (f"{tag}-work-x", f"{tag}-retry-x", f"{tag}-work",
+                                        f"{tag}-retry")
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
+    seen: list[list[tuple[str, str, int, str, list[str]]]] = []
+
+    def get(queue: str) -> tuple[Any, Any]:
+        for _ in range(500):
+            m, props, _ = ch.basic_get(queue)
+            if m is not None:
+                return m, props
+            conn.sleep(0.01)
+        raise AssertionError(f"nothing in {queue}")
+
+    try:
+        ch = conn.channel()
+        ch.exchange_declare(work_x, "direct")
+        ch.exchange_declare(retry_x, "fanout")
+        ch.queue_declare(work_q, arguments={"x-dead-letter-exchange": retry_x})
+        ch.queue_declare(retry_q, arguments={"x-dead-letter-exchange": work_x})
+        ch.queue_bind(work_q, work_x, "job")
+        ch.queue_bind(retry_q, retry_x)
+        ch.confirm_delivery()
+        ch.basic_publish(work_x, "job", b"task")
+        for cycle in range(cycles + 1):
+            m, props = get(work_q)
+            deaths = (props.headers or {}).get("x-death", [])
+            seen.append([(d["queue"], d["reason"], int(d["count"]), d["exchange"],
+                          list(d["routing-keys"])) for d in deaths])
+            if cycle == cycles:
+                ch.basic_ack(m.delivery_tag)
+                break
+            ch.basic_reject(m.delivery_tag, requeue=False)  # to the retry queue
+            m, _ = get(retry_q)
+            ch.basic_reject(m.delivery_tag, requeue=False)  # back to work
+        return seen
+    finally:
+        try:
+            ch = conn.channel()
+            for q in (work_q, retry_q):
+                ch.queue_delete(q)
+            for x in (work_x, retry_x):
+                ch.exchange_delete(x)
+        finally:
+            conn.close()
+
+
+def test_x_death_counts_retries_as_rabbitmq_does(amqp_server: InProcess) -> None:
+    tag = f"retry-{uuid.uuid4().hex[:10]}"
+    ours = _retry_cycles(amqp_server.port, tag, 3)
+    theirs = _retry_cycles(RABBIT[1], tag, 3)
+    assert ours == theirs
+    assert ours[0] == []
+    assert ours[-1] == [(f"{tag}-retry", "rejected", 3, f"{tag}-retry-x", ["job"]),
+                        (f"{tag}-work", "rejected", 3, f"{tag}-work-x", ["job"])]

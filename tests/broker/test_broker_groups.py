@@ -3,6 +3,7 @@ retention."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def test_redrive_returns_dead_letters_to_their_group_only_once(h: Harness) -> No
     assert b.redrive("t", "g", now_us=c.now_us) == 1
     assert b.redrive("t", "g", now_us=c.now_us) == 0
     [again] = b.fetch(g, 10, **c.t)
-    assert again.body == b"1" and again.headers == {}  # the hidden x-tidemq-group is not shown
+    # The hidden x-tidemq-group is not shown; its dead-letter history stays.
+    assert again.body == b"1" and set(again.headers) == {"x-tidemq-deaths"}
     assert b.fetch(o, 10, **c.t) == []  # the other group does not see it again
 
 
@@ -173,3 +175,27 @@ def test_reset_group_replays(h: Harness) -> None:
     b.ack(m, [d.id for d in b.fetch(m, 10, **c.t)], **c.t)
     b.reset_group("t", "g", "earliest", now_us=c.now_us)
     assert [d.body for d in b.fetch(m, 10, **c.t)] == [b"1", b"2"]
+
+
+def test_a_dead_letter_keeps_its_history_of_deaths(h: Harness) -> None:
+    # x-tidemq-deaths: one entry per (topic, group, reason), newest first, with a count.
+    b, c = h.broker, h.clock
+    b.create_topic("t", now_us=c.now_us)
+    b.create_topic("back", now_us=c.now_us)
+    b.create_group("t", "g", GroupSettings(dead_letter_topic="back"), now_us=c.now_us)
+    b.create_group("back", "r", GroupSettings(dead_letter_topic="t"), now_us=c.now_us)
+    g = b.subscribe("t", "g", None, **c.t)
+    r = b.subscribe("back", "r", None, **c.t)
+    b.publish("t", [Record(b"x", headers={"own": "1"})], now_us=c.now_us)
+    t0 = c.now_us // 1000
+    for _ in range(2):  # t/g -> back/r -> t/g -> back/r -> t/g
+        [d] = b.fetch(g, 1, **c.t)
+        b.reject(g, [d.id], "bad", **c.t)
+        c.advance(1)
+        [d] = b.fetch(r, 1, **c.t)
+        b.reject(r, [d.id], "again", **c.t)
+    [d] = b.fetch(g, 1, **c.t)
+    assert d.headers["own"] == "1"
+    deaths = json.loads(d.headers["x-tidemq-deaths"])
+    assert [e[:4] for e in deaths] == [["back", "r", "again", 2], ["t", "g", "bad", 2]]
+    assert deaths[1][4] == t0  # the first time of that entry

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from pamqp import commands, header
 
+from ..broker._deadletters import DEATHS, deaths_of
 from ..broker._limits import MAX_HEADERS
 from ._errors import AmqpError
 
@@ -94,7 +96,8 @@ def _scalar(v: Any) -> str | None:
     return None
 
 
-def raw_properties(headers: dict[str, str], priority: int) -> bytes:
+def raw_properties(headers: dict[str, str], priority: int,
+                   routing_key: str | None = None) -> bytes:
     """The encoded properties (flags and values) to deliver a record with: as published when
     the record has no other headers (no decoding), else :func:`from_record` encoded."""
     raw = headers.get(PROPS_HEADER) if headers else None
@@ -107,10 +110,35 @@ def raw_properties(headers: dict[str, str], priority: int) -> bytes:
                 pass
     elif not headers and not priority:
         return b"\x00\x00"
-    return bytes(from_record(headers, priority).marshal())
+    return bytes(from_record(headers, priority, routing_key).marshal())
 
 
-def from_record(headers: dict[str, str], priority: int) -> Properties:
+# The broker's dead-letter reasons as RabbitMQ's x-death reasons (a consumer's reject and
+# any other reason given to the broker's reject: "rejected").
+_DEATH_REASONS: Final = {"expired": "expired", "max_deliveries": "delivery_limit"}
+
+
+def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
+    """RabbitMQ's dead-letter headers (``x-death``, ``x-first-death-*``) built from the
+    broker's dead-letter history (``x-tidemq-deaths``): one entry per queue and reason,
+    newest first, with its count — what a consumer that counts its retries reads."""
+    entries = []
+    for topic, group, reason, count, first_ms in deaths_of(headers):
+        entries.append({
+            "count": count, "reason": _DEATH_REASONS.get(reason, "rejected"), "queue": group,
+            "time": datetime.fromtimestamp(first_ms // 1000, UTC),
+            # a queue's own topic is what the default exchange publishes to
+            "exchange": "" if str(topic).startswith("amqp.q.") else topic,
+            "routing-keys": [routing_key or ""]})
+    if not entries:
+        return {}
+    first = entries[-1]
+    return {"x-death": entries, "x-first-death-reason": first["reason"],
+            "x-first-death-queue": first["queue"], "x-first-death-exchange": first["exchange"]}
+
+
+def from_record(headers: dict[str, str], priority: int,
+                routing_key: str | None = None) -> Properties:
     """The properties to deliver a record with."""
     raw = headers.get(PROPS_HEADER) if headers else None
     props: Properties | None = None
@@ -129,7 +157,9 @@ def from_record(headers: dict[str, str], priority: int) -> Properties:
     if headers and (len(headers) > 1 or raw is None):
         table = dict(props.headers or {})
         for k, v in headers.items():
-            if k != PROPS_HEADER and k not in table:
+            if k != PROPS_HEADER and k != DEATHS and k not in table:
                 table[k] = v
+        if DEATHS in headers:
+            table.update(x_death(headers, routing_key))
         props.headers = table
     return props

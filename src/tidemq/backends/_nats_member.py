@@ -522,7 +522,8 @@ class Member:
         """Publish the dead letter, then TERM the original (see the module docstring)."""
         mid = make_id(self.tm.name, self.tm.incarnation, p, offset)
         letter = dead_letter_records(self.tm.name, self.group,
-                                     [DeadLetter(rec, p, offset, count, reason)], [mid])[0]
+                                     [DeadLetter(rec, p, offset, count, reason)], [mid],
+                                     time.time_ns() // 1000)[0]
         await self.t.publish_dead_letter(self.dlq, self.tm, letter,
                                          f"dl:{self.consumer}:{mid}")
         await msg.term()

@@ -415,7 +415,7 @@ class Member:
         t = self.t
         letter = dead_letter_records(self.tm.name, self.group,
                                      [DeadLetter(rec, e.partition, offset, count, reason)],
-                                     [mid])[0]
+                                     [mid], time.time_ns() // 1000)[0]
         self.settling.add(e.tag)
         try:
             try:

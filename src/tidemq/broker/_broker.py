@@ -880,7 +880,7 @@ class Broker:
                 validate_topic_name(dlq_name, derived=True)
                 dlq = self._create(dlq_name, msgspec.structs.replace(t.config, partitions=1,
                                                                      backlog_limit=None), now_us)
-            recs = dead_letter_records(t.name, g.name, letters, ids)
+            recs = dead_letter_records(t.name, g.name, letters, ids, now_us)
             copies = dlq.publish(recs, now_us, tb, check=False)
         except BaseException:
             # Not written: the group hands them out again at its next call (they are done

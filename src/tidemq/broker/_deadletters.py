@@ -20,7 +20,9 @@ only offsets the cursor has not reached: it stays as small as the by-id redrives
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
 
 from ..storage import Record
 from ._group import DeadLetter
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from ._group import GroupState
     from ._topic import Topic
 
-__all__ = ["ORIGIN", "dead_letter_records", "redriven_record", "drop_redriven_below",
+__all__ = ["ORIGIN", "DEATHS", "MAX_DEATHS", "deaths_of", "dead_letter_records", "redriven_record", "drop_redriven_below",
            "redriven_offsets", "cursor_key", "redrive_cursor", "dead_letter_topic"]
 
 ORIGIN = "x-tidemq-origin-"
@@ -43,15 +45,51 @@ H_GROUP = ORIGIN + "group"
 H_COUNT = ORIGIN + "delivery-count"
 H_REASON = ORIGIN + "reason"
 H_ID = ORIGIN + "id"
+# The message's dead-letter history, all its deaths (the origin headers say only the last):
+# a JSON list of [topic, group, reason, count, first time in ms], newest first, one entry per
+# (topic, group, reason) — a repeat adds to its count and moves it to the front (RabbitMQ's
+# x-death, which the AMQP front builds from it). At most MAX_DEATHS entries. Kept on redrive.
+DEATHS: Final = "x-tidemq-deaths"
+MAX_DEATHS: Final = 16
+
+
+def deaths_of(headers: Mapping[str, str] | None) -> list[list[Any]]:
+    """The dead-letter history in ``headers`` ([] when none or unreadable)."""
+    raw = headers.get(DEATHS) if headers else None
+    if not raw:
+        return []
+    try:
+        got = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return []
+    if not isinstance(got, list):
+        return []
+    return [e for e in got if isinstance(e, list) and len(e) == 5]
+
+
+def _with_death(headers: Mapping[str, str] | None, topic: str, group: str, reason: str,
+                now_ms: int) -> str:
+    deaths = deaths_of(headers)
+    count = 1
+    for i, (t, g, r, n, first) in enumerate(deaths):
+        if t == topic and g == group and r == reason:
+            del deaths[i]
+            count = (n if isinstance(n, int) else 0) + 1
+            now_ms = first if isinstance(first, int) else now_ms
+            break
+    deaths.insert(0, [topic, group, reason, count, now_ms])
+    return msgspec.json.encode(deaths[:MAX_DEATHS]).decode()
 
 
 def dead_letter_records(topic: str, group: str, letters: list[DeadLetter],
-                        ids: list[str]) -> list[Record]:
-    """The dead-letter topic's records for ``letters`` (``ids``: their message ids)."""
+                        ids: list[str], now_us: int) -> list[Record]:
+    """The dead-letter topic's records for ``letters`` (``ids``: their message ids), dead
+    at ``now_us``."""
     out: list[Record] = []
     for dl, mid in zip(letters, ids, strict=True):
         r = dl.record
         headers = {k: v for k, v in (r.headers or {}).items() if k not in (GROUP_HEADER, ID_HEADER)}
+        headers[DEATHS] = _with_death(r.headers, topic, group, dl.reason, now_us // 1000)
         headers[H_TOPIC] = topic
         headers[H_PARTITION] = str(dl.partition)
         headers[H_OFFSET] = str(dl.offset)
