@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from ._group import GroupState
     from ._topic import Topic
 
-__all__ = ["ORIGIN", "DEATHS", "MAX_DEATHS", "deaths_of", "dead_letter_records", "redriven_record", "drop_redriven_below",
-           "redriven_offsets", "cursor_key", "redrive_cursor", "dead_letter_topic"]
+__all__ = ["ORIGIN", "DEATHS", "MAX_DEATHS", "deaths_of", "dead_letter_records",
+           "redriven_record", "drop_redriven_below", "redriven_offsets", "cursor_key", "redrive_cursor", "dead_letter_topic"]
 
 ORIGIN = "x-tidemq-origin-"
 H_TOPIC = ORIGIN + "topic"
@@ -48,9 +48,11 @@ H_ID = ORIGIN + "id"
 # The message's dead-letter history, all its deaths (the origin headers say only the last):
 # a JSON list of [topic, group, reason, count, first time in ms], newest first, one entry per
 # (topic, group, reason) — a repeat adds to its count and moves it to the front (RabbitMQ's
-# x-death, which the AMQP front builds from it). At most MAX_DEATHS entries. Kept on redrive.
+# x-death, which the AMQP front builds from it). At most MAX_DEATHS entries, reasons cut to
+# _DEATH_REASON characters (a few KiB at most beside the headers). Kept on redrive.
 DEATHS: Final = "x-tidemq-deaths"
 MAX_DEATHS: Final = 16
+_DEATH_REASON: Final = 100
 
 
 def deaths_of(headers: Mapping[str, str] | None) -> list[list[Any]]:
@@ -70,6 +72,7 @@ def deaths_of(headers: Mapping[str, str] | None) -> list[list[Any]]:
 def _with_death(headers: Mapping[str, str] | None, topic: str, group: str, reason: str,
                 now_ms: int) -> str:
     deaths = deaths_of(headers)
+    reason = reason[:_DEATH_REASON]
     count = 1
     for i, (t, g, r, n, first) in enumerate(deaths):
         if t == topic and g == group and r == reason:
