@@ -189,11 +189,12 @@ def test_every_queue_holds_what_rabbitmq_would(amqp_server: InProcess,
 
 
 
-def _retry_cycles(port: int, tag: str, cycles: int) -> list[list[tuple[str, str, int, str,
-                                                                          list[str]]]]:
+def _retry_cycles(port: int, tag: str, cycles: int, *, ttl: bool = False
+                  ) -> list[list[tuple[str, str, int, str, list[str]]]]:
     """A dead-letter retry loop: work queue -(reject)-> retry exchange -> retry queue
-    -(reject)-> work exchange -> work queue, ``cycles`` times; the x-death of each delivery
-    from the work queue, as (queue, reason, count, exchange, routing keys)."""
+    -(reject, or with ``ttl`` expired unread)-> work exchange -> work queue, ``cycles`` times;
+    the x-death of each delivery from the work queue, as (queue, reason, count, exchange,
+    routing keys)."""
     work_x, retry_x, work_q, retry_q = (f"{tag}-work-x", f"{tag}-retry-x", f"{tag}-work",
                                         f"{tag}-retry")
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
@@ -212,7 +213,8 @@ def _retry_cycles(port: int, tag: str, cycles: int) -> list[list[tuple[str, str,
         ch.exchange_declare(work_x, "direct")
         ch.exchange_declare(retry_x, "fanout")
         ch.queue_declare(work_q, arguments={"x-dead-letter-exchange": retry_x})
-        ch.queue_declare(retry_q, arguments={"x-dead-letter-exchange": work_x})
+        ch.queue_declare(retry_q, arguments={"x-dead-letter-exchange": work_x,
+                                             **({"x-message-ttl": 50} if ttl else {})})
         ch.queue_bind(work_q, work_x, "job")
         ch.queue_bind(retry_q, retry_x)
         ch.confirm_delivery()
@@ -226,8 +228,9 @@ def _retry_cycles(port: int, tag: str, cycles: int) -> list[list[tuple[str, str,
                 ch.basic_ack(m.delivery_tag)
                 break
             ch.basic_reject(m.delivery_tag, requeue=False)  # to the retry queue
-            m, _ = get(retry_q)
-            ch.basic_reject(m.delivery_tag, requeue=False)  # back to work
+            if not ttl:
+                m, _ = get(retry_q)
+                ch.basic_reject(m.delivery_tag, requeue=False)  # back to work
         return seen
     finally:
         try:
@@ -247,4 +250,15 @@ def test_x_death_counts_retries_as_rabbitmq_does(amqp_server: InProcess) -> None
     assert ours == theirs
     assert ours[0] == []
     assert ours[-1] == [(f"{tag}-retry", "rejected", 3, f"{tag}-retry-x", ["job"]),
+                        (f"{tag}-work", "rejected", 3, f"{tag}-work-x", ["job"])]
+
+
+def test_a_ttl_retry_queue_nobody_reads_cycles_as_in_rabbitmq(amqp_server: InProcess) -> None:
+    # The retry queue has a TTL and no consumer: what expires at its head is dead-lettered
+    # back to work by itself (the front's head-expiry pass), as RabbitMQ does.
+    tag = f"ttl-{uuid.uuid4().hex[:10]}"
+    ours = _retry_cycles(amqp_server.port, tag, 3, ttl=True)
+    theirs = _retry_cycles(RABBIT[1], tag, 3, ttl=True)
+    assert ours == theirs
+    assert ours[-1] == [(f"{tag}-retry", "expired", 3, f"{tag}-retry-x", ["job"]),
                         (f"{tag}-work", "rejected", 3, f"{tag}-work-x", ["job"])]

@@ -199,3 +199,37 @@ def test_a_dead_letter_keeps_its_history_of_deaths(h: Harness) -> None:
     deaths = json.loads(d.headers["x-tidemq-deaths"])
     assert [e[:4] for e in deaths] == [["back", "r", "again", 2], ["t", "g", "bad", 2]]
     assert deaths[1][4] == t0  # the first time of that entry
+
+
+def test_expire_head_dead_letters_what_expired_at_the_head_without_a_fetch(h: Harness) -> None:
+    b, c = h.broker, h.clock
+    b.create_topic("t", now_us=c.now_us)
+    b.create_group("t", "g", GroupSettings(filter={"routing_key": "a.*"}), now_us=c.now_us)
+    m = b.subscribe("t", "g", None, **c.t)
+    b.publish("t", [Record(b"short", routing_key="a.1", ttl_us=1_000_000),
+                    Record(b"skipped", routing_key="b.1"),  # not for g: done on the way
+                    Record(b"short2", routing_key="a.2", ttl_us=1_000_000),
+                    Record(b"long", routing_key="a.3", ttl_us=60_000_000),
+                    Record(b"short3", routing_key="a.4", ttl_us=1_000_000)], now_us=c.now_us)
+    assert b.expire_head("t", "g", now_us=c.now_us) == 0  # nothing expired yet
+    c.advance(2)
+    assert b.expire_head("t", "g", now_us=c.now_us) == 2  # stops at "long", as RabbitMQ's head
+    dead = b.subscribe("t.dlq", "d", None, **c.t)
+    got = b.fetch(dead, 10, **c.t)
+    assert [d.body for d in got] == [b"short", b"short2"]
+    assert all(d.headers["x-tidemq-origin-reason"] == "expired" for d in got)
+    # what is left for the group: "long" (and "short3", expired behind it, found by the fetch)
+    assert [d.body for d in b.fetch(m, 10, **c.t)] == [b"long"]
+    assert b.expire_head("t", "g", now_us=c.now_us) == 0  # the head is in flight now
+
+
+def test_expire_head_applies_a_ttl_given_for_the_group(h: Harness) -> None:
+    # An AMQP queue's x-message-ttl, for messages that came without one (dead letters).
+    b, c = h.broker, h.clock
+    b.create_topic("t", now_us=c.now_us)
+    b.create_group("t", "g", None, now_us=c.now_us)
+    b.publish("t", [Record(b"plain"), Record(b"own", ttl_us=60_000_000)], now_us=c.now_us)
+    c.advance(2)
+    assert b.expire_head("t", "g", now_us=c.now_us) == 0  # no TTL: stays
+    assert b.expire_head("t", "g", now_us=c.now_us, ttl_us=3_000_000) == 0  # not yet
+    assert b.expire_head("t", "g", now_us=c.now_us, ttl_us=1_000_000) == 2  # the shorter one

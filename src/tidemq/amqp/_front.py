@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from ..errors import TideMQError
 from ..server._fronts import Backend
 from ._channel import Consumer
 from ._errors import AmqpError
@@ -31,6 +32,7 @@ __all__ = ["AmqpFront"]
 log = logging.getLogger("tidemq.amqp")
 
 CLOSE_OK_WAIT = 1.0  # seconds we wait for close-ok after connection.close
+EXPIRE_EVERY = 0.05  # seconds between head-expiry passes over the queues with x-message-ttl
 
 
 class AmqpFront:
@@ -47,6 +49,7 @@ class AmqpFront:
         self.consumers: dict[str, dict[Consumer, None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
@@ -57,6 +60,7 @@ class AmqpFront:
                                                 backlog=512)
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._timer = loop.create_task(self._tick(), name="tidemq-amqp-heartbeats")
+        self._expiry = loop.create_task(self._expire_heads(), name="tidemq-amqp-ttl")
 
     async def stop(self) -> None:
         """Stop accepting; close every connection (320 CONNECTION_FORCED): leases released."""
@@ -68,10 +72,11 @@ class AmqpFront:
                 s.connection_error(AmqpError(320, "CONNECTION_FORCED - broker shutdown",
                                              connection=True))
             p.abort_soon()
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+        for task in (self._timer, self._expiry):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.sleep(0)
         for p in list(self._protocols):
             p.abort()
@@ -112,6 +117,26 @@ class AmqpFront:
             now = time.monotonic()
             for p in list(self._protocols):
                 p.check(now)
+
+    async def _expire_heads(self) -> None:
+        """Every EXPIRE_EVERY s: the queues with x-message-ttl dead-letter what expired at
+        their head, read or not (RabbitMQ's head expiry; a TTL retry queue without
+        consumers then cycles its messages back)."""
+        b = self.backend
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY)
+            expired = 0
+            for q in [q for q in self.catalogue.queues.values()
+                      if "x-message-ttl" in q.arguments]:
+                ttl_us = max(int(q.arguments["x-message-ttl"]), 1) * 1000
+                for _, topic in q.sources():
+                    try:
+                        expired += b.broker.expire_head(topic, q.group, now_us=b.now_us(),
+                                                        ttl_us=ttl_us)
+                    except TideMQError:  # its topic or group went meanwhile
+                        continue
+            if expired:
+                b.want_push()
 
     # --- queues and consumers ----------------------------------------------------------------
 

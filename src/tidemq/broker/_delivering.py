@@ -246,16 +246,40 @@ class GroupDelivering(GroupCore):
         ttl = rec.ttl_us
         if not ttl:
             return False
-        # TTL counts from when the message became ready (SPEC §3): its publish time, or its
-        # deliver_at. A delayed message released late by the delay store (x-tidemq-id set)
-        # still counts from its deliver_at, not from the release.
-        ready = max(view.first_timestamp_us, rec.deliver_at_us)
-        if rec.deliver_at_us and rec.headers and ID_HEADER in rec.headers:
-            ready = rec.deliver_at_us
-        if now_us >= ready + ttl:
+        if now_us >= _ready_us(view, rec) + ttl:
             self._dead_letter(part, off, rec, "expired", count)
             return True
         return False
+
+    def expire_head(self, now_us: int, ttl_us: int = 0, limit: int = 1000) -> int:
+        """Dead-letter the expired messages at the head of each partition (from the first not
+        done on) without a fetch, as RabbitMQ expires a queue's head: stops at the first that
+        is not expired, has no TTL or is in flight, or after ``limit``. ``ttl_us``: a TTL for
+        every message here besides its own (the shorter counts; an AMQP queue's
+        x-message-ttl, which a dead letter routed to it does not carry). Messages the filter
+        skips on the way are done (as a fetch would make them). Returns how many expired."""
+        n = 0
+        filt = self.filter
+        for part in self._parts:
+            while n < limit:
+                off = part.done.next_missing(part.floor)
+                if off >= part.log.end_offset or off in part.inflight:
+                    break
+                got = part.read_offsets([off])
+                if not got:  # trimmed from the log meanwhile
+                    break
+                _, view, rec = got[0]
+                if not filt.matches(rec.routing_key, rec.headers):
+                    self._done(part, [off, off + 1])
+                    continue
+                ttl = rec.ttl_us
+                if ttl_us and (not ttl or ttl_us < ttl):
+                    ttl = ttl_us
+                if not ttl or now_us < _ready_us(view, rec) + ttl:
+                    break
+                self._dead_letter(part, off, rec, "expired", part.prev.get(off, 0))
+                n += 1
+        return n
 
     def _delivery(self, part: PartState, off: int, view: Any, rec: Record) -> Delivery:
         count = part.prev.get(off, 0) + 1
@@ -389,3 +413,12 @@ class GroupDelivering(GroupCore):
                 if pr and (verdicts is None or verdicts[off - base]) and not part.is_done(off):
                     lanes[pr].append(off)
         part.scan = max(part.scan, view.last_offset + 1)
+
+
+def _ready_us(view: Any, rec: Record) -> int:
+    """When a stored message became ready, which its TTL counts from (SPEC §3): its publish
+    time, or its deliver_at. A delayed message released late by the delay store (x-tidemq-id
+    set) still counts from its deliver_at, not from the release."""
+    if rec.deliver_at_us and rec.headers and ID_HEADER in rec.headers:
+        return int(rec.deliver_at_us)
+    return max(int(view.first_timestamp_us), rec.deliver_at_us)
