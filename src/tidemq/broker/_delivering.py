@@ -260,10 +260,16 @@ class GroupDelivering(GroupCore):
         skips on the way are done (as a fetch would make them). Returns how many expired."""
         n = 0
         filt = self.filter
+        # An unchanged head that is not due is not read again (fronts call this often).
+        seen = self._heads_seen
         for part in self._parts:
             while n < limit:
                 off = part.done.next_missing(part.floor)
                 if off >= part.log.end_offset or off in part.inflight:
+                    break
+                last = seen.get(part.index)
+                if last is not None and last[0] == off and last[1] == ttl_us \
+                        and (last[2] < 0 or now_us < last[2]):
                     break
                 got = part.read_offsets([off])
                 if not got:  # trimmed from the log meanwhile
@@ -275,7 +281,9 @@ class GroupDelivering(GroupCore):
                 ttl = rec.ttl_us
                 if ttl_us and (not ttl or ttl_us < ttl):
                     ttl = ttl_us
-                if not ttl or now_us < _ready_us(view, rec) + ttl:
+                due = _ready_us(view, rec) + ttl if ttl else -1
+                if due < 0 or now_us < due:
+                    seen[part.index] = (off, ttl_us, due)
                     break
                 self._dead_letter(part, off, rec, "expired", part.prev.get(off, 0))
                 n += 1

@@ -89,6 +89,8 @@ class GroupCore:
         self._ack_timeout_us = int(settings.ack_timeout * 1_000_000)
         self._parts: list[PartState] = []
         self._prefixes: dict[str, PartState] = {}
+        # expire_head's last look per partition: (head offset, ttl_us, due; -1 never)
+        self._heads_seen: dict[int, tuple[int, int, int]] = {}
         for log, floor in zip(logs, floors, strict=True):
             self._add_part(log, floor)
 
