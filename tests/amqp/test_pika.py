@@ -24,6 +24,19 @@ def channel(amqp_server: InProcess):
             conn.close()
 
 
+@pytest.fixture
+def pair(amqp_server: InProcess):
+    """Two connections (two clients of one queue)."""
+    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
+    conns = (pika.BlockingConnection(params), pika.BlockingConnection(params))
+    try:
+        yield conns
+    finally:
+        for c in conns:
+            if c.is_open:
+                c.close()
+
+
 def _get(ch, queue: str, tries: int = 50):
     for _ in range(tries):
         m, p, b = ch.basic_get(queue)
@@ -582,26 +595,21 @@ def test_exchange_names_in_the_fronts_own_topic_space_are_refused(channel, name:
     assert err.value.reply_code == 403
 
 
-def test_an_exclusive_consumer_is_the_queues_only_one(amqp_server: InProcess) -> None:
-    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
-    a, b = pika.BlockingConnection(params), pika.BlockingConnection(params)
-    try:
-        cha, chb = a.channel(), b.channel()
-        q = unique("q")
-        cha.queue_declare(q)
-        tag = cha.basic_consume(q, lambda *_: None, exclusive=True)
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
-            chb.basic_consume(q, lambda *_: None)  # another connection: refused
-        assert err.value.reply_code == 403 and "exclusive use" in err.value.reply_text
-        chb = b.channel()
-        cha.basic_cancel(tag)
-        chb.basic_consume(q, lambda *_: None)  # the exclusive one is gone: allowed
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
-            cha.basic_consume(q, lambda *_: None, exclusive=True)  # not alone any more
-        assert err.value.reply_code == 403
-    finally:
-        a.close()
-        b.close()
+def test_an_exclusive_consumer_is_the_queues_only_one(pair) -> None:
+    a, b = pair
+    cha, chb = a.channel(), b.channel()
+    q = unique("q")
+    cha.queue_declare(q)
+    tag = cha.basic_consume(q, lambda *_: None, exclusive=True)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        chb.basic_consume(q, lambda *_: None)  # another connection: refused
+    assert err.value.reply_code == 403 and "exclusive use" in err.value.reply_text
+    chb = b.channel()
+    cha.basic_cancel(tag)
+    chb.basic_consume(q, lambda *_: None)  # the exclusive one is gone: allowed
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        cha.basic_consume(q, lambda *_: None, exclusive=True)  # not alone any more
+    assert err.value.reply_code == 403
 
 
 def test_consumer_arguments_that_would_change_deliveries_are_refused(channel) -> None:
@@ -630,73 +638,57 @@ def test_a_prefetch_size_is_not_implemented_as_in_rabbitmq(amqp_server: InProces
     assert err.value.reply_code == 540
 
 
-def test_single_active_consumer_gets_everything_until_it_goes(amqp_server: InProcess) -> None:
-    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
-    a, b = pika.BlockingConnection(params), pika.BlockingConnection(params)
-    try:
-        cha, chb = a.channel(), b.channel()
-        q = unique("sac")
-        cha.queue_declare(q, arguments={"x-single-active-consumer": True})
-        got_a: list[bytes] = []
-        got_b: list[bytes] = []
-        cha.basic_qos(prefetch_count=5)
-        tag_a = cha.basic_consume(q, lambda c, m, p, body: (got_a.append(body),
-                                                            c.basic_ack(m.delivery_tag)))
-        chb.basic_consume(q, lambda c, m, p, body: (got_b.append(body),
-                                                    c.basic_ack(m.delivery_tag)))
-        assert chb.queue_declare(q, passive=True).method.consumer_count == 2
-        cha.confirm_delivery()
-        for i in range(20):
-            cha.basic_publish("", q, b"%d" % i)
-
-        def pump(until) -> None:
-            deadline = time.monotonic() + 10
-            while not until() and time.monotonic() < deadline:
-                a.process_data_events(time_limit=0.02)
-                b.process_data_events(time_limit=0.02)
-
-        pump(lambda: len(got_a) == 20)
-        assert got_a == [b"%d" % i for i in range(20)] and got_b == []  # in order, one only
-        cha.basic_cancel(tag_a)  # the active one goes: b takes over
-        for i in range(20, 25):
-            cha.basic_publish("", q, b"%d" % i)
-        pump(lambda: len(got_b) == 5)
-        assert got_b == [b"%d" % i for i in range(20, 25)] and len(got_a) == 20
-    finally:
-        a.close()
-        b.close()
+def _pump(conns, until) -> None:
+    """Let the connections' callbacks run until ``until()`` (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while not until() and time.monotonic() < deadline:
+        for c in conns:
+            c.process_data_events(time_limit=0.02)
 
 
-def test_single_active_consumer_hands_over_what_the_lost_one_held(
-        amqp_server: InProcess) -> None:
-    params = pika.ConnectionParameters("127.0.0.1", amqp_server.port)
-    a, b = pika.BlockingConnection(params), pika.BlockingConnection(params)
-    try:
-        cha, chb = a.channel(), b.channel()
-        q = unique("sac")
-        cha.queue_declare(q, arguments={"x-single-active-consumer": True})
-        held: list[bytes] = []
-        cha.basic_consume(q, lambda c, m, p, body: held.append(body))  # never acks
-        got_b: list[bytes] = []
-        chb.basic_consume(q, lambda c, m, p, body: (got_b.append(body),
-                                                    c.basic_ack(m.delivery_tag)))
-        chb.confirm_delivery()
-        for i in range(3):
-            chb.basic_publish("", q, b"%d" % i)
-        deadline = time.monotonic() + 10
-        while len(held) < 3 and time.monotonic() < deadline:
-            a.process_data_events(time_limit=0.02)
-            b.process_data_events(time_limit=0.02)
-        assert held == [b"0", b"1", b"2"] and got_b == []
-        a.close()  # unacked: delivered again, to the consumer that takes over
-        deadline = time.monotonic() + 10
-        while len(got_b) < 3 and time.monotonic() < deadline:
-            b.process_data_events(time_limit=0.02)
-        assert sorted(got_b) == [b"0", b"1", b"2"]
-    finally:
-        if a.is_open:
-            a.close()
-        b.close()
+def test_single_active_consumer_gets_everything_until_it_goes(pair) -> None:
+    a, b = pair
+    cha, chb = a.channel(), b.channel()
+    q = unique("sac")
+    cha.queue_declare(q, arguments={"x-single-active-consumer": True})
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    cha.basic_qos(prefetch_count=5)
+    tag_a = cha.basic_consume(q, lambda c, m, p, body: (got_a.append(body),
+                                                        c.basic_ack(m.delivery_tag)))
+    chb.basic_consume(q, lambda c, m, p, body: (got_b.append(body),
+                                                c.basic_ack(m.delivery_tag)))
+    assert chb.queue_declare(q, passive=True).method.consumer_count == 2
+    cha.confirm_delivery()
+    for i in range(20):
+        cha.basic_publish("", q, b"%d" % i)
+    _pump(pair, lambda: len(got_a) == 20)
+    assert got_a == [b"%d" % i for i in range(20)] and got_b == []  # in order, one only
+    cha.basic_cancel(tag_a)  # the active one goes: b takes over
+    for i in range(20, 25):
+        cha.basic_publish("", q, b"%d" % i)
+    _pump(pair, lambda: len(got_b) == 5)
+    assert got_b == [b"%d" % i for i in range(20, 25)] and len(got_a) == 20
+
+
+def test_single_active_consumer_hands_over_what_the_lost_one_held(pair) -> None:
+    a, b = pair
+    cha, chb = a.channel(), b.channel()
+    q = unique("sac")
+    cha.queue_declare(q, arguments={"x-single-active-consumer": True})
+    held: list[bytes] = []
+    cha.basic_consume(q, lambda c, m, p, body: held.append(body))  # never acks
+    got_b: list[bytes] = []
+    chb.basic_consume(q, lambda c, m, p, body: (got_b.append(body),
+                                                c.basic_ack(m.delivery_tag)))
+    chb.confirm_delivery()
+    for i in range(3):
+        chb.basic_publish("", q, b"%d" % i)
+    _pump(pair, lambda: len(held) == 3)
+    assert held == [b"0", b"1", b"2"] and got_b == []
+    a.close()  # unacked: delivered again, to the consumer that takes over
+    _pump([b], lambda: len(got_b) == 3)
+    assert sorted(got_b) == [b"0", b"1", b"2"]
 
 
 def test_single_active_consumer_argument_must_be_a_boolean(channel) -> None:

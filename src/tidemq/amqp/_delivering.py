@@ -118,11 +118,10 @@ class Delivering:
         self._pump_soon.add(consumer)
 
     def activate(self, consumer: Consumer) -> None:
-        """Join the groups of every topic the consumer's queue reads, and deliver."""
+        """Join the groups of every topic the consumer's queue reads (the caller pumps)."""
         consumer.standby = False
         for exchange, _ in consumer.queue.sources():
             self.add_member(consumer, exchange)
-        self.want_pump(consumer)
 
     def add_member(self, consumer: Consumer, exchange: str) -> None:
         b = self.b

@@ -126,13 +126,11 @@ class AmqpFront:
         while True:
             await asyncio.sleep(EXPIRE_EVERY)
             expired = 0
-            for q in [q for q in self.catalogue.queues.values()
-                      if "x-message-ttl" in q.arguments]:
-                ttl_us = max(int(q.arguments["x-message-ttl"]), 1) * 1000
+            for q in [q for q in self.catalogue.queues.values() if q.ttl_us]:
                 for _, topic in q.sources():
                     try:
                         expired += b.broker.expire_head(topic, q.group, now_us=b.now_us(),
-                                                        ttl_us=ttl_us)
+                                                        ttl_us=q.ttl_us)
                     except TideMQError:  # its topic or group went meanwhile
                         continue
             if expired:
@@ -177,6 +175,7 @@ class AmqpFront:
                 # session may be another connection's).
                 nxt = next(iter(group))
                 nxt.session.activate(nxt)
+                nxt.session.want_pump(nxt)
         q.consumers = max(0, q.consumers - 1)
         if q.consumers == 0 and self.catalogue.queues.get(q.name) is q:
             if q.auto_delete and q.had_consumer:

@@ -58,8 +58,9 @@ PREDECLARED: Final = {"amq.direct": "direct", "amq.topic": "topic", "amq.fanout"
                       "amq.headers": "headers", "amq.match": "headers"}
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _MAX_NAME: Final = 150  # room for the "amqp.q." prefix and ".dlq" within a topic name
+QUEUE_TOPICS: Final = "amqp.q."  # a queue's own topic: QUEUE_TOPICS + its name (or hash)
 # The front's own topics (queues' and hashed exchanges'): no exchange may be named into them.
-_RESERVED_TOPICS: Final = ("amqp.q.", "amqp.x.")
+_RESERVED_TOPICS: Final = (QUEUE_TOPICS, "amqp.x.")
 
 
 def _digest(name: str) -> str:
@@ -80,8 +81,8 @@ def exchange_topic(name: str) -> str:
 def queue_topic(name: str) -> str:
     """The queue's own topic (what the default exchange routes to it)."""
     if len(name) <= _MAX_NAME and _TOPIC_NAME.fullmatch(name):
-        return f"amqp.q.{name}"
-    return f"amqp.q.h{_digest(name)}"
+        return QUEUE_TOPICS + name
+    return f"{QUEUE_TOPICS}h{_digest(name)}"
 
 
 def group_name(queue: str) -> str:
@@ -128,6 +129,12 @@ class Queue:
     @property
     def group(self) -> str:
         return group_name(self.name)
+
+    @property
+    def ttl_us(self) -> int:
+        """x-message-ttl as a record TTL (µs; 0 ms is 1 µs: expired at once), 0 without."""
+        ttl = self.arguments.get("x-message-ttl")
+        return 0 if ttl is None else int(ttl) * 1000 or 1
 
     @property
     def single_active(self) -> bool:
@@ -307,13 +314,14 @@ class Catalogue:
                                      f"exchange '{name}' in vhost '/': received {args} but "
                                      f"current is {ex.arguments}")
             return ex
-        key = topic_key(exchange_topic(name))
+        topic = exchange_topic(name)
+        key = topic_key(topic)
         other = self._exchange_keys.get(key)
         if other is not None:
             raise _same_topic("exchange", name, other)
         if kind == DELAYED:  # what it holds is stored before any queue may be bound
             b = self._b
-            b.broker.create_topic(exchange_topic(name), None, now_us=b.now_us(), exist_ok=True)
+            b.broker.create_topic(topic, None, now_us=b.now_us(), exist_ok=True)
         ex = self.exchanges[name] = Exchange(name, kind, durable, auto_delete, internal, args)
         self._exchange_keys[key] = name
         self.save()

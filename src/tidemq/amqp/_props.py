@@ -22,6 +22,7 @@ from pamqp import commands, header
 from ..broker._deadletters import DEATHS, deaths_of
 from ..broker._limits import MAX_HEADERS
 from ._errors import AmqpError
+from ._model import QUEUE_TOPICS
 
 __all__ = ["PROPS_HEADER", "MAX_DELAY_MS", "delay_ms", "to_record", "from_record",
            "raw_properties"]
@@ -120,7 +121,7 @@ _DEATH_REASONS: Final = {"expired": "expired", "max_deliveries": "delivery_limit
 
 def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
     """RabbitMQ's dead-letter headers (``x-death``, ``x-first-death-*``) built from the
-    broker's dead-letter history (``x-tidemq-deaths``): one entry per queue and reason,
+    broker's dead-letter history (``x-tidemq-deaths``): one entry per queue, topic and reason,
     newest first, with its count — what a consumer that counts its retries reads."""
     entries = []
     for topic, group, reason, count, first_ms in deaths_of(headers):
@@ -128,7 +129,7 @@ def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
             "count": count, "reason": _DEATH_REASONS.get(reason, "rejected"), "queue": group,
             "time": datetime.fromtimestamp(first_ms // 1000, UTC),
             # a queue's own topic is what the default exchange publishes to
-            "exchange": "" if str(topic).startswith("amqp.q.") else topic,
+            "exchange": "" if str(topic).startswith(QUEUE_TOPICS) else topic,
             "routing-keys": [routing_key or ""]})
     if not entries:
         return {}

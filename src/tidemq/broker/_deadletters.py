@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from ._topic import Topic
 
 __all__ = ["ORIGIN", "DEATHS", "MAX_DEATHS", "deaths_of", "dead_letter_records",
-           "redriven_record", "drop_redriven_below", "redriven_offsets", "cursor_key", "redrive_cursor", "dead_letter_topic"]
+           "redriven_record", "drop_redriven_below", "redriven_offsets", "cursor_key",
+           "redrive_cursor", "dead_letter_topic"]
 
 ORIGIN = "x-tidemq-origin-"
 H_TOPIC = ORIGIN + "topic"
