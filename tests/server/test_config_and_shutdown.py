@@ -75,3 +75,21 @@ def test_sigterm_shuts_down_cleanly_and_clients_reconnect(tmp_path: Path) -> Non
             assert later not in ids
     finally:
         proc.close()
+
+
+def test_a_stopped_server_releases_its_data_folder(tmp_path: Path) -> None:
+    # An in-process server (a library's own, a test's) started again on the same folder in
+    # the same process: the first must have closed its store and the folder's lock (it did
+    # not, and the second start raised DataDirLocked).
+    import asyncio
+
+    from tidemq.server import Server
+
+    async def run() -> None:
+        cfg = ServerConfig(data=str(tmp_path / "data"), port=0)
+        async with Server(cfg) as srv:
+            srv.broker.create_topic("t", now_us=time.time_ns() // 1000)
+        async with Server(cfg) as srv:
+            assert [t.name for t in srv.broker.list_topics()] == ["t"]
+
+    asyncio.run(run())

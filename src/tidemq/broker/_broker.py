@@ -181,6 +181,11 @@ class Broker:
         return t if t is not None and t.incarnation == incarnation else None
 
     @property
+    def store(self) -> LogStore:
+        """The store the broker was opened on (its opener closes it, after :meth:`close`)."""
+        return self._store
+
+    @property
     def meta(self) -> MetaStore:
         """The store's named blobs (``storage.MetaStore``), for state that fronts above the
         broker keep beside the logs (the AMQP front's catalogue); the broker's own names are

@@ -71,6 +71,7 @@ def mono_us() -> int:
     return time.monotonic_ns() // 1000
 
 
+# Opens the broker and its store; the server closes both when it stops.
 BrokerFactory = Callable[[ServerConfig], "Broker"]
 
 USERS_POLL = 1.0  # seconds between checks of the users file for changes
@@ -83,8 +84,12 @@ _STARVED_LOG_EVERY = 60.0  # seconds between "cannot accept" log lines
 def default_broker_factory(config: ServerConfig) -> Broker:
     """Open the data folder named by ``config.data`` (``None``: an in-memory store)."""
     store = open_store(config.data)
-    return Broker.open(store, now_us=now_us(), mono_us=mono_us(),
-                       auto_create_topics=config.auto_create_topics)
+    try:
+        return Broker.open(store, now_us=now_us(), mono_us=mono_us(),
+                           auto_create_topics=config.auto_create_topics)
+    except BaseException:
+        store.close()  # the data folder's lock too: a server started again can take it
+        raise
 
 
 class Server:
@@ -306,6 +311,11 @@ class Server:
                 await self.driver.close()  # sync, last snapshot and close, on the worker
             except Exception:
                 log.exception("closing the broker failed")
+        if self._broker is not None:
+            try:  # the server opened the store (its factory): release the data folder
+                self._broker.store.close()
+            except Exception:
+                log.exception("closing the store failed")
         self.idle.close()
         self._stopped.set()
         log.info("tidemq server stopped")
