@@ -322,6 +322,54 @@ def test_message_ttl_expires(channel) -> None:
     assert channel.basic_get(q) == (None, None, None)
 
 
+def test_a_queues_ttl_is_its_own(channel) -> None:
+    # One message to two queues: the one with x-message-ttl loses it, the other keeps it
+    # (the TTL was once put in the record, so both lost it: data loss for the queue
+    # without a TTL).
+    x, short, keep = unique("x"), unique("short"), unique("keep")
+    channel.exchange_declare(x, "fanout")
+    channel.queue_declare(short, arguments={"x-message-ttl": 50})
+    channel.queue_declare(keep)
+    channel.queue_bind(short, x)
+    channel.queue_bind(keep, x)
+    channel.confirm_delivery()
+    channel.basic_publish(x, "", b"m")
+    time.sleep(0.3)
+    assert channel.queue_declare(short, passive=True).method.message_count == 0
+    assert channel.basic_get(short) == (None, None, None)
+    m, props, body = _get(channel, keep)
+    assert body == b"m" and props.expiration is None
+
+
+def test_a_queues_ttl_reaches_groups_stored_without_it(tmp_path) -> None:
+    # A catalogue of an earlier version: the queue's x-message-ttl was in its records, not
+    # in its group. Loading it gives the groups their message_ttl.
+    from tidemq.amqp._model import group_name, queue_topic
+    from tidemq.broker import GroupSettings
+
+    from .conftest import in_process
+
+    q = unique("old")
+    topic, group = queue_topic(q), group_name(q)
+    with in_process(tmp_path) as srv:
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", srv.port))
+        conn.channel().queue_declare(q, durable=True, arguments={"x-message-ttl": 1500})
+        conn.close()
+        b = srv.server.broker  # type: ignore[union-attr]
+        assert srv.run(lambda: b.describe_group(topic, group).settings.message_ttl) == 1.5
+
+        def downgrade() -> None:
+            s = b.describe_group(topic, group).settings
+            b.update_group(topic, group, GroupSettings(**{
+                f: getattr(s, f) for f in s.__struct_fields__ if f != "message_ttl"}),
+                now_us=time.time_ns() // 1000, mono_us=time.monotonic_ns() // 1000)
+        srv.run(downgrade)
+        assert srv.run(lambda: b.describe_group(topic, group).settings.message_ttl) is None
+    with in_process(tmp_path) as srv:
+        b = srv.server.broker  # type: ignore[union-attr]
+        assert srv.run(lambda: b.describe_group(topic, group).settings.message_ttl) == 1.5
+
+
 def test_large_message_spans_many_frames(channel) -> None:
     q = unique("q")
     channel.queue_declare(q)

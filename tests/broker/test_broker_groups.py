@@ -4,13 +4,14 @@ retention."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tidemq.broker import GroupSettings, TopicConfig
-from tidemq.errors import GroupSettingsMismatch, UnknownGroup, UnknownMessage
+from tidemq.errors import GroupSettingsMismatch, InvalidArgument, UnknownGroup, UnknownMessage
 from tidemq.storage import Record
 
 from ._support import Harness
@@ -223,13 +224,32 @@ def test_expire_head_dead_letters_what_expired_at_the_head_without_a_fetch(h: Ha
     assert b.expire_head("t", "g", now_us=c.now_us) == 0  # the head is in flight now
 
 
-def test_expire_head_applies_a_ttl_given_for_the_group(h: Harness) -> None:
-    # An AMQP queue's x-message-ttl, for messages that came without one (dead letters).
+def test_a_groups_message_ttl_expires_its_messages_only(h: Harness) -> None:
+    # An AMQP queue's x-message-ttl: the group's messages (dead letters routed to it too,
+    # which carry no TTL) expire for it, not for another group of the topic.
     b, c = h.broker, h.clock
     b.create_topic("t", now_us=c.now_us)
-    b.create_group("t", "g", None, now_us=c.now_us)
-    b.publish("t", [Record(b"plain"), Record(b"own", ttl_us=60_000_000)], now_us=c.now_us)
-    c.advance(2)
-    assert b.expire_head("t", "g", now_us=c.now_us) == 0  # no TTL: stays
-    assert b.expire_head("t", "g", now_us=c.now_us, ttl_us=3_000_000) == 0  # not yet
-    assert b.expire_head("t", "g", now_us=c.now_us, ttl_us=1_000_000) == 2  # the shorter one
+    b.create_group("t", "short", GroupSettings(message_ttl=1.0), now_us=c.now_us)
+    b.create_group("t", "long", GroupSettings(message_ttl=3.0), now_us=c.now_us)
+    b.create_group("t", "none", None, now_us=c.now_us)
+    b.publish("t", [Record(b"plain"), Record(b"own", ttl_us=2_000_000)], now_us=c.now_us)
+    c.advance(1.5)
+    assert b.expire_head("t", "none", now_us=c.now_us) == 0  # not expired for the others
+    assert b.expire_head("t", "long", now_us=c.now_us) == 0
+    assert b.expire_head("t", "short", now_us=c.now_us) == 2  # its TTL, shorter than "own"'s
+    c.advance(1)  # 2.5 s: "own" expired by its own TTL, "plain" lives in "long" (3 s)
+    long_ = b.subscribe("t", "long", None, **c.t)
+    assert [d.body for d in b.fetch(long_, 10, **c.t)] == [b"plain"]  # the fetch path too
+    none = b.subscribe("t", "none", None, **c.t)
+    assert [d.body for d in b.fetch(none, 10, **c.t)] == [b"plain"]
+    dead = b.subscribe("t.dlq", "d", None, **c.t)
+    assert sorted(d.body for d in b.fetch(dead, 10, **c.t)) == \
+        [b"own", b"own", b"own", b"plain"]  # both by "short", "own" by the others
+
+
+@pytest.mark.parametrize("ttl", [0, -1.0, math.inf, math.nan, "1", True, 3651 * 86400.0])
+def test_message_ttl_out_of_range_is_invalid_argument(h: Harness, ttl: object) -> None:
+    h.broker.create_topic("t", now_us=h.clock.now_us)
+    with pytest.raises(InvalidArgument, match="message_ttl"):
+        h.broker.create_group("t", "g", GroupSettings(message_ttl=ttl),  # type: ignore[arg-type]
+                              now_us=h.clock.now_us)

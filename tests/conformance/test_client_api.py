@@ -228,6 +228,23 @@ def test_ttl_expired_is_dead_lettered_not_delivered(mq: tidemq.Client) -> None:
     assert [m.headers["x-tidemq-origin-reason"] for m in dl] == ["expired"]
 
 
+def test_a_groups_message_ttl_expires_for_that_group_only(mq: tidemq.Client) -> None:
+    requires(mq, "group_ttl")
+    t = unique("gttl")
+    mq.create_topic(t)
+    mq.create_group(t, "short", message_ttl=0.2)
+    mq.create_group(t, "plain")
+    mq.publish(t, b"m")
+    mq.publish(t, b"own", ttl=60)
+    time.sleep(0.5)
+    assert drain(mq.subscribe(t, "short"), 2, timeout=1) == []  # both past 0.2 s
+    assert [m.body for m in drain(mq.subscribe(t, "plain"), 2, timeout=3)] == [b"m", b"own"]
+    dl = drain(mq.subscribe(f"{t}.dlq", "x"), 2, timeout=3)
+    assert sorted(m.body for m in dl) == [b"m", b"own"]
+    assert {m.headers["x-tidemq-origin-group"] for m in dl} == {"short"}
+    assert mq.describe_group(t, "short").settings.message_ttl == 0.2
+
+
 def test_routing_key_and_header_filters(mq: tidemq.Client) -> None:
     requires(mq, "routing_filter_exact", "header_filter")
     t = unique("orders")

@@ -126,11 +126,10 @@ class AmqpFront:
         while True:
             await asyncio.sleep(EXPIRE_EVERY)
             expired = 0
-            for q in [q for q in self.catalogue.queues.values() if q.ttl_us]:
+            for q in [q for q in self.catalogue.queues.values() if q.message_ttl]:
                 for _, topic in q.sources():
                     try:
-                        expired += b.broker.expire_head(topic, q.group, now_us=b.now_us(),
-                                                        ttl_us=q.ttl_us)
+                        expired += b.broker.expire_head(topic, q.group, now_us=b.now_us())
                     except TideMQError:  # its topic or group went meanwhile
                         continue
             if expired:

@@ -131,10 +131,11 @@ class Queue:
         return group_name(self.name)
 
     @property
-    def ttl_us(self) -> int:
-        """x-message-ttl as a record TTL (µs; 0 ms is 1 µs: expired at once), 0 without."""
+    def message_ttl(self) -> float | None:
+        """x-message-ttl as the groups' ``message_ttl`` (s; 0 ms is 1 µs: expired at once),
+        None without."""
         ttl = self.arguments.get("x-message-ttl")
-        return 0 if ttl is None else int(ttl) * 1000 or 1
+        return None if ttl is None else int(ttl) / 1000 or 1e-6
 
     @property
     def single_active(self) -> bool:
@@ -267,6 +268,22 @@ class Catalogue:
         if stale:
             self.save()
         self._routes.clear()
+        for queue in self.queues.values():
+            self._upgrade(queue)
+
+    def _upgrade(self, q: Queue) -> None:
+        """Give the queue's groups its x-message-ttl as ``message_ttl`` (a catalogue written
+        before groups had one put it in each record the queue got instead)."""
+        b = self._b
+        for _, topic in q.sources():
+            try:
+                s = b.broker.describe_group(topic, q.group).settings
+            except TideMQError:
+                continue
+            if s.message_ttl != q.message_ttl:
+                b.broker.update_group(topic, q.group,
+                                      msgspec.structs.replace(s, message_ttl=q.message_ttl),
+                                      now_us=b.now_us(), mono_us=b.mono_us())
 
     def save(self) -> None:
         doc = _Doc(
@@ -364,7 +381,8 @@ class Catalogue:
             mode="shared", filter=filter_, start=start, ack_timeout=MAX_ACK_TIMEOUT,
             max_deliveries=MAX_DELIVERIES if limit is None else limit + 1,
             backoff=Backoff(0.0, 1.0, 0.0),
-            dead_letter_topic=exchange_topic(dlx) if dlx else None)
+            dead_letter_topic=exchange_topic(dlx) if dlx else None,
+            message_ttl=q.message_ttl)
 
     def declare_queue(self, q: Queue) -> Queue:
         """Create the queue's topic and group (or find them)."""

@@ -145,10 +145,6 @@ class Publishing:
             if ch.confirm:
                 self._confirm(ch, [seq], True)
             return
-        ttls = [t for q in targets if (t := q.ttl_us)]
-        if ttls:
-            queue_ttl = min(ttls)
-            ttl_us = min(ttl_us, queue_ttl) if ttl_us else queue_ttl
         record = Record(body, None, rk or None, headers, priority, deliver_at, ttl_us)
         self._outbox.append((topic, ch, seq if ch.confirm else 0, record))
 

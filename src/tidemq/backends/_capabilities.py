@@ -89,6 +89,9 @@ _TABLE: Final[dict[str, Capability]] = {
     "ttl": E("expiry time in a header; a member that receives an expired message dead-letters "
              "it with reason 'expired' (each group that had not acked it), as SPEC says. Cost: "
              "the expired message is still transferred once per group"),
+    "group_ttl": E("a group's message_ttl is checked by the member as a message's own TTL "
+                   "is (the shorter counts): it dead-letters what expired when it receives it. "
+                   "Nothing expires at the head of a group without members"),
     "dedup": N("Nats-Msg-Id with the stream's duplicate_window = dedup_window; a keyless "
                "message with a dedup_id is partitioned by it, so retries meet in one stream. "
                "Scope is the partition: the same dedup_id with different keys is stored twice"),

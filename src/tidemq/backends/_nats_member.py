@@ -504,7 +504,8 @@ class Member:
             return None
         self.acked.pop((p, seq), None)  # a first delivery (a replay after a reset) is new
         count = max(1, raw_count - early, self.nacked.pop((p, seq), 0) + 1)
-        if dec.ttl_us and now_us > max(ts_us, dec.deliver_at_us) + dec.ttl_us:
+        ttl = s.ttl_us(dec.ttl_us)
+        if ttl and now_us > max(ts_us, dec.deliver_at_us) + ttl:
             await self._dead_letter(msg, p, offset, rec, max(0, count - 1), "expired")
             return None
         if count > s.max_deliveries:

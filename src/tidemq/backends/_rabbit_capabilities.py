@@ -78,6 +78,10 @@ _TABLE: Final[dict[str, Capability]] = {
              "loses expiration on its dead-letter hop, so its TTL (counted from deliver_at) is "
              "also checked by the member, which dead-letters it. Cost of that path: the expired "
              "message is transferred once per group"),
+    "group_ttl": E("a group's message_ttl is checked by the member as a message's own TTL "
+                   "is (the shorter counts): it dead-letters what expired when it receives it "
+                   "(not x-message-ttl: a queue's arguments cannot change when the group's "
+                   "settings do). Nothing expires at the head of a group without members"),
     "dedup": U("RabbitMQ has no publish deduplication without a plugin; a publish with "
                "dedup_id raises Unsupported"),
     "idempotent_producer": U("AMQP 0-9-1 has no producer ids: a publish whose confirm was lost "

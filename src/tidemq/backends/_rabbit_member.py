@@ -393,7 +393,8 @@ class Member:
                 self.later.sort(key=lambda x: x[0])
             return None
         count = d.base_count + d.server_count + 1 + e.extra
-        if rec.ttl_us and now_us > max(d.timestamp_us, rec.deliver_at_us) + rec.ttl_us:
+        ttl = s.ttl_us(rec.ttl_us)
+        if ttl and now_us > max(d.timestamp_us, rec.deliver_at_us) + ttl:
             await self._dead_letter(e, mid, offset, rec, count - 1, "expired")
             return None
         if count > s.max_deliveries:

@@ -834,13 +834,12 @@ class Broker:
         self.stats.on_failures(g, mark, "reject", "reject")
         return self._finish(t, g, now_us)
 
-    def expire_head(self, topic: str, group: str, *, now_us: int, ttl_us: int = 0) -> int:
+    def expire_head(self, topic: str, group: str, *, now_us: int) -> int:
         """Dead-letter the expired messages at the head of ``group``'s partitions now, not when
-        a member's fetch comes to them (``GroupDelivering.expire_head``; ``ttl_us``: a TTL for
-        all of them besides their own); how many."""
+        a member's fetch comes to them (``GroupDelivering.expire_head``); how many."""
         t = self._topic(topic)
         g = t.group(group)
-        n = g.expire_head(now_us, ttl_us)
+        n = g.expire_head(now_us)
         self._finish(t, g, now_us)
         return n
 

@@ -130,6 +130,7 @@ class GroupDelivering(GroupCore):
                 part.chunk_verdicts = filt.match_batch(view)
                 part.chunk_simple = (
                     part.chunk_verdicts is None and not view.attributes & _NEEDS_RECORDS
+                    and not self._ttl_us
                 )
                 if shared and view.last_offset >= part.scan:
                     self._scan_view(part, view)
@@ -243,7 +244,7 @@ class GroupDelivering(GroupCore):
         if count >= self.settings.max_deliveries:
             self._dead_letter(part, off, rec, "max_deliveries", count)
             return True
-        ttl = rec.ttl_us
+        ttl = self._ttl_of(rec)
         if not ttl:
             return False
         if now_us >= _ready_us(view, rec) + ttl:
@@ -251,13 +252,18 @@ class GroupDelivering(GroupCore):
             return True
         return False
 
-    def expire_head(self, now_us: int, ttl_us: int = 0, limit: int = 1000) -> int:
+    def _ttl_of(self, rec: Record) -> int:
+        """The message's TTL here (µs, 0: none): its own or the group's ``message_ttl``,
+        the shorter."""
+        ttl, group = rec.ttl_us, self._ttl_us
+        return group if group and (not ttl or group < ttl) else ttl
+
+    def expire_head(self, now_us: int, limit: int = 1000) -> int:
         """Dead-letter the expired messages at the head of each partition (from the first not
         done on) without a fetch, as RabbitMQ expires a queue's head: stops at the first that
-        is not expired, has no TTL or is in flight, or after ``limit``. ``ttl_us``: a TTL for
-        every message here besides its own (the shorter counts; an AMQP queue's
-        x-message-ttl, which a dead letter routed to it does not carry). Messages the filter
-        skips on the way are done (as a fetch would make them). Returns how many expired."""
+        is not expired, has no TTL (its own or the group's ``message_ttl``) or is in flight,
+        or after ``limit``. Messages the filter skips on the way are done (as a fetch would
+        make them). Returns how many expired."""
         n = 0
         filt = self.filter
         # An unchanged head that is not due is not read again (fronts call this often).
@@ -268,8 +274,7 @@ class GroupDelivering(GroupCore):
                 if off >= part.log.end_offset or off in part.inflight:
                     break
                 last = seen.get(part.index)
-                if last is not None and last[0] == off and last[1] == ttl_us \
-                        and (last[2] < 0 or now_us < last[2]):
+                if last is not None and last[0] == off and (last[1] < 0 or now_us < last[1]):
                     break
                 got = part.read_offsets([off])
                 if not got:  # trimmed from the log meanwhile
@@ -278,12 +283,10 @@ class GroupDelivering(GroupCore):
                 if not filt.matches(rec.routing_key, rec.headers):
                     self._done(part, [off, off + 1])
                     continue
-                ttl = rec.ttl_us
-                if ttl_us and (not ttl or ttl_us < ttl):
-                    ttl = ttl_us
+                ttl = self._ttl_of(rec)
                 due = _ready_us(view, rec) + ttl if ttl else -1
                 if due < 0 or now_us < due:
-                    seen[part.index] = (off, ttl_us, due)
+                    seen[part.index] = (off, due)
                     break
                 self._dead_letter(part, off, rec, "expired", part.prev.get(off, 0))
                 n += 1

@@ -87,10 +87,11 @@ class GroupCore:
         self._rr = 0
         self._now_us = now_us
         self._ack_timeout_us = int(settings.ack_timeout * 1_000_000)
+        self._ttl_us = settings.ttl_us(0)  # message_ttl in µs; 0: messages' own TTL only
         self._parts: list[PartState] = []
         self._prefixes: dict[str, PartState] = {}
-        # expire_head's last look per partition: (head offset, ttl_us, due; -1 never)
-        self._heads_seen: dict[int, tuple[int, int, int]] = {}
+        # expire_head's last look per partition: (head offset, due; -1 never)
+        self._heads_seen: dict[int, tuple[int, int]] = {}
         for log, floor in zip(logs, floors, strict=True):
             self._add_part(log, floor)
 

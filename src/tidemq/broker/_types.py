@@ -48,6 +48,7 @@ MAX_BACKOFF: Final = DAY  # initial and max
 MAX_BACKOFF_MULTIPLIER: Final = 100.0
 MAX_SYNC_INTERVAL: Final = 60.0
 MAX_DEDUP_WINDOW: Final = 7 * DAY
+MAX_MESSAGE_TTL: Final = 3650 * DAY
 MAX_MESSAGE_BYTES: Final = 64 * MiB
 MIN_SEGMENT_BYTES: Final = 4096
 MAX_SEGMENT_BYTES: Final = 2 * GiB
@@ -174,6 +175,19 @@ class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_deliveries: int = 5
     backoff: Backoff = Backoff()
     dead_letter_topic: str | None = None  # None: "<topic>.dlq"
+    # A TTL (s) for every message as this group sees it, besides the message's own (the
+    # shorter counts): expired ones are dead letters of this group only (an AMQP queue's
+    # x-message-ttl). None: messages live by their own TTL.
+    message_ttl: float | None = None
+
+    def ttl_us(self, own_us: int) -> int:
+        """A message's TTL in this group, µs (0: none): ``own_us`` (the record's) or
+        ``message_ttl``, the shorter."""
+        ttl = self.message_ttl
+        if not ttl:
+            return own_us
+        group = max(round(ttl * 1_000_000), 1)
+        return group if not own_us or group < own_us else own_us
 
     def validate(self) -> None:
         """Every setting within its bounds, the filter well formed and within its limits, the
@@ -189,6 +203,8 @@ class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         self.backoff.validate()
         check_start(self.start)
         check_filter(self.filter)
+        if self.message_ttl is not None:
+            _seconds("message_ttl", self.message_ttl, 0.0, MAX_MESSAGE_TTL, lo_open=True)
         if self.dead_letter_topic is not None:
             try:
                 validate_topic_name(self.dead_letter_topic)

@@ -88,6 +88,7 @@ def _describe(args: argparse.Namespace) -> int:
     print(f"backoff:         {s.backoff.initial:g} s x{s.backoff.multiplier:g}, "
           f"max {s.backoff.max:g} s")
     print(f"dead letters to: {s.dead_letter_topic or g.topic + '.dlq'}")
+    print(f"message ttl:     {f'{s.message_ttl:g} s' if s.message_ttl else '-'}")
     print(f"members:         {len(g.members)}")
     print(f"lag:             {g.lag} (in flight {g.in_flight}, delayed {g.delayed})")
     print()

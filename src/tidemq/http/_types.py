@@ -147,6 +147,7 @@ class GroupSettingsIn(_In):
     max_deliveries: int | None = None
     backoff: Backoff | None = None
     dead_letter_topic: str | None = None
+    message_ttl: float | None = None
 
 
 class GroupPartitionOut(_Out):

@@ -296,7 +296,7 @@ class Subscribe(FrameBase, frozen=True, kw_only=True):
     """Client -> server: join ``group`` of ``topic``; answered by ``SubscribeOk``.
 
     ``settings`` are the group settings of SPEC §3 (mode, filter, start, ack_timeout,
-    max_deliveries, backoff, dead_letter_topic), all optional. ``prefetch`` bounds the member's
+    max_deliveries, backoff, dead_letter_topic, message_ttl), all optional. ``prefetch`` bounds the member's
     unacked messages and is its initial delivery credit.
     """
 
