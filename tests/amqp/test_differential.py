@@ -189,16 +189,22 @@ def test_every_queue_holds_what_rabbitmq_would(amqp_server: InProcess,
 
 
 
-def _retry_cycles(port: int, tag: str, cycles: int, *, ttl: bool = False
-                  ) -> list[list[tuple[str, str, int, str, list[str]]]]:
-    """A dead-letter retry loop: work queue -(reject)-> retry exchange -> retry queue
-    -(reject, or with ``ttl`` expired unread)-> work exchange -> work queue, ``cycles`` times;
-    the x-death of each delivery from the work queue, as (queue, reason, count, exchange,
-    routing keys)."""
+Death = tuple[str, str, int, str, list[str], Any]
+
+
+def _retry_cycles(port: int, tag: str, cycles: int, *, via: str = "reject"
+                  ) -> list[tuple[Any, list[Death]]]:
+    """A dead-letter retry loop: work queue -> retry exchange -> retry queue -> (dead-lettered)
+    work exchange -> work queue, ``cycles`` times. ``via``: how a message leaves each queue —
+    ``reject`` (both rejected), ``ttl`` (rejected from work, then expired unread in the retry
+    queue's x-message-ttl) or ``expiration`` (acked and republished to the retry exchange with
+    the delivered properties and its own ``expiration``, then expired unread). Per delivery
+    from the work queue: its ``expiration`` and x-death, as (queue, reason, count, exchange,
+    routing keys, original-expiration)."""
     work_x, retry_x, work_q, retry_q = (f"{tag}-work-x", f"{tag}-retry-x", f"{tag}-work",
                                         f"{tag}-retry")
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
-    seen: list[list[tuple[str, str, int, str, list[str]]]] = []
+    seen: list[tuple[Any, list[Death]]] = []
 
     def get(queue: str) -> tuple[Any, Any]:
         for _ in range(500):
@@ -214,7 +220,7 @@ def _retry_cycles(port: int, tag: str, cycles: int, *, ttl: bool = False
         ch.exchange_declare(retry_x, "fanout")
         ch.queue_declare(work_q, arguments={"x-dead-letter-exchange": retry_x})
         ch.queue_declare(retry_q, arguments={"x-dead-letter-exchange": work_x,
-                                             **({"x-message-ttl": 50} if ttl else {})})
+                                             **({"x-message-ttl": 50} if via == "ttl" else {})})
         ch.queue_bind(work_q, work_x, "job")
         ch.queue_bind(retry_q, retry_x)
         ch.confirm_delivery()
@@ -222,13 +228,19 @@ def _retry_cycles(port: int, tag: str, cycles: int, *, ttl: bool = False
         for cycle in range(cycles + 1):
             m, props = get(work_q)
             deaths = (props.headers or {}).get("x-death", [])
-            seen.append([(d["queue"], d["reason"], int(d["count"]), d["exchange"],
-                          list(d["routing-keys"])) for d in deaths])
+            seen.append((props.expiration, [
+                (d["queue"], d["reason"], int(d["count"]), d["exchange"],
+                 list(d["routing-keys"]), d.get("original-expiration")) for d in deaths]))
             if cycle == cycles:
                 ch.basic_ack(m.delivery_tag)
                 break
+            if via == "expiration":
+                ch.basic_ack(m.delivery_tag)
+                props.expiration = str(20 * (cycle + 1))  # a growing back-off
+                ch.basic_publish(retry_x, "job", b"task", props)
+                continue
             ch.basic_reject(m.delivery_tag, requeue=False)  # to the retry queue
-            if not ttl:
+            if via == "reject":
                 m, _ = get(retry_q)
                 ch.basic_reject(m.delivery_tag, requeue=False)  # back to work
         return seen
@@ -248,17 +260,29 @@ def test_x_death_counts_retries_as_rabbitmq_does(amqp_server: InProcess) -> None
     ours = _retry_cycles(amqp_server.port, tag, 3)
     theirs = _retry_cycles(RABBIT[1], tag, 3)
     assert ours == theirs
-    assert ours[0] == []
-    assert ours[-1] == [(f"{tag}-retry", "rejected", 3, f"{tag}-retry-x", ["job"]),
-                        (f"{tag}-work", "rejected", 3, f"{tag}-work-x", ["job"])]
+    assert ours[0] == (None, [])
+    assert ours[-1] == (None, [(f"{tag}-retry", "rejected", 3, f"{tag}-retry-x", ["job"], None),
+                               (f"{tag}-work", "rejected", 3, f"{tag}-work-x", ["job"], None)])
 
 
 def test_a_ttl_retry_queue_nobody_reads_cycles_as_in_rabbitmq(amqp_server: InProcess) -> None:
     # The retry queue has a TTL and no consumer: what expires at its head is dead-lettered
     # back to work by itself (the front's head-expiry pass), as RabbitMQ does.
     tag = f"ttl-{uuid.uuid4().hex[:10]}"
-    ours = _retry_cycles(amqp_server.port, tag, 3, ttl=True)
-    theirs = _retry_cycles(RABBIT[1], tag, 3, ttl=True)
+    ours = _retry_cycles(amqp_server.port, tag, 3, via="ttl")
+    theirs = _retry_cycles(RABBIT[1], tag, 3, via="ttl")
     assert ours == theirs
-    assert ours[-1] == [(f"{tag}-retry", "expired", 3, f"{tag}-retry-x", ["job"]),
-                        (f"{tag}-work", "rejected", 3, f"{tag}-work-x", ["job"])]
+    assert ours[-1] == (None, [(f"{tag}-retry", "expired", 3, f"{tag}-retry-x", ["job"], None),
+                               (f"{tag}-work", "rejected", 3, f"{tag}-work-x", ["job"], None)])
+
+
+def test_a_retry_by_republishing_with_an_expiration_cycles_as_in_rabbitmq(
+        amqp_server: InProcess) -> None:
+    # The consumer acks and republishes the message, properties and all, with its own
+    # expiration to a retry queue that has a dead-letter exchange and no consumer: it comes
+    # back when it expires (the head-expiry pass runs for queues with a DLX), without its
+    # expiration (moved to x-death's original-expiration), as in RabbitMQ.
+    tag = f"exp-{uuid.uuid4().hex[:10]}"
+    ours = _retry_cycles(amqp_server.port, tag, 3, via="expiration")
+    theirs = _retry_cycles(RABBIT[1], tag, 3, via="expiration")
+    assert ours == theirs

@@ -97,6 +97,38 @@ def test_properties_round_trip_unchanged() -> None:
     assert plain.properties.headers == {"k": "v"} and plain.properties.priority == 3
 
 
+def test_a_republished_x_death_becomes_the_history_and_hostile_ones_are_harmless() -> None:
+    from datetime import UTC, datetime
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    x_death = [
+        {"count": 2, "reason": "expired", "queue": "wait", "time": when, "exchange": "retry",
+         "routing-keys": ["job"], "original-expiration": "20"},
+        {"count": 1, "reason": "rejected", "queue": "work", "time": when, "exchange": "",
+         "routing-keys": ["job"]},
+        {"count": True, "reason": "expired", "queue": "bad"},  # not well formed: left out
+        {"count": 3, "reason": 7, "queue": "bad", "exchange": ""},
+        "junk",
+    ]
+    props = C.Basic.Properties(headers={"x-death": x_death, "x-tidemq-origin-topic": "t",
+                                        "keep": "1"}, expiration="40")
+    headers, _, ttl_us = to_record(props)
+    assert headers is not None and ttl_us == 40_000
+    assert "x-tidemq-origin-topic" not in headers and headers["keep"] == "1"
+    back = from_record(headers, 0, "job")
+    assert back.expiration == "40"  # not a dead letter: its own expiration stays
+    assert [(d["queue"], d["reason"], d["count"], d["exchange"], d.get("original-expiration"),
+             d["time"]) for d in back.headers["x-death"]] == [
+        ("wait", "expired", 2, "retry", "20", when), ("work", "rejected", 1, "", None, when)]
+    # A dead letter the broker wrote: its expiration is dropped, as RabbitMQ does.
+    dead = from_record({**headers, "x-tidemq-origin-topic": "retry"}, 0, "job")
+    assert dead.expiration is None
+    # A history no client could render (times past datetime's range, any publisher can set
+    # the header) still delivers.
+    odd = from_record({"x-tidemq-deaths": '[["t","g","expired",1,9007199254740991]]'}, 0)
+    assert odd.headers["x-death"][0]["time"].year == 9999
+
+
 @given(st.integers(0, 65535), st.integers(0, 2**64 - 1), st.booleans(), st.booleans())
 def test_confirm_encoding_matches_pamqp(channel: int, tag: int, multiple: bool,
                                         ack: bool) -> None:

@@ -200,6 +200,37 @@ def test_a_dead_letter_keeps_its_history_of_deaths(h: Harness) -> None:
     deaths = json.loads(d.headers["x-tidemq-deaths"])
     assert [e[:4] for e in deaths] == [["back", "r", "again", 2], ["t", "g", "bad", 2]]
     assert deaths[1][4] == t0  # the first time of that entry
+    assert all(len(e) == 5 for e in deaths)  # no TTL of its own: no sixth item
+
+
+def test_a_deaths_entry_keeps_the_ttl_the_message_had_when_it_first_died(h: Harness) -> None:
+    # A publisher copying the history into a new message (a retry with a longer TTL)
+    # continues it: the entry counts on and keeps its first TTL, as RabbitMQ's x-death
+    # keeps original-expiration. Entries a publisher garbled are dropped, not fatal.
+    b, c = h.broker, h.clock
+    b.create_topic("t", now_us=c.now_us)
+    b.create_group("t", "g", None, now_us=c.now_us)
+    dlq = b.subscribe("t.dlq", "d", None, **c.t)
+    history = None
+    for ttl_s in (1, 2, 3):
+        headers = {"x-tidemq-deaths": history} if history else None
+        b.publish("t", [Record(b"x", headers=headers, ttl_us=ttl_s * 1_000_000)],
+                  now_us=c.now_us)
+        c.advance(ttl_s + 0.5)
+        assert b.expire_head("t", "g", now_us=c.now_us) == 1
+        [d] = b.fetch(dlq, 1, **c.t)
+        b.ack(dlq, [d.id], **c.t)
+        history = d.headers["x-tidemq-deaths"]
+    [entry] = json.loads(history)
+    assert entry[1:4] == ["g", "expired", 3] and entry[5] == 1000
+    garbled = json.dumps([["t", "g", "expired", "2", 0], ["t", "g", "expired", 1, 0, True],
+                          "x", ["t", "g", "expired", 7, 5]])
+    b.publish("t", [Record(b"y", headers={"x-tidemq-deaths": garbled}, ttl_us=1)],
+              now_us=c.now_us)
+    c.advance(1)
+    assert b.expire_head("t", "g", now_us=c.now_us) == 1
+    [d] = b.fetch(dlq, 1, **c.t)
+    assert [e[:4] for e in json.loads(d.headers["x-tidemq-deaths"])] == [["t", "g", "expired", 8]]
 
 
 def test_expire_head_dead_letters_what_expired_at_the_head_without_a_fetch(h: Harness) -> None:

@@ -30,7 +30,7 @@ from ._channel import Channel, Consumer, Unacked
 from ._errors import AmqpError
 from ._frames import encode_content_raw, encode_deliver
 from ._model import Queue
-from ._props import raw_properties
+from ._props import REJECTED, raw_properties
 
 if TYPE_CHECKING:
     from ..server._fronts import Backend
@@ -329,7 +329,7 @@ class Delivering:
                 if how == "requeue":
                     b.broker.nack(member, ids, 0.0, now_us=now, mono_us=mono)
                 else:
-                    b.broker.reject(member, ids, "rejected by an AMQP consumer (requeue=false)",
+                    b.broker.reject(member, ids, REJECTED,
                                     now_us=now, mono_us=mono)
             except UnknownMessage:  # the member left (queue unbound or deleted)
                 pass

@@ -32,7 +32,7 @@ __all__ = ["AmqpFront"]
 log = logging.getLogger("tidemq.amqp")
 
 CLOSE_OK_WAIT = 1.0  # seconds we wait for close-ok after connection.close
-EXPIRE_EVERY = 0.05  # seconds between head-expiry passes over the queues with x-message-ttl
+EXPIRE_EVERY = 0.05  # seconds between head-expiry passes (queues with x-message-ttl or a DLX)
 
 
 class AmqpFront:
@@ -119,14 +119,14 @@ class AmqpFront:
                 p.check(now)
 
     async def _expire_heads(self) -> None:
-        """Every EXPIRE_EVERY s: the queues with x-message-ttl dead-letter what expired at
-        their head, read or not (RabbitMQ's head expiry; a TTL retry queue without
-        consumers then cycles its messages back)."""
+        """Every EXPIRE_EVERY s: the queues with x-message-ttl or a dead-letter exchange
+        dead-letter what expired at their head, read or not (RabbitMQ's head expiry; a retry
+        queue without consumers then cycles its messages back)."""
         b = self.backend
         while True:
             await asyncio.sleep(EXPIRE_EVERY)
             expired = 0
-            for q in [q for q in self.catalogue.queues.values() if q.message_ttl]:
+            for q in [q for q in self.catalogue.queues.values() if q.expires_head]:
                 for _, topic in q.sources():
                     try:
                         expired += b.broker.expire_head(topic, q.group, now_us=b.now_us())

@@ -138,6 +138,13 @@ class Queue:
         return None if ttl is None else int(ttl) / 1000 or 1e-6
 
     @property
+    def expires_head(self) -> bool:
+        """Whether the front expires the queue's head by itself: it has x-message-ttl, or a
+        dead-letter exchange that a message's own ``expiration`` would send it to."""
+        args = self.arguments
+        return "x-message-ttl" in args or "x-dead-letter-exchange" in args
+
+    @property
     def single_active(self) -> bool:
         """x-single-active-consumer: one consumer gets the messages, the others wait."""
         return bool(self.arguments.get("x-single-active-consumer"))

@@ -17,15 +17,16 @@ import binascii
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
 from pamqp import commands, header
 
-from ..broker._deadletters import DEATHS, deaths_of
+from ..broker._deadletters import DEATHS, MAX_DEATH_REASON, MAX_DEATHS, ORIGIN, deaths_of
 from ..broker._limits import MAX_HEADERS
 from ._errors import AmqpError
-from ._model import QUEUE_TOPICS
+from ._model import QUEUE_TOPICS, exchange_topic, group_name, queue_topic
 
-__all__ = ["PROPS_HEADER", "MAX_DELAY_MS", "delay_ms", "to_record", "from_record",
-           "raw_properties"]
+__all__ = ["PROPS_HEADER", "MAX_DELAY_MS", "REJECTED", "delay_ms", "to_record",
+           "from_record", "raw_properties"]
 
 PROPS_HEADER: Final = "amqp.p"
 Properties = commands.Basic.Properties
@@ -33,6 +34,9 @@ _EMPTY: Final = Properties()
 _COPIED_HEADERS: Final = MAX_HEADERS // 2
 _MAX_COPIED_VALUE: Final = 1024
 MAX_DELAY_MS: Final = 2**32 - 1  # the delayed-message plugin's longest x-delay (~49.7 days)
+REJECTED: Final = "rejected by an AMQP consumer (requeue=false)"  # the broker's reject reason
+_ORIGIN_TOPIC: Final = ORIGIN + "topic"  # set on the dead letters the broker writes
+_MAX_TIME_MS: Final = 253_402_300_799_000  # 9999-12-31T23:59:59Z, datetime's last second
 
 
 def to_record(props: Properties | None, raw: bytes | None = None) \
@@ -50,11 +54,18 @@ def to_record(props: Properties | None, raw: bytes | None = None) \
     if table:
         for k, v in list(table.items())[:_COPIED_HEADERS]:
             text = _scalar(v)
-            if text is not None and k != PROPS_HEADER and len(text) <= _MAX_COPIED_VALUE:
+            # A dead letter's origin headers (a republished copy has them in its table) are
+            # the broker's, for the dead letters it writes: not copied.
+            if text is not None and k != PROPS_HEADER and len(text) <= _MAX_COPIED_VALUE \
+                    and not str(k).startswith(ORIGIN):
                 headers[str(k)] = text
     # "<n>:<base64>": n headers were copied beside it (a record with more has others, e.g.
     # a dead letter's, which delivery adds to the table).
     headers[PROPS_HEADER] = f"{len(headers)}:{base64.b64encode(raw).decode('ascii')}"
+    if table and DEATHS not in headers:
+        deaths = _deaths_from_x_death(table.get("x-death"))
+        if deaths:  # a republished dead letter: its history goes on (as RabbitMQ's x-death)
+            headers[DEATHS] = deaths
     priority = min(max(int(props.priority or 0), 0), 9)
     ttl_us = 0
     if props.expiration:
@@ -117,6 +128,44 @@ def raw_properties(headers: dict[str, str], priority: int,
 # The broker's dead-letter reasons as RabbitMQ's x-death reasons (a consumer's reject and
 # any other reason given to the broker's reject: "rejected").
 _DEATH_REASONS: Final = {"expired": "expired", "max_deliveries": "delivery_limit"}
+_BROKER_REASONS: Final = {"rejected": REJECTED, "expired": "expired",
+                          "delivery_limit": "max_deliveries"}
+
+
+def _deaths_from_x_death(x_death: Any) -> str | None:
+    """An x-death list (a republished dead letter's) as the broker's dead-letter history
+    (``x-tidemq-deaths``), so the next death counts on; None when it is not one. Entries that
+    are not well formed are left out."""
+    if not isinstance(x_death, list):
+        return None
+    out: list[list[Any]] = []
+    for d in x_death[:MAX_DEATHS]:
+        if not isinstance(d, dict):
+            continue
+        queue, exchange, reason = (_text(d.get(k)) for k in ("queue", "exchange", "reason"))
+        count, at = d.get("count"), d.get("time")
+        if queue is None or exchange is None or reason is None or isinstance(count, bool) \
+                or not isinstance(count, int) or not 0 < count < 2**53:
+            continue
+        topic = queue_topic(queue) if exchange == "" else exchange_topic(exchange)
+        if isinstance(at, datetime):
+            first_ms = int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
+        else:
+            first_ms = 0
+        entry: list[Any] = [topic, group_name(queue),
+                            _BROKER_REASONS.get(reason, reason)[:MAX_DEATH_REASON], count,
+                            min(max(first_ms, 0), _MAX_TIME_MS)]
+        expiration = _text(d.get("original-expiration"))
+        if expiration is not None and expiration.isdigit() and len(expiration) <= 10:
+            entry.append(int(expiration))
+        out.append(entry)
+    return msgspec.json.encode(out).decode() if out else None
+
+
+def _text(v: Any) -> str | None:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v if isinstance(v, str) else None
 
 
 def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
@@ -124,13 +173,16 @@ def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
     broker's dead-letter history (``x-tidemq-deaths``): one entry per queue, topic and reason,
     newest first, with its count — what a consumer that counts its retries reads."""
     entries = []
-    for topic, group, reason, count, first_ms in deaths_of(headers):
-        entries.append({
+    for topic, group, reason, count, first_ms, *ttl_ms in deaths_of(headers):
+        entry = {
             "count": count, "reason": _DEATH_REASONS.get(reason, "rejected"), "queue": group,
-            "time": datetime.fromtimestamp(first_ms // 1000, UTC),
+            "time": datetime.fromtimestamp(min(first_ms, _MAX_TIME_MS) // 1000, UTC),
             # a queue's own topic is what the default exchange publishes to
             "exchange": "" if str(topic).startswith(QUEUE_TOPICS) else topic,
-            "routing-keys": [routing_key or ""]})
+            "routing-keys": [routing_key or ""]}
+        if ttl_ms:  # the message's own expiration when it first died there
+            entry["original-expiration"] = str(ttl_ms[0])
+        entries.append(entry)
     if not entries:
         return {}
     first = entries[-1]
@@ -155,6 +207,9 @@ def from_record(headers: dict[str, str], priority: int,
         props = Properties()
         if priority:
             props.priority = priority
+    elif props.expiration is not None and headers and _ORIGIN_TOPIC in headers:
+        # A dead letter has no TTL: RabbitMQ drops its expiration (x-death keeps it).
+        props.expiration = None
     if headers and (len(headers) > 1 or raw is None):
         table = dict(props.headers or {})
         for k, v in headers.items():

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from ._group import GroupState
     from ._topic import Topic
 
-__all__ = ["ORIGIN", "DEATHS", "MAX_DEATHS", "deaths_of", "dead_letter_records",
-           "redriven_record", "drop_redriven_below", "redriven_offsets", "cursor_key",
+__all__ = ["ORIGIN", "DEATHS", "MAX_DEATHS", "MAX_DEATH_REASON", "deaths_of",
+           "dead_letter_records", "redriven_record", "drop_redriven_below", "redriven_offsets", "cursor_key",
            "redrive_cursor", "dead_letter_topic"]
 
 ORIGIN = "x-tidemq-origin-"
@@ -47,13 +47,15 @@ H_COUNT = ORIGIN + "delivery-count"
 H_REASON = ORIGIN + "reason"
 H_ID = ORIGIN + "id"
 # The message's dead-letter history, all its deaths (the origin headers say only the last):
-# a JSON list of [topic, group, reason, count, first time in ms], newest first, one entry per
-# (topic, group, reason) — a repeat adds to its count and moves it to the front (RabbitMQ's
-# x-death, which the AMQP front builds from it). At most MAX_DEATHS entries, reasons cut to
-# _DEATH_REASON characters (a few KiB at most beside the headers). Kept on redrive.
+# a JSON list of [topic, group, reason, count, first time in ms] — and, when the message had
+# a TTL of its own the first time, that TTL in ms as a sixth item — newest first, one entry
+# per (topic, group, reason): a repeat adds to its count and moves it to the front, the rest
+# of the entry stays (RabbitMQ's x-death, which the AMQP front builds from it). At most
+# MAX_DEATHS entries, reasons cut to MAX_DEATH_REASON characters (a few KiB at most beside the
+# headers). Kept on redrive, and by a publisher that copies the header.
 DEATHS: Final = "x-tidemq-deaths"
 MAX_DEATHS: Final = 16
-_DEATH_REASON: Final = 100
+MAX_DEATH_REASON: Final = 100
 
 
 def deaths_of(headers: Mapping[str, str] | None) -> list[list[Any]]:
@@ -67,21 +69,31 @@ def deaths_of(headers: Mapping[str, str] | None) -> list[list[Any]]:
         return []
     if not isinstance(got, list):
         return []
-    return [e for e in got if isinstance(e, list) and len(e) == 5]
+    return [e for e in got if _entry_ok(e)]
+
+
+def _entry_ok(e: Any) -> bool:
+    """[str, str, str, int, int] and an optional sixth int (any publisher can set the header)."""
+    return (isinstance(e, list) and len(e) in (5, 6)
+            and all(isinstance(x, str) for x in e[:3])
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
+                    for x in e[3:]))
 
 
 def _with_death(headers: Mapping[str, str] | None, topic: str, group: str, reason: str,
-                now_ms: int) -> str:
+                now_ms: int, ttl_us: int = 0) -> str:
     deaths = deaths_of(headers)
-    reason = reason[:_DEATH_REASON]
-    count = 1
-    for i, (t, g, r, n, first) in enumerate(deaths):
-        if t == topic and g == group and r == reason:
+    entry: list[Any] = [topic, group, reason[:MAX_DEATH_REASON], 1, now_ms]
+    if ttl_us:
+        entry.append(ttl_us // 1000)
+    for i, old in enumerate(deaths):
+        if old[:3] == entry[:3]:
             del deaths[i]
-            count = (n if isinstance(n, int) else 0) + 1
-            now_ms = first if isinstance(first, int) else now_ms
+            n = old[3]
+            old[3] = (n if isinstance(n, int) else 0) + 1
+            entry = old
             break
-    deaths.insert(0, [topic, group, reason, count, now_ms])
+    deaths.insert(0, entry)
     return msgspec.json.encode(deaths[:MAX_DEATHS]).decode()
 
 
@@ -93,7 +105,8 @@ def dead_letter_records(topic: str, group: str, letters: list[DeadLetter],
     for dl, mid in zip(letters, ids, strict=True):
         r = dl.record
         headers = {k: v for k, v in (r.headers or {}).items() if k not in (GROUP_HEADER, ID_HEADER)}
-        headers[DEATHS] = _with_death(r.headers, topic, group, dl.reason, now_us // 1000)
+        headers[DEATHS] = _with_death(r.headers, topic, group, dl.reason, now_us // 1000,
+                                      r.ttl_us)
         headers[H_TOPIC] = topic
         headers[H_PARTITION] = str(dl.partition)
         headers[H_OFFSET] = str(dl.offset)
