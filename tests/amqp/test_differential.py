@@ -286,3 +286,64 @@ def test_a_retry_by_republishing_with_an_expiration_cycles_as_in_rabbitmq(
     ours = _retry_cycles(amqp_server.port, tag, 3, via="expiration")
     theirs = _retry_cycles(RABBIT[1], tag, 3, via="expiration")
     assert ours == theirs
+
+
+def _dead_letter_keys(port: int, tag: str) -> list[Any]:
+    """Dead letters with x-dead-letter-routing-key: a loop through the default exchange (work
+    rejects to retry, retry's TTL sends back to work, each by the other's name) and a queue
+    dead-lettering to a direct exchange under a key its dead-letter queue is bound by; per
+    delivery its routing key, exchange, expiration and x-death."""
+    work, retry, src, dead, x = (f"{tag}-work", f"{tag}-retry", f"{tag}-src", f"{tag}-dead",
+                                 f"{tag}-dlx")
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
+    seen: list[Any] = []
+
+    def get(queue: str) -> Any:
+        for _ in range(500):
+            m, props, _ = ch.basic_get(queue)
+            if m is not None:
+                seen.append((m.routing_key, m.exchange, props.expiration, [
+                    (d["queue"], d["reason"], int(d["count"]), d["exchange"],
+                     list(d["routing-keys"]), d.get("original-expiration"))
+                    for d in (props.headers or {}).get("x-death", [])]))
+                return m
+            conn.sleep(0.01)
+        raise AssertionError(f"nothing in {queue}")
+
+    try:
+        ch = conn.channel()
+        ch.queue_declare(work, arguments={"x-dead-letter-exchange": "",
+                                          "x-dead-letter-routing-key": retry})
+        ch.queue_declare(retry, arguments={"x-dead-letter-exchange": "",
+                                           "x-dead-letter-routing-key": work,
+                                           "x-message-ttl": 50})
+        ch.exchange_declare(x, "direct")
+        ch.queue_declare(dead)
+        ch.queue_bind(dead, x, "parked")
+        ch.queue_declare(src, arguments={"x-dead-letter-exchange": x,
+                                         "x-dead-letter-routing-key": "parked"})
+        ch.confirm_delivery()
+        ch.basic_publish("", work, b"loop")
+        for _ in range(3):
+            ch.basic_reject(get(work).delivery_tag, requeue=False)
+        ch.basic_publish("", src, b"one", pika.BasicProperties(expiration="60000"))
+        ch.basic_reject(get(src).delivery_tag, requeue=False)
+        ch.basic_ack(get(dead).delivery_tag)
+        return seen
+    finally:
+        try:
+            ch = conn.channel()
+            for q in (work, retry, src, dead):
+                ch.queue_delete(q)
+            ch.exchange_delete(x)
+        finally:
+            conn.close()
+
+
+def test_dead_letter_routing_keys_as_in_rabbitmq(amqp_server: InProcess) -> None:
+    tag = f"dlrk-{uuid.uuid4().hex[:10]}"
+    ours = _dead_letter_keys(amqp_server.port, tag)
+    theirs = _dead_letter_keys(RABBIT[1], tag)
+    assert ours == theirs
+    assert ours[-1] == ("parked", f"{tag}-dlx", None,
+                        [(f"{tag}-src", "rejected", 1, "", [f"{tag}-src"], "60000")])

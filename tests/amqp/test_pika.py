@@ -263,6 +263,21 @@ def test_unknown_x_argument_is_406(channel) -> None:
     assert err.value.reply_code == 406
 
 
+@pytest.mark.parametrize(("args", "code"), [
+    ({"x-dead-letter-routing-key": "k"}, 406),  # no DLX: RabbitMQ's 406 too
+    ({"x-dead-letter-exchange": ""}, 540),  # by each message's own key: not one place
+    ({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "SELF"}, 406),  # itself
+])
+def test_dead_letter_arguments_that_cannot_be_honoured_are_refused(channel, args, code) -> None:
+    # DLX "" alone once meant "no DLX" here: dead letters went to <topic>.dlq, not where
+    # RabbitMQ routes them.
+    q = unique("q")
+    args = {k: q if v == "SELF" else v for k, v in args.items()}
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.queue_declare(q, arguments=args)
+    assert err.value.reply_code == code
+
+
 def test_unknown_exchange_is_404(channel) -> None:
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
         channel.queue_bind(unique("none"), unique("nope"))

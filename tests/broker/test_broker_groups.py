@@ -222,8 +222,9 @@ def test_a_deaths_entry_keeps_the_ttl_the_message_had_when_it_first_died(h: Harn
         b.ack(dlq, [d.id], **c.t)
         history = d.headers["x-tidemq-deaths"]
     [entry] = json.loads(history)
-    assert entry[1:4] == ["g", "expired", 3] and entry[5] == 1000
+    assert entry[1:4] == ["g", "expired", 3] and entry[5] == {"ttl": 1000}
     garbled = json.dumps([["t", "g", "expired", "2", 0], ["t", "g", "expired", 1, 0, True],
+                          ["t", "g", "expired", 1, 0, {"ttl": "1"}], ["t", "g", "x", 1, 0, {"a": 1}],
                           "x", ["t", "g", "expired", 7, 5]])
     b.publish("t", [Record(b"y", headers={"x-tidemq-deaths": garbled}, ttl_us=1)],
               now_us=c.now_us)
@@ -231,6 +232,40 @@ def test_a_deaths_entry_keeps_the_ttl_the_message_had_when_it_first_died(h: Harn
     assert b.expire_head("t", "g", now_us=c.now_us) == 1
     [d] = b.fetch(dlq, 1, **c.t)
     assert [e[:4] for e in json.loads(d.headers["x-tidemq-deaths"])] == [["t", "g", "expired", 8]]
+
+
+def test_dead_letter_routing_key_replaces_the_key_and_the_history_keeps_the_old(
+        h: Harness) -> None:
+    # An AMQP queue's x-dead-letter-routing-key: the dead letters reach the dead-letter
+    # topic's groups that filter on that key, and the history says what the key was.
+    b, c = h.broker, h.clock
+    b.create_topic("t", now_us=c.now_us)
+    b.create_topic("dead", now_us=c.now_us)
+    b.create_group("t", "g", GroupSettings(dead_letter_topic="dead",
+                                           dead_letter_routing_key="parked.t"), now_us=c.now_us)
+    b.create_group("t", "same", GroupSettings(dead_letter_topic="dead",
+                                              dead_letter_routing_key="a.1"), now_us=c.now_us)
+    d = b.subscribe("dead", "d", GroupSettings(filter={"routing_key": "parked.*"}), **c.t)
+    b.publish("t", [Record(b"x", routing_key="a.1")], now_us=c.now_us)
+    for group in ("g", "same"):
+        m = b.subscribe("t", group, None, **c.t)
+        [got] = b.fetch(m, 1, **c.t)
+        b.reject(m, [got.id], "bad", **c.t)
+    [dead] = b.fetch(d, 10, **c.t)  # the one from "same" keeps a.1: filtered out
+    assert dead.routing_key == "parked.t"
+    [entry] = json.loads(dead.headers["x-tidemq-deaths"])
+    assert entry[:4] == ["t", "g", "bad", 1] and entry[5] == {"rk": "a.1"}
+    all_ = b.subscribe("dead", "all", None, **c.t)
+    assert sorted(len(json.loads(x.headers["x-tidemq-deaths"])[0])
+                  for x in b.fetch(all_, 10, **c.t)) == [5, 6]  # no change of key: no "rk"
+
+
+@pytest.mark.parametrize("rk", ["a" * 256, "." * 128, 5])
+def test_a_bad_dead_letter_routing_key_is_invalid_argument(h: Harness, rk: object) -> None:
+    h.broker.create_topic("t", now_us=h.clock.now_us)
+    with pytest.raises(InvalidArgument, match="dead_letter_routing_key"):
+        h.broker.create_group("t", "g", GroupSettings(dead_letter_routing_key=rk),  # type: ignore[arg-type]
+                              now_us=h.clock.now_us)
 
 
 def test_expire_head_dead_letters_what_expired_at_the_head_without_a_fetch(h: Harness) -> None:

@@ -245,6 +245,20 @@ def test_a_groups_message_ttl_expires_for_that_group_only(mq: tidemq.Client) -> 
     assert mq.describe_group(t, "short").settings.message_ttl == 0.2
 
 
+def test_dead_letters_get_the_groups_dead_letter_routing_key(mq: tidemq.Client) -> None:
+    requires(mq, "dead_letter_routing_key")
+    t = unique("dlrk")
+    mq.create_topic(t)
+    sub = mq.subscribe(t, "g", dead_letter_routing_key="parked.g")
+    parked = mq.subscribe(f"{t}.dlq", "parked", filter={"routing_key": "parked.*"})
+    mq.publish(t, b"x", routing_key="a.b")
+    [m] = drain(sub, 1, ack=False)
+    m.reject("bad")
+    [dead] = drain(parked, 1, timeout=3)
+    assert dead.body == b"x" and dead.routing_key == "parked.g"
+    assert mq.describe_group(t, "g").settings.dead_letter_routing_key == "parked.g"
+
+
 def test_routing_key_and_header_filters(mq: tidemq.Client) -> None:
     requires(mq, "routing_filter_exact", "header_filter")
     t = unique("orders")

@@ -51,8 +51,8 @@ DELAYED: Final = "x-delayed-message"
 EXCHANGE_ARGUMENTS: Final = ("alternate-exchange", "x-delayed-type")
 MAX_ALTERNATES: Final = 8  # alternate exchanges followed for one publish (a chain, no loop)
 QUEUE_ARGUMENTS: Final = frozenset({
-    "x-dead-letter-exchange", "x-message-ttl", "x-max-priority", "x-delivery-limit",
-    "x-queue-type", "x-expires", "x-single-active-consumer",
+    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-message-ttl", "x-max-priority",
+    "x-delivery-limit", "x-queue-type", "x-expires", "x-single-active-consumer",
 })
 PREDECLARED: Final = {"amq.direct": "direct", "amq.topic": "topic", "amq.fanout": "fanout",
                       "amq.headers": "headers", "amq.match": "headers"}
@@ -145,6 +145,19 @@ class Queue:
         return "x-message-ttl" in args or "x-dead-letter-exchange" in args
 
     @property
+    def dead_letters(self) -> tuple[str, str | None] | None:
+        """``(topic, routing key)`` the queue's dead letters go to: x-dead-letter-exchange's
+        topic — for the default exchange ``""``, the own topic of the queue named by
+        x-dead-letter-routing-key — with that routing key (None: their own); None without a
+        dead-letter exchange (the broker's ``<topic>.dlq``)."""
+        args = self.arguments
+        dlx = args.get("x-dead-letter-exchange")
+        if dlx is None:
+            return None
+        rk = args.get("x-dead-letter-routing-key")
+        return (queue_topic(rk) if dlx == "" else exchange_topic(dlx)), rk
+
+    @property
     def single_active(self) -> bool:
         """x-single-active-consumer: one consumer gets the messages, the others wait."""
         return bool(self.arguments.get("x-single-active-consumer"))
@@ -194,8 +207,10 @@ def check_exchange_arguments(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_queue_arguments(args: dict[str, Any]) -> dict[str, Any]:
-    """The x-arguments a queue keeps (ints and strings), or AmqpError 406 naming the problem."""
+def check_queue_arguments(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The x-arguments queue ``name`` keeps (ints and strings), or AmqpError 406 naming the
+    problem (540 for dead-lettering through the default exchange by each message's own
+    routing key)."""
     out: dict[str, Any] = {}
     for k, v in (args or {}).items():
         if k not in QUEUE_ARGUMENTS:
@@ -219,6 +234,18 @@ def check_queue_arguments(args: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(v, str):
                 raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r}")
             out[k] = v
+    dlx, dlrk = out.get("x-dead-letter-exchange"), out.get("x-dead-letter-routing-key")
+    if dlrk is not None and dlx is None:
+        raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key' "
+                             f"for queue '{name}' in vhost '/': routing_key_but_no_dlx_defined")
+    if dlx == "" and dlrk is None:
+        raise AmqpError(540, "NOT_IMPLEMENTED - dead-lettering through the default exchange "
+                             "needs 'x-dead-letter-routing-key' (the queue to go to): TideMQ "
+                             "sends a queue's dead letters to one place")
+    if dlx == "" and dlrk == name:
+        raise AmqpError(406, f"PRECONDITION_FAILED - queue '{name}' would dead-letter into "
+                             "itself (x-dead-letter-exchange '' and x-dead-letter-routing-key "
+                             "its own name)")
     return out
 
 
@@ -381,14 +408,14 @@ class Catalogue:
         return q
 
     def settings(self, q: Queue, filter_: dict[str, Any] | None, start: str) -> GroupSettings:
-        args = q.arguments
-        dlx = args.get("x-dead-letter-exchange")
-        limit = args.get("x-delivery-limit")
+        limit = q.arguments.get("x-delivery-limit")
+        dead = q.dead_letters
         return GroupSettings(
             mode="shared", filter=filter_, start=start, ack_timeout=MAX_ACK_TIMEOUT,
             max_deliveries=MAX_DELIVERIES if limit is None else limit + 1,
             backoff=Backoff(0.0, 1.0, 0.0),
-            dead_letter_topic=exchange_topic(dlx) if dlx else None,
+            dead_letter_topic=None if dead is None else dead[0],
+            dead_letter_routing_key=None if dead is None else dead[1],
             message_ttl=q.message_ttl)
 
     def declare_queue(self, q: Queue) -> Queue:

@@ -155,9 +155,15 @@ def _deaths_from_x_death(x_death: Any) -> str | None:
         entry: list[Any] = [topic, group_name(queue),
                             _BROKER_REASONS.get(reason, reason)[:MAX_DEATH_REASON], count,
                             min(max(first_ms, 0), _MAX_TIME_MS)]
+        extra: dict[str, Any] = {}
         expiration = _text(d.get("original-expiration"))
         if expiration is not None and expiration.isdigit() and len(expiration) <= 10:
-            entry.append(int(expiration))
+            extra["ttl"] = int(expiration)
+        keys = d.get("routing-keys")
+        if isinstance(keys, list) and keys and (rk := _text(keys[0])) is not None:
+            extra["rk"] = rk
+        if extra:
+            entry.append(extra)
         out.append(entry)
     return msgspec.json.encode(out).decode() if out else None
 
@@ -173,15 +179,18 @@ def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
     broker's dead-letter history (``x-tidemq-deaths``): one entry per queue, topic and reason,
     newest first, with its count — what a consumer that counts its retries reads."""
     entries = []
-    for topic, group, reason, count, first_ms, *ttl_ms in deaths_of(headers):
+    for topic, group, reason, count, first_ms, *more in deaths_of(headers):
+        # what was so when it first died there: its own TTL, its routing key when the
+        # queue's x-dead-letter-routing-key changed it
+        extra = more[0] if more else {}
         entry = {
             "count": count, "reason": _DEATH_REASONS.get(reason, "rejected"), "queue": group,
             "time": datetime.fromtimestamp(min(first_ms, _MAX_TIME_MS) // 1000, UTC),
             # a queue's own topic is what the default exchange publishes to
             "exchange": "" if str(topic).startswith(QUEUE_TOPICS) else topic,
-            "routing-keys": [routing_key or ""]}
-        if ttl_ms:  # the message's own expiration when it first died there
-            entry["original-expiration"] = str(ttl_ms[0])
+            "routing-keys": [extra.get("rk", routing_key or "")]}
+        if "ttl" in extra:
+            entry["original-expiration"] = str(extra["ttl"])
         entries.append(entry)
     if not entries:
         return {}

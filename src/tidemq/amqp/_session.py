@@ -434,12 +434,12 @@ class Session(Publishing, Delivering):
             if name.startswith("amq.") and not name.startswith("amq.gen-"):
                 raise AmqpError(403, f"ACCESS_REFUSED - queue name '{name}' contains reserved "
                                      "prefix 'amq.*'")
-            args = check_queue_arguments(dict(m.arguments or {}))
+            args = check_queue_arguments(name, dict(m.arguments or {}))
             self.may("consume", "group", name)
             self.may("consume", "topic", queue_topic(name))
-            dlx = args.get("x-dead-letter-exchange")
-            if dlx:
-                self.may("publish", "topic", _topic_of_exchange(dlx))
+            dead = Queue(name, arguments=args).dead_letters
+            if dead is not None:
+                self.may("publish", "topic", dead[0])
             if q is not None:
                 self.front.check_owner(self, q)
                 if q.durable != m.durable or q.exclusive != m.exclusive \

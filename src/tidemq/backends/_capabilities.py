@@ -89,6 +89,8 @@ _TABLE: Final[dict[str, Capability]] = {
     "ttl": E("expiry time in a header; a member that receives an expired message dead-letters "
              "it with reason 'expired' (each group that had not acked it), as SPEC says. Cost: "
              "the expired message is still transferred once per group"),
+    "dead_letter_routing_key": E("the member publishes the group's dead letters under that "
+                                 "routing key"),
     "group_ttl": E("a group's message_ttl is checked by the member as a message's own TTL "
                    "is (the shorter counts): it dead-letters what expired when it receives it. "
                    "Nothing expires at the head of a group without members"),

@@ -524,7 +524,8 @@ class Member:
         mid = make_id(self.tm.name, self.tm.incarnation, p, offset)
         letter = dead_letter_records(self.tm.name, self.group,
                                      [DeadLetter(rec, p, offset, count, reason)], [mid],
-                                     time.time_ns() // 1000)[0]
+                                     time.time_ns() // 1000,
+                                     self.settings.dead_letter_routing_key)[0]
         await self.t.publish_dead_letter(self.dlq, self.tm, letter,
                                          f"dl:{self.consumer}:{mid}")
         await msg.term()

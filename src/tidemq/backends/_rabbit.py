@@ -845,6 +845,10 @@ class RabbitTransport:
         }
         if s.mode != "shared":
             args["x-single-active-consumer"] = True
+        if s.dead_letter_routing_key is not None:
+            # RabbitMQ's own dead letters (x-delivery-limit) get it too; the dead-letter topic
+            # has one partition, which binds *.<pattern>: any partition word reaches it.
+            args["x-dead-letter-routing-key"] = routing_key_for(0, s.dead_letter_routing_key)
         return args
 
     def _check_group(self, tm: Topic, s: GroupSettings) -> None:
@@ -1108,7 +1112,7 @@ class RabbitTransport:
             raise UnknownGroup(f"group {group!r} of {tm.name!r} does not exist")
         old = msgspec.convert(got[0]["settings"], GroupSettings)
         self._check_group(tm, settings)
-        for what in ("mode", "max_deliveries", "dead_letter_topic"):
+        for what in ("mode", "max_deliveries", "dead_letter_topic", "dead_letter_routing_key"):
             if getattr(old, what) != getattr(settings, what):
                 raise self.unsupported(f"update_group changing {what}",
                                        "it is a queue argument, which RabbitMQ cannot change; "

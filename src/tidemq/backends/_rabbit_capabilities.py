@@ -78,6 +78,10 @@ _TABLE: Final[dict[str, Capability]] = {
              "loses expiration on its dead-letter hop, so its TTL (counted from deliver_at) is "
              "also checked by the member, which dead-letters it. Cost of that path: the expired "
              "message is transferred once per group"),
+    "dead_letter_routing_key": E("the member publishes the group's dead letters under that "
+                                 "routing key, and the group queues' x-dead-letter-routing-key "
+                                 "gives RabbitMQ's own (x-delivery-limit) dead letters the "
+                                 "same; update_group changing it raises Unsupported"),
     "group_ttl": E("a group's message_ttl is checked by the member as a message's own TTL "
                    "is (the shorter counts): it dead-letters what expired when it receives it "
                    "(not x-message-ttl: a queue's arguments cannot change when the group's "

@@ -416,7 +416,8 @@ class Member:
         t = self.t
         letter = dead_letter_records(self.tm.name, self.group,
                                      [DeadLetter(rec, e.partition, offset, count, reason)],
-                                     [mid], time.time_ns() // 1000)[0]
+                                     [mid], time.time_ns() // 1000,
+                                     self.settings.dead_letter_routing_key)[0]
         self.settling.add(e.tag)
         try:
             try:
@@ -426,7 +427,7 @@ class Member:
                 dl_id = make_id(self.dlq, 0, 0, t.next_offset())
             body, props = encode(letter, dl_id, time.time_ns() // 1000)
             send = await t.publish_raw(self.tm.dlx(self.group),
-                                       routing_key_for(e.partition, rec.routing_key), body,
+                                       routing_key_for(e.partition, letter.routing_key), body,
                                        props)
             await t.confirmed([send], f"dead-lettering {mid!r}")
             await self._check().basic_ack(e.tag)

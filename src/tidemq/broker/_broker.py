@@ -894,7 +894,8 @@ class Broker:
                 validate_topic_name(dlq_name, derived=True)
                 dlq = self._create(dlq_name, msgspec.structs.replace(t.config, partitions=1,
                                                                      backlog_limit=None), now_us)
-            recs = dead_letter_records(t.name, g.name, letters, ids, now_us)
+            recs = dead_letter_records(t.name, g.name, letters, ids, now_us,
+                                       g.settings.dead_letter_routing_key)
             copies = dlq.publish(recs, now_us, tb, check=False)
         except BaseException:
             # Not written: the group hands them out again at its next call (they are done

@@ -47,10 +47,11 @@ H_COUNT = ORIGIN + "delivery-count"
 H_REASON = ORIGIN + "reason"
 H_ID = ORIGIN + "id"
 # The message's dead-letter history, all its deaths (the origin headers say only the last):
-# a JSON list of [topic, group, reason, count, first time in ms] — and, when the message had
-# a TTL of its own the first time, that TTL in ms as a sixth item — newest first, one entry
-# per (topic, group, reason): a repeat adds to its count and moves it to the front, the rest
-# of the entry stays (RabbitMQ's x-death, which the AMQP front builds from it). At most
+# a JSON list of [topic, group, reason, count, first time in ms] and, as a sixth item, a dict
+# of what was so the first time it died there: {"ttl": its own TTL in ms} when it had one,
+# {"rk": its routing key} when the group's dead_letter_routing_key changed it. Newest first,
+# one entry per (topic, group, reason): a repeat adds to its count and moves it to the front,
+# the rest of the entry stays (RabbitMQ's x-death, which the AMQP front builds from it). At most
 # MAX_DEATHS entries, reasons cut to MAX_DEATH_REASON characters (a few KiB at most beside the
 # headers). Kept on redrive, and by a publisher that copies the header.
 DEATHS: Final = "x-tidemq-deaths"
@@ -73,19 +74,34 @@ def deaths_of(headers: Mapping[str, str] | None) -> list[list[Any]]:
 
 
 def _entry_ok(e: Any) -> bool:
-    """[str, str, str, int, int] and an optional sixth int (any publisher can set the header)."""
-    return (isinstance(e, list) and len(e) in (5, 6)
+    """[str, str, str, int, int] and an optional dict of a "ttl" int and an "rk" str (any
+    publisher can set the header)."""
+    if not (isinstance(e, list) and len(e) in (5, 6)
             and all(isinstance(x, str) for x in e[:3])
-            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
-                    for x in e[3:]))
+            and all(_count_ok(x) for x in e[3:5])):
+        return False
+    if len(e) == 5:
+        return True
+    extra = e[5]
+    return (isinstance(extra, dict) and set(extra) <= {"ttl", "rk"}
+            and _count_ok(extra.get("ttl", 0)) and isinstance(extra.get("rk", ""), str))
+
+
+def _count_ok(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**53
 
 
 def _with_death(headers: Mapping[str, str] | None, topic: str, group: str, reason: str,
-                now_ms: int, ttl_us: int = 0) -> str:
+                now_ms: int, r: Record, routing_key: str | None) -> str:
     deaths = deaths_of(headers)
     entry: list[Any] = [topic, group, reason[:MAX_DEATH_REASON], 1, now_ms]
-    if ttl_us:
-        entry.append(ttl_us // 1000)
+    extra: dict[str, Any] = {}
+    if r.ttl_us:
+        extra["ttl"] = r.ttl_us // 1000
+    if routing_key is not None and routing_key != (r.routing_key or ""):
+        extra["rk"] = r.routing_key or ""
+    if extra:
+        entry.append(extra)
     for i, old in enumerate(deaths):
         if old[:3] == entry[:3]:
             del deaths[i]
@@ -98,15 +114,17 @@ def _with_death(headers: Mapping[str, str] | None, topic: str, group: str, reaso
 
 
 def dead_letter_records(topic: str, group: str, letters: list[DeadLetter],
-                        ids: list[str], now_us: int) -> list[Record]:
+                        ids: list[str], now_us: int,
+                        routing_key: str | None = None) -> list[Record]:
     """The dead-letter topic's records for ``letters`` (``ids``: their message ids), dead
-    at ``now_us``."""
+    at ``now_us``; ``routing_key``: the one they get (the group's dead_letter_routing_key;
+    None: their own)."""
     out: list[Record] = []
     for dl, mid in zip(letters, ids, strict=True):
         r = dl.record
         headers = {k: v for k, v in (r.headers or {}).items() if k not in (GROUP_HEADER, ID_HEADER)}
-        headers[DEATHS] = _with_death(r.headers, topic, group, dl.reason, now_us // 1000,
-                                      r.ttl_us)
+        headers[DEATHS] = _with_death(r.headers, topic, group, dl.reason, now_us // 1000, r,
+                                      routing_key)
         headers[H_TOPIC] = topic
         headers[H_PARTITION] = str(dl.partition)
         headers[H_OFFSET] = str(dl.offset)
@@ -114,7 +132,8 @@ def dead_letter_records(topic: str, group: str, letters: list[DeadLetter],
         headers[H_COUNT] = str(dl.delivery_count)
         headers[H_REASON] = dl.reason
         headers[H_ID] = mid
-        out.append(Record(r.body, r.key, r.routing_key, headers, r.priority, 0, 0, None))
+        rk = r.routing_key if routing_key is None else routing_key or None
+        out.append(Record(r.body, r.key, rk, headers, r.priority, 0, 0, None))
     return out
 
 

@@ -15,6 +15,7 @@ import msgspec
 
 from ..errors import InvalidArgument, InvalidTopicName
 from ._filters import check_filter
+from ._limits import MAX_ROUTING_KEY, MAX_ROUTING_WORDS
 from ._names import validate_topic_name
 
 __all__ = [
@@ -179,6 +180,9 @@ class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # shorter counts): expired ones are dead letters of this group only (an AMQP queue's
     # x-message-ttl). None: messages live by their own TTL.
     message_ttl: float | None = None
+    # The routing key the group's dead letters get (None: their own), for the consumers of the
+    # dead-letter topic that filter on it (an AMQP queue's x-dead-letter-routing-key).
+    dead_letter_routing_key: str | None = None
 
     def ttl_us(self, own_us: int) -> int:
         """A message's TTL in this group, µs (0: none): ``own_us`` (the record's) or
@@ -205,6 +209,12 @@ class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         check_filter(self.filter)
         if self.message_ttl is not None:
             _seconds("message_ttl", self.message_ttl, 0.0, MAX_MESSAGE_TTL, lo_open=True)
+        rk = self.dead_letter_routing_key
+        if rk is not None and (not isinstance(rk, str) or len(rk) > MAX_ROUTING_KEY
+                               or rk.count(".") >= MAX_ROUTING_WORDS):
+            raise InvalidArgument(
+                f"dead_letter_routing_key must be a routing key (a str of at most "
+                f"{MAX_ROUTING_KEY} characters and {MAX_ROUTING_WORDS} words), got {rk!r:.60}")
         if self.dead_letter_topic is not None:
             try:
                 validate_topic_name(self.dead_letter_topic)

@@ -87,7 +87,8 @@ def _describe(args: argparse.Namespace) -> int:
     print(f"max deliveries:  {s.max_deliveries}")
     print(f"backoff:         {s.backoff.initial:g} s x{s.backoff.multiplier:g}, "
           f"max {s.backoff.max:g} s")
-    print(f"dead letters to: {s.dead_letter_topic or g.topic + '.dlq'}")
+    rk = "" if s.dead_letter_routing_key is None else f" (key {s.dead_letter_routing_key!r})"
+    print(f"dead letters to: {s.dead_letter_topic or g.topic + '.dlq'}{rk}")
     print(f"message ttl:     {f'{s.message_ttl:g} s' if s.message_ttl else '-'}")
     print(f"members:         {len(g.members)}")
     print(f"lag:             {g.lag} (in flight {g.in_flight}, delayed {g.delayed})")

@@ -148,6 +148,7 @@ class GroupSettingsIn(_In):
     backoff: Backoff | None = None
     dead_letter_topic: str | None = None
     message_ttl: float | None = None
+    dead_letter_routing_key: str | None = None
 
 
 class GroupPartitionOut(_Out):
