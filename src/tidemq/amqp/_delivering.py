@@ -278,13 +278,14 @@ class Delivering:
         tag_ = consumer.tag
         ctag = tag_.encode()
         xname = exchange.encode()
+        names = self.catalogue.death_names
         for d in got:
             tag = ch.next_tag
             ch.next_tag += 1
             out.append(encode_deliver(ch.number, ctag, tag, d.delivery_count > 1, xname,
                                       (d.routing_key or "").encode(),
-                                      raw_properties(d.headers, d.priority, d.routing_key),
-                                      d.body, fm))
+                                      raw_properties(d.headers, d.priority, d.routing_key,
+                                                     names), d.body, fm))
             if not consumer.no_ack:
                 ch.unacked[tag] = Unacked(member, d.id, consumer)
         if consumer.no_ack:
@@ -395,7 +396,8 @@ class Delivering:
                     routing_key=d.routing_key or "",
                     message_count=self.catalogue.message_count(q)))
                 self.out.append(encode_content_raw(
-                    ch.number, raw_properties(d.headers, d.priority, d.routing_key), d.body,
+                    ch.number, raw_properties(d.headers, d.priority, d.routing_key,
+                                              self.catalogue.death_names), d.body,
                     self.frame_max))
                 if m.no_ack:
                     b.broker.ack(mid, [d.id], now_us=b.now_us(), mono_us=b.mono_us())

@@ -89,6 +89,9 @@ def group_name(queue: str) -> str:
     return queue if len(queue) <= MAX_GROUP_NAME else f"amqp-{_digest(queue)}"
 
 
+MAX_GROUP_NAME_HASHED: Final = len(group_name("q" * (MAX_GROUP_NAME + 1)))
+
+
 @dataclass
 class Exchange:
     name: str
@@ -541,6 +544,21 @@ class Catalogue:
                               now_us=b.now_us(), mono_us=b.mono_us())
         self.save()
         return False
+
+    def death_names(self, topic: str, group: str) -> tuple[str, str]:
+        """The exchange and queue names a death in ``group`` of ``topic`` shows in x-death:
+        "" for a queue's own topic (the default exchange), the exchange whose topic it is (a
+        name that is not a topic name has a hashed one), the queue whose group it is (names
+        over 200 characters have a hashed one); the topic and group themselves when no
+        exchange or queue has them now."""
+        if topic.startswith(QUEUE_TOPICS):
+            exchange = ""
+        else:
+            exchange = self._exchange_keys.get(topic_key(topic), topic)
+        queue = group
+        if len(group) == MAX_GROUP_NAME_HASHED and group.startswith("amqp-"):
+            queue = next((q.name for q in self.queues.values() if q.group == group), group)
+        return exchange, queue
 
     def routes(self, ex: Exchange) -> list[tuple[Queue, Filter | None]]:
         """The queues bound to ``ex`` with their compiled filters (cached)."""

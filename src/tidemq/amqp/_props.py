@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -37,6 +38,7 @@ MAX_DELAY_MS: Final = 2**32 - 1  # the delayed-message plugin's longest x-delay 
 REJECTED: Final = "rejected by an AMQP consumer (requeue=false)"  # the broker's reject reason
 _ORIGIN_TOPIC: Final = ORIGIN + "topic"  # set on the dead letters the broker writes
 _MAX_TIME_MS: Final = 253_402_300_799_000  # 9999-12-31T23:59:59Z, datetime's last second
+Names = Callable[[str, str], tuple[str, str]]  # (topic, group) -> (exchange, queue)
 
 
 def to_record(props: Properties | None, raw: bytes | None = None) \
@@ -108,8 +110,8 @@ def _scalar(v: Any) -> str | None:
     return None
 
 
-def raw_properties(headers: dict[str, str], priority: int,
-                   routing_key: str | None = None) -> bytes:
+def raw_properties(headers: dict[str, str], priority: int, routing_key: str | None = None,
+                   names: Names | None = None) -> bytes:
     """The encoded properties (flags and values) to deliver a record with: as published when
     the record has no other headers (no decoding), else :func:`from_record` encoded."""
     raw = headers.get(PROPS_HEADER) if headers else None
@@ -122,7 +124,7 @@ def raw_properties(headers: dict[str, str], priority: int,
                 pass
     elif not headers and not priority:
         return b"\x00\x00"
-    return bytes(from_record(headers, priority, routing_key).marshal())
+    return bytes(from_record(headers, priority, routing_key, names).marshal())
 
 
 # The broker's dead-letter reasons as RabbitMQ's x-death reasons (a consumer's reject and
@@ -174,21 +176,25 @@ def _text(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
+def x_death(headers: dict[str, str], routing_key: str | None,
+            names: Names | None = None) -> dict[str, Any]:
     """RabbitMQ's dead-letter headers (``x-death``, ``x-first-death-*``) built from the
     broker's dead-letter history (``x-tidemq-deaths``): one entry per queue, topic and reason,
-    newest first, with its count — what a consumer that counts its retries reads."""
+    newest first, with its count — what a consumer that counts its retries reads. ``names``
+    gives the exchange and queue of a (topic, group), for names that are not their topic's or
+    group's (the catalogue's :meth:`~._model.Catalogue.death_names`)."""
     entries = []
     for topic, group, reason, count, first_ms, *more in deaths_of(headers):
         # what was so when it first died there: its own TTL, its routing key when the
         # queue's x-dead-letter-routing-key changed it
         extra = more[0] if more else {}
-        entry = {
-            "count": count, "reason": _DEATH_REASONS.get(reason, "rejected"), "queue": group,
-            "time": datetime.fromtimestamp(min(first_ms, _MAX_TIME_MS) // 1000, UTC),
+        exchange, queue = names(topic, group) if names is not None else (
             # a queue's own topic is what the default exchange publishes to
-            "exchange": "" if str(topic).startswith(QUEUE_TOPICS) else topic,
-            "routing-keys": [extra.get("rk", routing_key or "")]}
+            "" if topic.startswith(QUEUE_TOPICS) else topic, group)
+        entry = {
+            "count": count, "reason": _DEATH_REASONS.get(reason, "rejected"), "queue": queue,
+            "time": datetime.fromtimestamp(min(first_ms, _MAX_TIME_MS) // 1000, UTC),
+            "exchange": exchange, "routing-keys": [extra.get("rk", routing_key or "")]}
         if "ttl" in extra:
             entry["original-expiration"] = str(extra["ttl"])
         entries.append(entry)
@@ -199,8 +205,8 @@ def x_death(headers: dict[str, str], routing_key: str | None) -> dict[str, Any]:
             "x-first-death-queue": first["queue"], "x-first-death-exchange": first["exchange"]}
 
 
-def from_record(headers: dict[str, str], priority: int,
-                routing_key: str | None = None) -> Properties:
+def from_record(headers: dict[str, str], priority: int, routing_key: str | None = None,
+                names: Names | None = None) -> Properties:
     """The properties to deliver a record with."""
     raw = headers.get(PROPS_HEADER) if headers else None
     props: Properties | None = None
@@ -225,6 +231,6 @@ def from_record(headers: dict[str, str], priority: int,
             if k != PROPS_HEADER and k != DEATHS and k not in table:
                 table[k] = v
         if DEATHS in headers:
-            table.update(x_death(headers, routing_key))
+            table.update(x_death(headers, routing_key, names))
         props.headers = table
     return props
