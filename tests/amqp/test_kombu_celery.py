@@ -42,6 +42,22 @@ def test_kombu_producer_consumer(amqp_server: InProcess) -> None:
     assert got[0][1]["trace"] == "t0"
 
 
+def test_kombu_queue_without_a_routing_key_on_a_direct_exchange(amqp_server: InProcess) -> None:
+    # kombu binds with routing_key "" when none is given, and publishes with "" by default:
+    # a direct binding with the empty key (it was 540 here, as TideMQ patterns cannot name it).
+    exchange = kombu.Exchange(unique("plain"), type="direct")
+    queue = kombu.Queue(unique("plain-q"), exchange)
+    with kombu.Connection(amqp_server.url) as conn:
+        kombu.Producer(conn.channel()).publish({"n": 1}, exchange=exchange, declare=[queue],
+                                               serializer="json")
+        kombu.Producer(conn.channel()).publish({"n": 2}, exchange=exchange, routing_key="x",
+                                               serializer="json")  # not "": not for it
+        with conn.SimpleQueue(queue) as sq:
+            assert sq.get(timeout=5).payload == {"n": 1}
+            with pytest.raises(sq.Empty):
+                sq.get(timeout=0.5)
+
+
 def test_kombu_simple_queue(amqp_server: InProcess) -> None:
     name = unique("simple")
     with kombu.Connection(amqp_server.url) as conn:

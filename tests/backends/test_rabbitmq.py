@@ -159,6 +159,8 @@ def test_codec_round_trip_and_names() -> None:
     assert plain.record.headers == {"a": "1"} and plain.message_id is None
     assert binding_keys(2, 3, None) == ["2.#"]
     assert binding_keys(0, 1, ["order.*", "#"]) == ["*.order.*", "*.#"]
+    assert binding_keys(1, 2, ["", "a.b"]) == ["1", "1.a.b"]  # "": the empty key (exact)
+    assert binding_keys(0, 1, [""]) == ["*"]
     assert [quantize_ms(x) for x in (0.0001, 0.25, 1.2345, 61.0)] == [1, 250, 1240, 61000]
 
 

@@ -68,6 +68,14 @@ def test_patterns_are_ored() -> None:
     assert f.matches("order.x", None) and f.matches("audit", None) and not f.matches("billing.x", None)
 
 
+def test_exact_keys_match_as_they_are() -> None:
+    f = rk([{"exact": "a.*"}, {"exact": ""}, "b.#"])
+    assert [f.matches(k, None) for k in ("a.*", "a.x", None, "", "b", "b.c", "*", "a.#")] == [
+        True, False, True, True, True, True, False, False]
+    only = rk([{"exact": "x"}])
+    assert not only.trivial and only.matches("x", None) and not only.matches(None, None)
+
+
 words = st.lists(st.sampled_from(["a", "b", "c"]), max_size=5)
 pattern_words = st.lists(st.sampled_from(["a", "b", "*", "#"]), min_size=1, max_size=5)
 
@@ -209,6 +217,11 @@ def test_check_filter_accepts_filters_at_the_limits() -> None:
         ({"headers": {"h": {"any_of": [object()]}}}, "plain data"),
         ({"routing_key": ["a*"]}, "whole words"),
         ("order.*", "must be a dict"),
+        ({"routing_key": [{"exact": "a" * 256}]}, "characters"),
+        ({"routing_key": [{"exact": 1}]}, "alternative"),
+        ({"routing_key": [{"exact": "a", "also": "b"}]}, "alternative"),
+        ({"routing_key": [{"exact": str(i)} for i in range(MAX_FILTER_PATTERNS)] + ["x"]},
+         "patterns"),
     ],
 )
 def test_check_filter_refuses_oversized_or_malformed(spec: Any, what: str) -> None:

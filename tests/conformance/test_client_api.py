@@ -273,6 +273,18 @@ def test_routing_key_and_header_filters(mq: tidemq.Client) -> None:
     assert sorted(m.body for m in drain(sub, 5, timeout=1)) == [b"1", b"5"]
 
 
+def test_exact_routing_keys_match_as_they_are(mq: tidemq.Client) -> None:
+    # {"exact": k}: '*' and '#' are plain words, "" the empty key (an AMQP direct binding).
+    requires(mq, "routing_filter_multi")
+    t = unique("exact")
+    mq.create_topic(t)
+    sub = mq.subscribe(t, "g", filter={"routing_key": [{"exact": "a.*"}, {"exact": ""},
+                                                       "c.#"]})
+    for i, rk in enumerate(["a.*", "a.b", None, "", "b", "c", "c.d", "a.#", "*"]):
+        mq.publish(t, b"%d" % i, routing_key=rk)
+    assert sorted(m.body for m in drain(sub, 9, timeout=1)) == [b"0", b"2", b"3", b"5", b"6"]
+
+
 def test_dedup_id_returns_first_id_and_stores_once(mq: tidemq.Client) -> None:
     requires(mq, "dedup")
     t = unique("dedup")

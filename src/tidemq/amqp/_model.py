@@ -610,16 +610,15 @@ def _binding_entry(ex: Exchange, key: str, args: dict[str, Any]) -> str:
             raise AmqpError(540, "NOT_IMPLEMENTED - a headers binding with x-match 'any' and "
                                  "more than one header (TideMQ filters AND their headers)")
         return msgspec.json.encode(conds).decode()
+    if ex.kind == "direct" or key == "":
+        return key  # matched as it is ({"exact": key}; a topic binding "" takes the key "")
     try:
         check_pattern(key)
     except InvalidFilter as exc:
-        if ex.kind == "direct" and key == "":
-            raise AmqpError(540, "NOT_IMPLEMENTED - a direct binding with an empty key (use "
-                                 "a fanout exchange)") from None
+        words = key.split(".")
+        if "*" not in words and "#" not in words:
+            return key  # no wildcard word ('a*' is a plain word in RabbitMQ): as it is
         raise AmqpError(406, f"PRECONDITION_FAILED - binding key {key!r}: {exc}") from None
-    if ex.kind == "direct" and ("*" in key.split(".") or "#" in key.split(".")):
-        raise AmqpError(540, f"NOT_IMPLEMENTED - direct binding key {key!r} has a '*' or '#' "
-                             "word, which TideMQ filters read as a pattern")
     return key
 
 
@@ -640,4 +639,16 @@ def _filter_of(ex: Exchange, keys: list[str]) -> dict[str, Any] | None:
                                  "one queue and one exchange")
         conds = msgspec.json.decode(keys[0].encode())
         return {"headers": {k: [v] for k, v in conds.items()}} if conds else None
-    return {"routing_key": list(dict.fromkeys(keys))}
+    return {"routing_key": [
+        _exact(k) if ex.kind == "direct" or _plain_key(k) else k for k in dict.fromkeys(keys)]}
+
+
+def _plain_key(key: str) -> bool:
+    """A topic binding key that is no pattern (see _binding_entry): "" or a key with a word
+    that has '*' or '#' beside other characters and no wildcard word."""
+    words = key.split(".")
+    return key == "" or ("*" not in words and "#" not in words and ("*" in key or "#" in key))
+
+
+def _exact(key: str) -> dict[str, str]:
+    return {"exact": key}

@@ -149,7 +149,8 @@ _TABLE: Final[dict[str, Capability]] = {
                  "Nats-Msg-Id, then stores the cursor. Cost: one read per dead letter; a crash "
                  "between append and cursor redrives again, deduplicated within the window"),
     "routing_filter_exact": N("one pattern whose '#' is only the last word (or none) is the "
-                              "consumer's filter_subject: '*' is '*', a final '#' is '>'"),
+                              "consumer's filter_subject: '*' is '*', a final '#' is '>'; an "
+                              "exact key ({'exact': k}) is its own subject"),
     "routing_filter_multi": E("several patterns, or '#' before the last word: the consumer "
                               "reads the whole partition and the member acks what the filter "
                               "rejects. Cost: every message is transferred to the group"),

@@ -33,7 +33,7 @@ from ..errors import (
 from ..storage import Record
 from ._nats_codec import META, decode_meta, to_record
 from ._nats_js import rfc3339
-from ._nats_names import group_token, pattern_subject
+from ._nats_names import group_token, pattern_subject, routing_tokens
 
 if TYPE_CHECKING:
     from ._nats import NatsTransport, TopicMeta
@@ -83,7 +83,9 @@ def subject_filter(t: NatsTransport, tm: TopicMeta, p: int,
         return whole
     if isinstance(patterns, str):
         patterns = [patterns]
-    tails = [pattern_subject(x) for x in patterns]
+    # An exact key ({"exact": k}) is its own subject tail: its words are escaped, '*' too.
+    tails = [pattern_subject(x) if isinstance(x, str) else routing_tokens(x["exact"])
+             for x in patterns]
     if any(tail == ">" for tail in tails):
         return whole
     if len(tails) == 1 and tails[0] is not None:

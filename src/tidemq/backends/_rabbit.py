@@ -871,10 +871,15 @@ class RabbitTransport:
 
     @staticmethod
     def _patterns(s: GroupSettings) -> list[str] | None:
+        """The filter's routing patterns as binding patterns; an exact key ({"exact": k}) is
+        ``k`` read as a pattern, which takes at least what it names (its '*' and '#' words
+        more: the member's filter drops those), ``""`` the empty key (binding_keys)."""
         pats = (s.filter or {}).get("routing_key")
         if pats is None:
             return None
-        return [pats] if isinstance(pats, str) else list(pats)
+        if isinstance(pats, str):
+            return [pats]
+        return [p if isinstance(p, str) else p["exact"] for p in pats]
 
     async def _dead_letter_topic(self, tm: Topic, s: GroupSettings) -> Topic:
         name = dead_letter_name(tm.name, s.dead_letter_topic)

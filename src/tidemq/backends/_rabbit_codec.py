@@ -73,12 +73,12 @@ def routing_key_for(partition: int, routing_key: str | None) -> str:
 
 def binding_keys(partition: int, partitions: int, patterns: list[str] | None) -> list[str]:
     """The binding keys of a group queue: ``p.<pattern>`` per pattern (``p.#`` without a
-    filter); a one-partition topic binds ``*.<pattern>`` so that dead letters, which keep their
-    origin partition's word, reach it."""
+    filter; ``p`` for ``""``, the empty routing key); a one-partition topic binds
+    ``*.<pattern>`` so that dead letters, which keep their origin partition's word, reach it."""
     first = "*" if partitions == 1 else str(partition)
     if not patterns:
         return [f"{first}.#"]
-    return [f"{first}.{p}" for p in patterns]
+    return [f"{first}.{p}" if p else first for p in patterns]
 
 
 def encode(rec: Record, message_id: str, timestamp_us: int, *, count: int = 0,

@@ -3,7 +3,8 @@ headers.
 
 A filter spec is a dict::
 
-    {"routing_key": ["order.*", "audit.#"],          # ORed; '*' = one word, '#' = zero or more
+    {"routing_key": ["order.*", "audit.#",           # ORed; '*' = one word, '#' = zero or more
+                     {"exact": "a.*"}],              # ... or exactly this key ("" too)
      "headers": {                                    # an SNS filter policy; keys are ANDed
          "region": ["eu", {"prefix": "us-"}],        # a list: alternatives, ORed
          "amount": [{"numeric": [">=", 10, "<", 20]}],
@@ -47,11 +48,11 @@ from typing import Any, Final, NoReturn, Protocol
 import msgspec
 
 from ..errors import InvalidFilter
-from ._limits import GROUP_HEADER, MAX_HEADER_BYTES
+from ._limits import GROUP_HEADER, MAX_HEADER_BYTES, MAX_ROUTING_KEY
 from ._matcher import PatternSet, check_pattern
 
 __all__ = [
-    "Filter", "compile_filter", "check_filter", "GROUP_HEADER",
+    "Filter", "compile_filter", "check_filter", "exact_keys", "GROUP_HEADER",
     "MAX_FILTER_BYTES", "MAX_FILTER_HEADERS", "MAX_FILTER_PATTERNS", "MAX_FILTER_ALTERNATIVES",
     "MAX_FILTER_STRING_BYTES",
 ]
@@ -373,7 +374,7 @@ class Filter:
     ``matches`` decides one message; ``match_batch`` a stored batch (``None``: all match).
     """
 
-    __slots__ = ("group", "spec", "_routes", "_headers", "_cache", "trivial")
+    __slots__ = ("group", "spec", "_routes", "_exact", "_headers", "_cache", "trivial")
 
     _CACHE_LIMIT: Final = 4096
 
@@ -383,23 +384,27 @@ class Filter:
         spec: dict[str, Any] | None,
         routes: PatternSet | None,
         headers: list[tuple[str, _Check]],
+        exact: frozenset[str] | None = None,
     ) -> None:
         self.group = group
         self.spec = spec
         self._routes = routes
+        self._exact = exact
         self._headers = headers
         self._cache: dict[str | None, bool] = {}
         # No routing or header condition: only the hidden group header can exclude a message.
-        self.trivial = routes is None and not headers
+        self.trivial = routes is None and exact is None and not headers
 
     def _routing_ok(self, routing_key: str | None) -> bool:
         routes = self._routes
-        if routes is None:
+        exact = self._exact
+        if routes is None and exact is None:
             return True
         cache = self._cache
         hit = cache.get(routing_key)
         if hit is None:
-            hit = routes.matches(routing_key)
+            hit = (exact is not None and (routing_key or "") in exact) or (
+                routes is not None and routes.matches(routing_key))
             if len(cache) >= self._CACHE_LIMIT:
                 cache.clear()
             cache[routing_key] = hit
@@ -460,10 +465,12 @@ def _compile(spec: object, group: str | None, *, strict: bool) -> Filter:
     unknown = set(spec) - {"routing_key", "headers"}
     if unknown:
         _refuse_fields(spec, unknown)
-    routes = None
-    patterns = _patterns(spec)
-    if patterns is not None:
-        routes = PatternSet(patterns)
+    routes = exact = None
+    items = _patterns(spec)
+    if items is not None:
+        patterns, keys = _split(items)
+        routes = PatternSet(patterns) if patterns else None
+        exact = frozenset(keys) if keys else None
     checks: list[tuple[str, _Check]] = []
     headers = spec.get("headers")
     if headers is not None:
@@ -477,7 +484,7 @@ def _compile(spec: object, group: str | None, *, strict: bool) -> Filter:
             if strict:
                 compiler.string(name, "the header name")
             checks.append((name, compiler.condition(cond)))
-    return Filter(group, spec, routes, checks)
+    return Filter(group, spec, routes, checks, exact)
 
 
 def _refuse_fields(spec: dict[Any, Any], unknown: set[Any]) -> NoReturn:
@@ -505,6 +512,31 @@ def _patterns(spec: dict[str, Any]) -> list[Any] | None:
     if not isinstance(patterns, list | tuple) or not patterns:
         raise InvalidFilter("filter 'routing_key' must be a pattern or a non-empty list")
     return list(patterns)
+
+
+def _split(items: list[Any]) -> tuple[list[str], list[str]]:
+    """A routing_key list's patterns (strings) and exact keys (``{"exact": key}``); raises
+    InvalidFilter for anything else."""
+    patterns: list[str] = []
+    keys: list[str] = []
+    for item in items:
+        if isinstance(item, dict):
+            key = item.get("exact") if set(item) == {"exact"} else None
+            if not isinstance(key, str):
+                raise InvalidFilter(
+                    f"routing-key alternative {item!r}: use a pattern string or "
+                    "{'exact': key} (a key matched as it is: '*' and '#' are plain words, "
+                    "'' the empty key)")
+            keys.append(key)
+        else:
+            patterns.append(item)  # PatternSet / check_pattern name what is wrong
+    return patterns, keys
+
+
+def exact_keys(spec: dict[str, Any] | None) -> list[str]:
+    """The exact keys of a filter's routing_key alternatives (a well-formed filter)."""
+    items = _patterns(spec) if spec else None
+    return _split(items)[1] if items else []
 
 
 def check_filter(spec: object) -> None:
@@ -536,8 +568,13 @@ def check_filter(spec: object) -> None:
             raise InvalidFilter(
                 f"the filter has {len(patterns)} routing-key patterns; use at most "
                 f"{MAX_FILTER_PATTERNS} (a '#' or '*' word can often merge several)")
-        for p in patterns:
+        strings, keys = _split(patterns)
+        for p in strings:
             check_pattern(p)
+        for k in keys:
+            if len(k) > MAX_ROUTING_KEY:
+                raise InvalidFilter(f"exact routing key {k[:40]!r}... has {len(k)} characters; "
+                                    f"use at most {MAX_ROUTING_KEY}")
     headers = spec.get("headers")
     if isinstance(headers, dict) and len(headers) > MAX_FILTER_HEADERS:
         raise InvalidFilter(
