@@ -278,6 +278,25 @@ def test_dead_letter_arguments_that_cannot_be_honoured_are_refused(channel, args
     assert err.value.reply_code == code
 
 
+@pytest.mark.parametrize(("args", "code"), [
+    ({"x-queue-mode": "weird"}, 406), ({"x-queue-mode": 1}, 406),
+    ({"x-queue-type": "stream"}, 540), ({"x-queue-type": "weird"}, 406),
+    ({"x-max-priority": 256}, 406),
+])
+def test_queue_argument_values_are_checked(channel, args, code) -> None:
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        channel.queue_declare(unique("q"), arguments=args)
+    assert err.value.reply_code == code
+
+
+def test_lazy_and_quorum_queues_are_queues(channel) -> None:
+    q = unique("lazy")
+    channel.queue_declare(q, durable=True, arguments={"x-queue-mode": "lazy",
+                                                      "x-queue-type": "quorum"})
+    channel.basic_publish("", q, b"kept")
+    assert _get(channel, q)[2] == b"kept"
+
+
 def test_unknown_exchange_is_404(channel) -> None:
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
         channel.queue_bind(unique("none"), unique("nope"))

@@ -53,7 +53,11 @@ MAX_ALTERNATES: Final = 8  # alternate exchanges followed for one publish (a cha
 QUEUE_ARGUMENTS: Final = frozenset({
     "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-message-ttl", "x-max-priority",
     "x-delivery-limit", "x-queue-type", "x-expires", "x-single-active-consumer",
+    "x-queue-mode",
 })
+QUEUE_MODES: Final = ("default", "lazy")  # both are what a TideMQ queue is: kept in its log
+QUEUE_TYPES: Final = ("classic", "quorum")  # a TideMQ queue is durable at its topic's level
+MAX_PRIORITY_ARG: Final = 255  # RabbitMQ's largest x-max-priority
 PREDECLARED: Final = {"amq.direct": "direct", "amq.topic": "topic", "amq.fanout": "fanout",
                       "amq.headers": "headers", "amq.match": "headers"}
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
@@ -228,14 +232,24 @@ def check_queue_arguments(name: str, args: dict[str, Any]) -> dict[str, Any]:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0 \
                     or (k == "x-expires" and v == 0):
                 raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r}")
+            if k == "x-max-priority" and v > MAX_PRIORITY_ARG:
+                raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r} "
+                                     f"(at most {MAX_PRIORITY_ARG})")
             if k == "x-delivery-limit":
                 v = min(v, MAX_DELIVERIES - 1)
             out[k] = int(v)
         else:
             if isinstance(v, bytes):
                 v = v.decode("utf-8", "replace")
-            if not isinstance(v, str):
+            if not isinstance(v, str) or (k == "x-queue-mode" and v not in QUEUE_MODES):
                 raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r}")
+            if k == "x-queue-type" and v not in QUEUE_TYPES:
+                if v == "stream":  # every consumer reads all of it from an offset: not a queue
+                    raise AmqpError(540, "NOT_IMPLEMENTED - x-queue-type 'stream' (a log each "
+                                         "consumer reads whole): use a queue per reader, or "
+                                         "TideMQ groups on a topic")
+                raise AmqpError(406, f"PRECONDITION_FAILED - invalid arg {k!r}: {v!r} "
+                                     f"(one of {', '.join(QUEUE_TYPES)})")
             out[k] = v
     dlx, dlrk = out.get("x-dead-letter-exchange"), out.get("x-dead-letter-routing-key")
     if dlrk is not None and dlx is None:
