@@ -6,7 +6,8 @@ Hypothesis draws exchanges (direct, topic, fanout, headers; some with an alterna
 chains and loops included), queues, bindings (direct keys of any words, ``""``, ``*`` and
 ``#`` included; topic patterns with ``*`` and ``#``, the empty key, a word like ``x*``;
 header conditions) and publishes (routing keys of zero to three words, those words too,
-headers, mandatory or not); which mandatory publishes come back must match too. What TideMQ
+headers, priorities, mandatory or not) to queues with or without ``x-max-priority``; which
+mandatory publishes come back must match too. What TideMQ
 documents as not supported (docs/amqp.md: headers ``x-match: any`` over several headers, two
 different headers bindings between one queue and one exchange) is not drawn. Skipped
 when nothing listens on 5672. A second test runs a dead-letter retry loop on both and compares
@@ -63,9 +64,11 @@ class Publish:
     queue: int  # the default exchange's target
     headers: tuple[tuple[str, str], ...]
     mandatory: bool
+    priority: int = 0
 
 
-Scenario = tuple[list[str], list[int | None], int, list[Binding], list[Publish]]
+# exchange kinds, their alternate exchanges, each queue's x-max-priority, bindings, publishes
+Scenario = tuple[list[str], list[int | None], list[int | None], list[Binding], list[Publish]]
 
 
 def _key(words: list[str]) -> str:
@@ -77,6 +80,10 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=3))
     alternates = [draw(st.none() | st.integers(0, len(kinds) - 1)) for _ in kinds]
     n_queues = draw(st.integers(1, 4))
+    # x-max-priority: none (publish order), or a cap below or above TideMQ's 9 (priorities
+    # drawn so that both brokers rank them alike: 12 is 10 here and 9 in TideMQ)
+    caps = draw(st.lists(st.sampled_from([None, None, 5, 10]), min_size=n_queues,
+                         max_size=n_queues))
     bindings = []
     for _ in range(draw(st.integers(0, 7))):
         x = draw(st.integers(0, len(kinds) - 1))
@@ -106,31 +113,33 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         headers = draw(st.dictionaries(st.sampled_from(["h1", "h2"]),
                                        st.sampled_from(["x", "y"]), max_size=2))
         publishes.append(Publish(x, key, draw(st.integers(0, n_queues - 1)),
-                                 tuple(sorted(headers.items())), draw(st.booleans())))
-    return kinds, alternates, n_queues, bindings, publishes
+                                 tuple(sorted(headers.items())), draw(st.booleans()),
+                                 draw(st.sampled_from([0, 0, 0, 3, 7, 12]))))
+    return kinds, alternates, caps, bindings, publishes
 
 
 def _run(port: int, tag: str, scenario: Scenario) -> tuple[list[list[bytes]], list[bytes]]:
     """Build the scenario under names prefixed ``tag``: each queue's messages in get order,
     and the mandatory publishes that came back."""
-    kinds, alternates, n_queues, bindings, publishes = scenario
+    kinds, alternates, caps, bindings, publishes = scenario
     exchanges = [f"{tag}-x{i}" for i in range(len(kinds))]
-    queues = [f"{tag}-q{i}" for i in range(n_queues)]
+    queues = [f"{tag}-q{i}" for i in range(len(caps))]
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
     try:
         ch = conn.channel()
         for name, kind, alt in zip(exchanges, kinds, alternates, strict=True):
             ch.exchange_declare(name, kind, auto_delete=False, arguments=None if alt is None
                                 else {"alternate-exchange": exchanges[alt]})
-        for q in queues:
-            ch.queue_declare(q)
+        for q, cap in zip(queues, caps, strict=True):
+            ch.queue_declare(q, arguments=None if cap is None else {"x-max-priority": cap})
         for b in bindings:
             ch.queue_bind(queues[b.queue], exchanges[b.exchange], b.key,
                           arguments=dict(b.args) or None)
         ch.confirm_delivery()
         returned = []
         for i, p in enumerate(publishes):
-            props = pika.BasicProperties(headers=dict(p.headers) or None)
+            props = pika.BasicProperties(headers=dict(p.headers) or None,
+                                         priority=p.priority or None)
             x, key = ("", queues[p.queue]) if p.exchange < 0 else (exchanges[p.exchange], p.key)
             try:
                 ch.basic_publish(x, key, b"%d" % i, props, mandatory=p.mandatory)
@@ -166,22 +175,22 @@ _MORE = os.environ.get("DIFF_EXAMPLES")
 @given(scenario=scenarios())
 # What random draws seldom meet: a publish its exchange routes nowhere while its alternate
 # exchange (one hop, a chain of two, a loop) has a queue for it.
-@example(scenario=(["direct", "fanout"], [1, None], 1, [Binding(0, 1, "", ())],
+@example(scenario=(["direct", "fanout"], [1, None], [None], [Binding(0, 1, "", ())],
                    [Publish(0, "a", 0, (), True), Publish(1, "b", 0, (), False)]))
-@example(scenario=(["direct", "headers", "topic"], [1, 2, None], 2,
+@example(scenario=(["direct", "headers", "topic"], [1, 2, None], [None, None],
                    [Binding(0, 0, "a", ()), Binding(1, 2, "*.b", ())],
                    [Publish(0, "a", 0, (), True), Publish(0, "a.b", 0, (), True),
                     Publish(0, "c", 0, (), True)]))
-@example(scenario=(["direct", "direct"], [1, 0], 1, [Binding(0, 1, "k", ())],
+@example(scenario=(["direct", "direct"], [1, 0], [None], [Binding(0, 1, "k", ())],
                    [Publish(0, "k", 0, (), True), Publish(0, "z", 0, (), True)]))
 def test_every_queue_holds_what_rabbitmq_would(amqp_server: InProcess,
                                                scenario: Scenario) -> None:
-    _, alternates, n_queues, bindings, publishes = scenario
+    _, alternates, caps, bindings, publishes = scenario
     tag = f"diff-{uuid.uuid4().hex[:10]}"
     ours, ours_returned = _run(amqp_server.port, tag, scenario)
     theirs, theirs_returned = _run(RABBIT[1], tag, scenario)
     assert ours_returned == theirs_returned
-    for q in range(n_queues):
+    for q in range(len(caps)):
         assert sorted(ours[q]) == sorted(theirs[q]), f"queue {q}"
         sources = {b.exchange for b in bindings if b.queue == q}
         if any(a is not None for a in alternates):

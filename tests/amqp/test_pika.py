@@ -377,7 +377,8 @@ def test_a_queues_ttl_is_its_own(channel) -> None:
 
 def test_a_queues_ttl_reaches_groups_stored_without_it(tmp_path) -> None:
     # A catalogue of an earlier version: the queue's x-message-ttl was in its records, not
-    # in its group. Loading it gives the groups their message_ttl.
+    # in its group, and its group told priorities apart without x-max-priority. Loading it
+    # gives the groups their message_ttl and max_priority.
     from tidemq.amqp._model import group_name, queue_topic
     from tidemq.broker import GroupSettings
 
@@ -395,13 +396,15 @@ def test_a_queues_ttl_reaches_groups_stored_without_it(tmp_path) -> None:
         def downgrade() -> None:
             s = b.describe_group(topic, group).settings
             b.update_group(topic, group, GroupSettings(**{
-                f: getattr(s, f) for f in s.__struct_fields__ if f != "message_ttl"}),
+                f: getattr(s, f) for f in s.__struct_fields__
+                if f not in ("message_ttl", "max_priority")}),
                 now_us=time.time_ns() // 1000, mono_us=time.monotonic_ns() // 1000)
         srv.run(downgrade)
         assert srv.run(lambda: b.describe_group(topic, group).settings.message_ttl) is None
     with in_process(tmp_path) as srv:
         b = srv.server.broker  # type: ignore[union-attr]
-        assert srv.run(lambda: b.describe_group(topic, group).settings.message_ttl) == 1.5
+        s = srv.run(lambda: b.describe_group(topic, group).settings)
+        assert (s.message_ttl, s.max_priority) == (1.5, 0)  # 0: no x-max-priority, FIFO
 
 
 def test_large_message_spans_many_frames(channel) -> None:

@@ -319,3 +319,32 @@ def test_message_ttl_out_of_range_is_invalid_argument(h: Harness, ttl: object) -
     with pytest.raises(InvalidArgument, match="message_ttl"):
         h.broker.create_group("t", "g", GroupSettings(message_ttl=ttl),  # type: ignore[arg-type]
                               now_us=h.clock.now_us)
+
+
+@pytest.mark.parametrize(("cap", "order"), [
+    (None, [b"p9", b"p7", b"p3", b"p3b", b"p0", b"p0b"]),  # 0..9 told apart
+    (3, [b"p7", b"p3", b"p9", b"p3b", b"p0", b"p0b"]),  # 3 and above are one level, FIFO
+    (0, [b"p0", b"p7", b"p3", b"p9", b"p3b", b"p0b"]),  # publish order (AMQP: no x-max-priority)
+])
+def test_max_priority_caps_the_priorities_a_group_tells_apart(
+        h: Harness, cap: int | None, order: list[bytes]) -> None:
+    b, c = h.broker, h.clock
+    b.create_topic("t", now_us=c.now_us)
+    b.create_group("t", "g", GroupSettings(max_priority=cap), now_us=c.now_us)
+    m = b.subscribe("t", "g", None, **c.t)
+    b.publish("t", [Record(b"p0"), Record(b"p7", priority=7), Record(b"p3", priority=3),
+                    Record(b"p9", priority=9), Record(b"p3b", priority=3), Record(b"p0b")],
+              now_us=c.now_us)
+    got = b.fetch(m, 10, **c.t)
+    assert [d.body for d in got] == order
+    # Redeliveries keep the capped rank: all back at once, delivered in the same order.
+    b.nack(m, [d.id for d in got], 0, **c.t)
+    assert [d.body for d in b.fetch(m, 10, **c.t)] == order
+
+
+def test_max_priority_out_of_range_is_invalid_argument(h: Harness) -> None:
+    h.broker.create_topic("t", now_us=h.clock.now_us)
+    for bad in (-1, 10, 1.5, True):
+        with pytest.raises(InvalidArgument, match="max_priority"):
+            h.broker.create_group("t", "g", GroupSettings(max_priority=bad),  # type: ignore[arg-type]
+                                  now_us=h.clock.now_us)

@@ -196,6 +196,18 @@ def test_priorities_in_shared_mode(mq: tidemq.Client) -> None:
     assert prios == sorted(prios, reverse=True)
 
 
+def test_max_priority_caps_what_a_group_tells_apart(mq: tidemq.Client) -> None:
+    requires(mq, "priority", "mode_shared")
+    t = unique("maxprio")
+    mq.create_topic(t)
+    mq.create_group(t, "fifo", max_priority=0)
+    mq.create_group(t, "two", max_priority=2)
+    mq.publish_batch(t, [{"body": b"%d" % p, "priority": p} for p in (0, 5, 1, 9, 2)])
+    assert [m.body for m in drain(mq.subscribe(t, "fifo"), 5)] == [b"0", b"5", b"1", b"9", b"2"]
+    assert [m.body for m in drain(mq.subscribe(t, "two"), 5)] == [b"5", b"9", b"2", b"1", b"0"]
+    assert mq.describe_group(t, "two").settings.max_priority == 2
+
+
 def test_delay_is_held_until_due(mq: tidemq.Client) -> None:
     requires(mq, "delay")
     t = unique("delay")

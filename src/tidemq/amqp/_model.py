@@ -145,6 +145,12 @@ class Queue:
         return None if ttl is None else int(ttl) / 1000 or 1e-6
 
     @property
+    def max_priority(self) -> int:
+        """The groups' ``max_priority``: x-max-priority (TideMQ tells 0..9 apart), 0 without
+        it — a RabbitMQ queue without x-max-priority delivers in publish order."""
+        return min(int(self.arguments.get("x-max-priority", 0)), 9)
+
+    @property
     def expires_head(self) -> bool:
         """Whether the front expires the queue's head by itself: it has x-message-ttl, or a
         dead-letter exchange that a message's own ``expiration`` would send it to."""
@@ -323,18 +329,20 @@ class Catalogue:
             self._upgrade(queue)
 
     def _upgrade(self, q: Queue) -> None:
-        """Give the queue's groups its x-message-ttl as ``message_ttl`` (a catalogue written
-        before groups had one put it in each record the queue got instead)."""
+        """Give the queue's groups the settings that catalogues written before them lack:
+        x-message-ttl as ``message_ttl`` (it was put in each record the queue got instead),
+        x-max-priority as ``max_priority`` (every group told 0..9 apart)."""
         b = self._b
         for _, topic in q.sources():
             try:
                 s = b.broker.describe_group(topic, q.group).settings
             except TideMQError:
                 continue
-            if s.message_ttl != q.message_ttl:
-                b.broker.update_group(topic, q.group,
-                                      msgspec.structs.replace(s, message_ttl=q.message_ttl),
-                                      now_us=b.now_us(), mono_us=b.mono_us())
+            want = msgspec.structs.replace(s, message_ttl=q.message_ttl,
+                                           max_priority=q.max_priority)
+            if want != s:
+                b.broker.update_group(topic, q.group, want, now_us=b.now_us(),
+                                      mono_us=b.mono_us())
 
     def save(self) -> None:
         doc = _Doc(
@@ -433,7 +441,7 @@ class Catalogue:
             backoff=Backoff(0.0, 1.0, 0.0),
             dead_letter_topic=None if dead is None else dead[0],
             dead_letter_routing_key=None if dead is None else dead[1],
-            message_ttl=q.message_ttl)
+            message_ttl=q.message_ttl, max_priority=q.max_priority)
 
     def declare_queue(self, q: Queue) -> Queue:
         """Create the queue's topic and group (or find them)."""

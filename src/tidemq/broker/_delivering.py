@@ -39,9 +39,10 @@ class GroupDelivering(GroupCore):
         self, member: Member, want: int, out: list[Delivery], now_us: int, deadline: int
     ) -> None:
         parts = self._parts
-        for part in parts:
-            if part.scan < part.log.end_offset:
-                self._scan(part)
+        if self._lanes_on:
+            for part in parts:
+                if part.scan < part.log.end_offset:
+                    self._scan(part)
         if any(self._ready) or any(p.lane_pending() for p in parts):
             for prio in range(9, -1, -1):
                 if len(out) >= want:
@@ -104,7 +105,7 @@ class GroupDelivering(GroupCore):
     ) -> None:
         """Deliver up to ``want`` messages from the partition's read cursor, in log order."""
         topic = self.topic
-        shared = self._mode == "shared"
+        lanes = self._lanes_on
         keyed = self._mode == "key_ordered"
         filt = self.filter
         taken = 0
@@ -132,7 +133,7 @@ class GroupDelivering(GroupCore):
                     part.chunk_verdicts is None and not view.attributes & _NEEDS_RECORDS
                     and not self._ttl_us
                 )
-                if shared and view.last_offset >= part.scan:
+                if lanes and view.last_offset >= part.scan:
                     self._scan_view(part, view)
             base = view.base_offset
             end = view.last_offset + 1
@@ -182,7 +183,7 @@ class GroupDelivering(GroupCore):
         if records is None:
             records = part.chunk_records = view.records()
         verdicts = part.chunk_verdicts
-        shared = self._mode == "shared"
+        lanes = self._lanes_on
         keyed = self._mode == "key_ordered"
         base = view.base_offset
         end = view.last_offset + 1
@@ -203,7 +204,7 @@ class GroupDelivering(GroupCore):
                 off += 1
                 continue
             rec = records[i]
-            if shared and rec.priority > 0:
+            if lanes and rec.priority > 0:
                 off += 1  # delivered from its priority lane
                 continue
             if self._unfit(part, off, view, rec, now_us):
@@ -294,8 +295,8 @@ class GroupDelivering(GroupCore):
 
     def _delivery(self, part: PartState, off: int, view: Any, rec: Record) -> Delivery:
         count = part.prev.get(off, 0) + 1
-        if rec.priority and self._mode == "shared":
-            part.prios[off] = rec.priority  # its redeliveries keep their rank
+        if rec.priority and self._lanes_on:
+            part.prios[off] = min(rec.priority, self._prio_cap)  # its redeliveries' rank
         headers = rec.headers
         alias = headers.get(ID_HEADER) if headers else None
         if alias is not None:
@@ -419,10 +420,11 @@ class GroupDelivering(GroupCore):
             prios = view.priorities()
             verdicts = self.filter.match_batch(view)
             lanes = part.lanes
+            cap = self._prio_cap
             for off in range(start, view.last_offset + 1):
                 pr = prios[off - base]
                 if pr and (verdicts is None or verdicts[off - base]) and not part.is_done(off):
-                    lanes[pr].append(off)
+                    lanes[min(pr, cap)].append(off)
         part.scan = max(part.scan, view.last_offset + 1)
 
 

@@ -88,6 +88,9 @@ class GroupCore:
         self._now_us = now_us
         self._ack_timeout_us = int(settings.ack_timeout * 1_000_000)
         self._ttl_us = settings.ttl_us(0)  # message_ttl in µs; 0: messages' own TTL only
+        # Priorities told apart (shared mode): lanes for 1..cap; none when cap is 0.
+        self._prio_cap = 9 if settings.max_priority is None else settings.max_priority
+        self._lanes_on = self._mode == "shared" and self._prio_cap > 0
         self._parts: list[PartState] = []
         self._prefixes: dict[str, PartState] = {}
         # expire_head's last look per partition: (head offset, due; -1 never)

@@ -183,6 +183,10 @@ class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # The routing key the group's dead letters get (None: their own), for the consumers of the
     # dead-letter topic that filter on it (an AMQP queue's x-dead-letter-routing-key).
     dead_letter_routing_key: str | None = None
+    # The highest priority the group tells apart (shared mode): a message's priority counts as
+    # min(priority, max_priority); 0 delivers in publish order (an AMQP queue without
+    # x-max-priority). None: all of 0..9.
+    max_priority: int | None = None
 
     def ttl_us(self, own_us: int) -> int:
         """A message's TTL in this group, µs (0: none): ``own_us`` (the record's) or
@@ -209,6 +213,8 @@ class GroupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         check_filter(self.filter)
         if self.message_ttl is not None:
             _seconds("message_ttl", self.message_ttl, 0.0, MAX_MESSAGE_TTL, lo_open=True)
+        if self.max_priority is not None:
+            _int("max_priority", self.max_priority, 0, 9)
         rk = self.dead_letter_routing_key
         if rk is not None and (not isinstance(rk, str) or len(rk) > MAX_ROUTING_KEY
                                or rk.count(".") >= MAX_ROUTING_WORDS):

@@ -385,14 +385,16 @@ class AsyncClient:
                   max_deliveries: int | None = None, backoff: Any = None,
                   dead_letter_topic: str | None = None,
                   message_ttl: float | None = None,
-                  dead_letter_routing_key: str | None = None) -> AsyncSubscription:
+                  dead_letter_routing_key: str | None = None,
+                  max_priority: int | None = None) -> AsyncSubscription:
         """A member of ``group`` of ``topic`` (creating the group with these settings if new;
         settings left out are the group's, different ones raise GroupSettingsMismatch).
         ``async for`` it directly, or ``await`` it to join now."""
         return self._subscription(topic, group, dict(
             mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
             max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic,
-            message_ttl=message_ttl, dead_letter_routing_key=dead_letter_routing_key),
+            message_ttl=message_ttl, dead_letter_routing_key=dead_letter_routing_key,
+            max_priority=max_priority),
             prefetch)
 
     def _subscription(self, topic: str, group: str, settings: dict[str, Any], prefetch: int,

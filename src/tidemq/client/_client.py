@@ -459,13 +459,15 @@ class Client:
                   max_deliveries: int | None = None, backoff: Any = None,
                   dead_letter_topic: str | None = None,
                   message_ttl: float | None = None,
-                  dead_letter_routing_key: str | None = None) -> Subscription:
+                  dead_letter_routing_key: str | None = None,
+                  max_priority: int | None = None) -> Subscription:
         """Join ``group`` of ``topic`` (creating it with these settings if new). Settings left
         out are the group's; different ones raise GroupSettingsMismatch."""
         return Subscription(self, topic, group, dict(
             mode=mode, filter=filter, start=start, ack_timeout=ack_timeout,
             max_deliveries=max_deliveries, backoff=backoff, dead_letter_topic=dead_letter_topic,
-            message_ttl=message_ttl, dead_letter_routing_key=dead_letter_routing_key),
+            message_ttl=message_ttl, dead_letter_routing_key=dead_letter_routing_key,
+            max_priority=max_priority),
             prefetch)
 
     def consume(self, topic: str, group: str, callback: Callable[[Message], Any], *,

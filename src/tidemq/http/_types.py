@@ -149,6 +149,7 @@ class GroupSettingsIn(_In):
     dead_letter_topic: str | None = None
     message_ttl: float | None = None
     dead_letter_routing_key: str | None = None
+    max_priority: int | None = None
 
 
 class GroupPartitionOut(_Out):

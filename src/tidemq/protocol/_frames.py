@@ -296,8 +296,8 @@ class Subscribe(FrameBase, frozen=True, kw_only=True):
     """Client -> server: join ``group`` of ``topic``; answered by ``SubscribeOk``.
 
     ``settings`` are the group settings of SPEC §3 (mode, filter, start, ack_timeout,
-    max_deliveries, backoff, dead_letter_topic, message_ttl, dead_letter_routing_key), all
-    optional. ``prefetch`` bounds the member's unacked messages and is its initial delivery
+    max_deliveries, backoff, dead_letter_topic, message_ttl, dead_letter_routing_key,
+    max_priority), all optional. ``prefetch`` bounds the member's unacked messages and is its initial delivery
     credit.
     """
 
